@@ -1,0 +1,1 @@
+"""Data: schemas, ingestion into the DuckDB store, datasets and splits."""

@@ -1,0 +1,39 @@
+"""Error types. Every message names what was wrong and where (file, line, column, field)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class RetailganError(Exception):
+    """Base class of retailgan's user-facing errors (the CLI prints the message, exits non-zero)."""
+
+
+class IngestError(RetailganError):
+    """A source file could not be ingested; the store was left unchanged."""
+
+
+class StoreError(RetailganError):
+    """The store file is missing, not a DuckDB database, or not a retailgan store."""
+
+
+class ConfigError(RetailganError):
+    """An invalid option or configuration value."""
+
+
+class ModelFileError(RetailganError):
+    """A model directory is missing, incomplete, corrupt or of an unknown version."""
+
+
+class UnknownIdError(RetailganError, KeyError):
+    """Raw ids that are not in a vocabulary."""
+
+    def __init__(self, kind: str, ids: Sequence[str]) -> None:
+        self.kind = kind
+        self.ids = list(ids)
+        shown = ", ".join(repr(i) for i in self.ids[:10])
+        more = f" (and {len(self.ids) - 10} more)" if len(self.ids) > 10 else ""
+        super().__init__(f"unknown {kind}(s): {shown}{more}")
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])

@@ -1,0 +1,144 @@
+"""Side-by-side comparison of recommenders on one leak-free split.
+
+For every model: tune on the validation part (or take the defaults), fit on the whole training
+part with the chosen parameters, evaluate once on the test part with full ranking. Per-user metric
+arrays are kept so every model can be compared to the best one with a paired test.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from retailgan.data.dataset import InteractionDataset
+from retailgan.data.splits import Split
+from retailgan.evaluation.protocols import EvaluationResult, evaluate
+from retailgan.evaluation.stats import mean_ci, paired_comparison
+from retailgan.models.base import Recommender, TrainingOptions
+from retailgan.models.registry import get_model_class
+from retailgan.tuning import tune
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelRun:
+    """One model's outcome in a comparison."""
+
+    name: str
+    params: dict[str, Any]
+    model: Recommender
+    result: EvaluationResult
+    validation_value: float
+    timings: dict[str, float]
+    trials: list[dict[str, Any]] = field(default_factory=list)
+
+
+def item_features_for_diversity(dataset: InteractionDataset) -> sp.csr_matrix:
+    """Features used for intra-list diversity: catalogue categories when the data has them,
+    otherwise each item's training users (a collaborative notion of similarity)."""
+    if any(c is not None for c in dataset.item_info.categories):
+        return dataset.item_info.category_features()
+    return dataset.matrix().T.tocsr()
+
+
+def run_comparison(
+    split: Split,
+    models: Sequence[str],
+    *,
+    ks: Sequence[int] = (10, 20),
+    seed: int = 0,
+    tune_trials: int = 0,
+    metric: str | None = None,
+    params: dict[str, dict[str, Any]] | None = None,
+    on_model: Callable[[str, str], None] | None = None,
+) -> list[ModelRun]:
+    """Tune (validation only), fit on ``split.train`` and evaluate on ``split.test``, per model."""
+    ks = tuple(sorted(set(int(k) for k in ks)))
+    metric = metric or f"ndcg@{ks[-1]}"
+    params = params or {}
+    train = split.train
+    prices = train.item_info.prices if train.item_info.has_prices() else None
+    features = item_features_for_diversity(train)
+    runs: list[ModelRun] = []
+    for name in models:
+        cls = get_model_class(name)
+        if on_model:
+            on_model(name, "tuning")
+        tuned = tune(name, split, n_trials=tune_trials, seed=seed, metric=metric, fixed=params.get(name))
+        if on_model:
+            on_model(name, "fitting")
+        model = cls(**tuned.params)
+        model.fit(train, TrainingOptions(seed=seed))
+        if on_model:
+            on_model(name, "evaluating")
+        result = evaluate(
+            model,
+            train.matrix(),
+            split.test.matrix(),
+            ks=ks,
+            item_prices=prices,
+            item_features=features,
+        )
+        runs.append(
+            ModelRun(
+                name=name,
+                params=tuned.params,
+                model=model,
+                result=result,
+                validation_value=tuned.value,
+                timings={"tune_s": tuned.seconds, "fit_s": model.fit_seconds, "eval_s": result.eval_seconds},
+                trials=tuned.trials,
+            )
+        )
+    return runs
+
+
+def comparison_json(
+    runs: Sequence[ModelRun],
+    split: Split,
+    *,
+    dataset_name: str,
+    seed: int,
+    primary: str,
+    ci_metrics: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """The JSON document of ``retailgan compare`` (metrics, 95 % CIs, paired tests vs the best)."""
+    best = max(runs, key=lambda r: r.result.summary().get(primary, float("-inf")))
+    results = []
+    for run in runs:
+        summary = run.result.summary()
+        cis = {}
+        for m in ci_metrics or [primary]:
+            if m in run.result.per_user:
+                ci = mean_ci(run.result.per_user[m], n_boot=2000, seed=seed)
+                cis[m] = [ci.low, ci.high]
+        entry: dict[str, Any] = {
+            "model": run.name,
+            "params": run.params,
+            "metrics": {k: (None if np.isnan(v) else float(v)) for k, v in summary.items()},
+            "ci": cis,
+            "validation": {primary: run.validation_value},
+            "timings": run.timings,
+            "n_users": run.result.n_users,
+        }
+        if run is not best and primary in run.result.per_user:
+            assert np.array_equal(run.result.user_idx, best.result.user_idx)
+            pr = paired_comparison(run.result.per_user[primary], best.result.per_user[primary], n_boot=2000, seed=seed)
+            entry["vs_best"] = {"best": best.name, "metric": primary, **pr.as_dict()}
+        results.append(entry)
+    return {
+        "dataset": dataset_name,
+        "protocol": split.protocol,
+        "seed": seed,
+        "split": split.describe(),
+        "primary_metric": primary,
+        "best": best.name,
+        "results": results,
+    }

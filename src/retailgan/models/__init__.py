@@ -1,0 +1,1 @@
+"""Recommenders: the protocol, baselines and GAN models."""

@@ -1,0 +1,376 @@
+"""Strong, simple baselines every GAN must beat: popularity, ItemKNN, EASE^R, iALS, BPR-MF."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from retailgan.data.dataset import InteractionDataset
+from retailgan.errors import ConfigError
+from retailgan.models.base import IterativeRecommender, ModelConfig, Recommender, TrainingOptions
+
+
+def _feedback(dataset: InteractionDataset, kind: str) -> sp.csr_matrix:
+    if kind == "binary":
+        return dataset.matrix()
+    if kind == "weight":
+        return dataset.matrix(binary=False)
+    raise ConfigError(f"feedback must be 'binary' or 'weight', got {kind!r}")
+
+
+# -- popularity -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PopConfig(ModelConfig):
+    pass
+
+
+class MostPopular(Recommender):
+    """Ranks items by the number of distinct training users (same list for everyone)."""
+
+    name = "pop"
+    config_class = PopConfig
+
+    def _fit(self, dataset: InteractionDataset, options: TrainingOptions) -> None:
+        pass
+
+    def score_users(self, user_idx: np.ndarray) -> np.ndarray:
+        assert self.popularity is not None
+        return np.broadcast_to(self.popularity, (len(user_idx), self.n_items)).astype(np.float32)
+
+    def score_histories(self, history: sp.csr_matrix) -> np.ndarray:
+        return self.score_users(np.zeros(history.shape[0], np.int64))
+
+
+# -- item-item models ---------------------------------------------------------------------------
+
+
+class _ItemItem(Recommender):
+    """Scores = history @ W for an items x items matrix W (dense or sparse)."""
+
+    W: np.ndarray | sp.csr_matrix | None = None
+
+    def _history(self, user_idx: np.ndarray) -> sp.csr_matrix:
+        return self._train_matrix[user_idx]
+
+    def score_users(self, user_idx: np.ndarray) -> np.ndarray:
+        return self.score_histories(self._train_matrix[np.asarray(user_idx, dtype=np.int64)])
+
+    def score_histories(self, history: sp.csr_matrix) -> np.ndarray:
+        if history.shape[1] != self.n_items:
+            raise ValueError(f"history has {history.shape[1]} item columns, model has {self.n_items}")
+        out = history.astype(np.float32) @ self.W
+        return np.asarray(out.toarray() if sp.issparse(out) else out, dtype=np.float32)
+
+    @property
+    def _train_matrix(self) -> sp.csr_matrix:
+        # The feedback the model was fitted on; binary feedback equals the ``seen`` matrix.
+        if getattr(self, "_feedback_matrix", None) is not None:
+            return self._feedback_matrix
+        assert self.seen is not None
+        return self.seen
+
+
+@dataclass(frozen=True)
+class ItemKNNConfig(ModelConfig):
+    neighbors: int = 100
+    """Keep this many most similar items per item (0 = all)."""
+    shrink: float = 10.0
+    """Shrinkage added to the cosine denominator (Koren-style damping for rarely co-seen items)."""
+    feedback: str = "binary"
+
+
+class ItemKNN(_ItemItem):
+    """Item-based kNN with shrunk cosine similarity."""
+
+    name = "itemknn"
+    config_class = ItemKNNConfig
+
+    @staticmethod
+    def search_space(trial: Any) -> dict[str, Any]:
+        return {
+            "neighbors": trial.suggest_int("neighbors", 5, 1000, log=True),
+            "shrink": trial.suggest_float("shrink", 0.0, 500.0),
+        }
+
+    def _fit(self, dataset: InteractionDataset, options: TrainingOptions) -> None:
+        cfg: ItemKNNConfig = self.config  # type: ignore[assignment]
+        if cfg.neighbors < 0 or cfg.shrink < 0:
+            raise ConfigError("itemknn: neighbors and shrink must be >= 0")
+        X = _feedback(dataset, cfg.feedback)
+        self._feedback_matrix = X if cfg.feedback != "binary" else None
+        Xc = X.tocsc().astype(np.float32)
+        norms = np.sqrt(np.asarray(Xc.multiply(Xc).sum(axis=0)).ravel())
+        n = X.shape[1]
+        k = n - 1 if cfg.neighbors == 0 else min(cfg.neighbors, n - 1)
+        rows, cols, vals = [], [], []
+        block = 1024
+        XtT = Xc.T.tocsr()
+        for start in range(0, n, block):
+            stop = min(start + block, n)
+            co = (XtT @ Xc[:, start:stop]).toarray()  # (n, b): co-occurrence with the target block
+            sim = co / (norms[:, None] * norms[None, start:stop] + cfg.shrink + 1e-12)
+            sim[np.arange(start, stop), np.arange(stop - start)] = 0.0  # no self-similarity
+            if k < n - 1:
+                part = np.argpartition(-sim, k - 1, axis=0)[:k]
+                v = np.take_along_axis(sim, part, axis=0)
+            else:
+                part = np.tile(np.arange(n)[:, None], (1, stop - start))
+                v = sim
+            keep = v > 0
+            rows.append(part[keep])
+            cols.append(np.nonzero(keep)[1] + start)
+            vals.append(v[keep])
+        # W[j, i]: how much having item j supports recommending item i.
+        self.W = sp.csr_matrix(
+            (np.concatenate(vals).astype(np.float32), (np.concatenate(rows), np.concatenate(cols))),
+            shape=(n, n),
+        )
+
+    def _state(self) -> dict[str, np.ndarray]:
+        W = self.W.tocsr()  # type: ignore[union-attr]
+        state = {"W.data": W.data, "W.indices": W.indices.astype(np.int64), "W.indptr": W.indptr.astype(np.int64)}
+        if getattr(self, "_feedback_matrix", None) is not None:
+            F = self._feedback_matrix
+            state.update({"F.data": F.data, "F.indices": F.indices.astype(np.int64), "F.indptr": F.indptr.astype(np.int64)})
+        return state
+
+    def _load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        n = self.n_items
+        self.W = sp.csr_matrix((arrays["W.data"], arrays["W.indices"], arrays["W.indptr"]), shape=(n, n))
+        if "F.data" in arrays:
+            self._feedback_matrix = sp.csr_matrix(
+                (arrays["F.data"], arrays["F.indices"], arrays["F.indptr"]), shape=(self.n_users, n)
+            )
+
+
+@dataclass(frozen=True)
+class EASEConfig(ModelConfig):
+    l2: float = 500.0
+    """L2 penalty lambda on the item-item weights (Steck 2019)."""
+    feedback: str = "binary"
+
+
+class EASE(_ItemItem):
+    """EASE^R (Steck, WWW 2019): closed-form item-item regression with a zero diagonal."""
+
+    name = "ease"
+    config_class = EASEConfig
+
+    @staticmethod
+    def search_space(trial: Any) -> dict[str, Any]:
+        return {"l2": trial.suggest_float("l2", 1.0, 1e4, log=True)}
+
+    def _fit(self, dataset: InteractionDataset, options: TrainingOptions) -> None:
+        cfg: EASEConfig = self.config  # type: ignore[assignment]
+        if cfg.l2 <= 0:
+            raise ConfigError(f"ease: l2 must be > 0, got {cfg.l2}")
+        X = _feedback(dataset, cfg.feedback)
+        self._feedback_matrix = X if cfg.feedback != "binary" else None
+        G = (X.T @ X).toarray().astype(np.float64)
+        G[np.diag_indices_from(G)] += cfg.l2
+        P = np.linalg.inv(G)
+        B = -P / np.diag(P)[None, :]
+        B[np.diag_indices_from(B)] = 0.0
+        self.W = B.astype(np.float32)
+
+    def _state(self) -> dict[str, np.ndarray]:
+        state = {"W": np.asarray(self.W)}
+        if getattr(self, "_feedback_matrix", None) is not None:
+            F = self._feedback_matrix
+            state.update({"F.data": F.data, "F.indices": F.indices.astype(np.int64), "F.indptr": F.indptr.astype(np.int64)})
+        return state
+
+    def _load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        self.W = arrays["W"]
+        if self.W.shape != (self.n_items, self.n_items):
+            raise ConfigError(f"ease: weight matrix has shape {self.W.shape}, expected {(self.n_items,) * 2}")
+        if "F.data" in arrays:
+            self._feedback_matrix = sp.csr_matrix(
+                (arrays["F.data"], arrays["F.indices"], arrays["F.indptr"]), shape=(self.n_users, self.n_items)
+            )
+
+
+# -- matrix factorisation ------------------------------------------------------------------------
+
+
+class _Factorised(IterativeRecommender):
+    """Scores = user_factors @ item_factors.T (+ item bias)."""
+
+    user_factors: np.ndarray
+    item_factors: np.ndarray
+    item_bias: np.ndarray | None = None
+
+    def score_users(self, user_idx: np.ndarray) -> np.ndarray:
+        s = self.user_factors[np.asarray(user_idx, dtype=np.int64)] @ self.item_factors.T
+        if self.item_bias is not None:
+            s = s + self.item_bias[None, :]
+        return s.astype(np.float32, copy=False)
+
+    def _state(self) -> dict[str, np.ndarray]:
+        state = {"user_factors": self.user_factors, "item_factors": self.item_factors}
+        if self.item_bias is not None:
+            state["item_bias"] = self.item_bias
+        return {k: np.array(v, dtype=np.float32) for k, v in state.items()}
+
+    def _load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        self.user_factors = arrays["user_factors"]
+        self.item_factors = arrays["item_factors"]
+        self.item_bias = arrays.get("item_bias")
+        if self.user_factors.shape[0] != self.n_users or self.item_factors.shape[0] != self.n_items:
+            raise ConfigError("factor matrices do not match the id maps")
+
+
+@dataclass(frozen=True)
+class IALSConfig(ModelConfig):
+    factors: int = 64
+    regularization: float = 0.05
+    alpha: float = 10.0
+    """Confidence of an observed pair (unobserved pairs have confidence 1)."""
+    epochs: int = 15
+    patience: int = 3
+    eval_every: int = 1
+    feedback: str = "binary"
+
+
+class IALS(_Factorised):
+    """Implicit ALS (Hu, Koren, Volinsky 2008) via the ``implicit`` library, one sweep per epoch."""
+
+    name = "ials"
+    config_class = IALSConfig
+
+    @staticmethod
+    def search_space(trial: Any) -> dict[str, Any]:
+        return {
+            "factors": trial.suggest_categorical("factors", [32, 64, 128, 256]),
+            "regularization": trial.suggest_float("regularization", 1e-2, 300.0, log=True),
+            "alpha": trial.suggest_float("alpha", 0.5, 50.0, log=True),
+        }
+
+    def init_training(self, dataset: InteractionDataset, options: TrainingOptions) -> None:
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        cfg: IALSConfig = self.config  # type: ignore[assignment]
+        if cfg.factors < 1 or cfg.regularization < 0 or cfg.alpha <= 0:
+            raise ConfigError("ials: factors >= 1, regularization >= 0 and alpha > 0 required")
+        from threadpoolctl import threadpool_limits
+
+        self._X = _feedback(dataset, cfg.feedback)
+        with threadpool_limits(1, "blas"):  # implicit warns when BLAS is multi-threaded
+            self._als = self._make_als(AlternatingLeastSquares, cfg, options)
+
+    @staticmethod
+    def _make_als(factory: Any, cfg: IALSConfig, options: TrainingOptions) -> Any:
+        return factory(
+            factors=cfg.factors,
+            regularization=cfg.regularization,
+            alpha=cfg.alpha,
+            iterations=1,
+            random_state=options.seed,
+            num_threads=options.num_threads or 0,
+        )
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        from threadpoolctl import threadpool_limits
+
+        # implicit keeps its factors between fit() calls, so each call is one more ALS sweep.
+        # Its solver parallelises over users itself; a multi-threaded BLAS underneath only contends.
+        with threadpool_limits(1, "blas"):
+            self._als.fit(self._X, show_progress=False)
+        self.user_factors = self._als.user_factors
+        self.item_factors = self._als.item_factors
+        return {}
+
+    def finish_training(self) -> None:
+        self._als = None
+        self._X = None
+
+
+@dataclass(frozen=True)
+class BPRConfig(ModelConfig):
+    factors: int = 64
+    lr: float = 0.01
+    reg: float = 1e-4
+    """L2 penalty on the embeddings used in each step."""
+    batch_size: int = 2048
+    epochs: int = 60
+    patience: int = 5
+    eval_every: int = 2
+
+
+class BPR(_Factorised):
+    """BPR-MF (Rendle et al. 2009) in PyTorch: uniform negatives, Adam, one pass per epoch."""
+
+    name = "bpr"
+    config_class = BPRConfig
+
+    @staticmethod
+    def search_space(trial: Any) -> dict[str, Any]:
+        return {
+            "factors": trial.suggest_categorical("factors", [32, 64, 128]),
+            "lr": trial.suggest_float("lr", 1e-3, 5e-2, log=True),
+            "reg": trial.suggest_float("reg", 1e-5, 1e-1, log=True),
+        }
+
+    def init_training(self, dataset: InteractionDataset, options: TrainingOptions) -> None:
+        cfg: BPRConfig = self.config  # type: ignore[assignment]
+        if cfg.factors < 1 or cfg.lr <= 0 or cfg.reg < 0 or cfg.batch_size < 1:
+            raise ConfigError("bpr: factors >= 1, lr > 0, reg >= 0, batch_size >= 1 required")
+        self._gen = torch.Generator().manual_seed(options.seed)
+        self._device = torch.device(options.device)
+        X = dataset.matrix()
+        self._pos_u = torch.from_numpy(np.repeat(np.arange(X.shape[0]), np.diff(X.indptr)).astype(np.int64))
+        self._pos_i = torch.from_numpy(X.indices.astype(np.int64))
+        # Sorted user*n_items+item keys let us reject sampled negatives that are positives.
+        self._keys = (self._pos_u * X.shape[1] + self._pos_i).sort().values
+        std = 0.1 / cfg.factors**0.5
+        self._U = torch.nn.Embedding(X.shape[0], cfg.factors).to(self._device)
+        self._V = torch.nn.Embedding(X.shape[1], cfg.factors).to(self._device)
+        self._b = torch.nn.Embedding(X.shape[1], 1).to(self._device)
+        for emb in (self._U, self._V):
+            torch.nn.init.normal_(emb.weight, std=std, generator=self._gen)
+        torch.nn.init.zeros_(self._b.weight)
+        params = [*self._U.parameters(), *self._V.parameters(), *self._b.parameters()]
+        self._opt = torch.optim.Adam(params, lr=cfg.lr)
+        self._sync()
+
+    def _sync(self) -> None:
+        self.user_factors = self._U.weight.detach().cpu().numpy().copy()
+        self.item_factors = self._V.weight.detach().cpu().numpy().copy()
+        self.item_bias = self._b.weight.detach().cpu().numpy()[:, 0].copy()
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        cfg: BPRConfig = self.config  # type: ignore[assignment]
+        n, m = len(self._pos_u), self.n_items
+        perm = torch.randperm(n, generator=self._gen)
+        neg = torch.randint(0, m, (n,), generator=self._gen)
+        for _ in range(3):  # resample negatives that happen to be positives
+            hit = torch.isin(self._pos_u[perm] * m + neg, self._keys)
+            if not hit.any():
+                break
+            neg[hit] = torch.randint(0, m, (int(hit.sum()),), generator=self._gen)
+        total = 0.0
+        for s in range(0, n, cfg.batch_size):
+            idx = perm[s : s + cfg.batch_size]
+            u = self._pos_u[idx].to(self._device)
+            i = self._pos_i[idx].to(self._device)
+            j = neg[s : s + cfg.batch_size].to(self._device)
+            eu, ei, ej = self._U(u), self._V(i), self._V(j)
+            x = (eu * (ei - ej)).sum(1) + self._b(i)[:, 0] - self._b(j)[:, 0]
+            loss = -torch.nn.functional.logsigmoid(x).mean()
+            loss = loss + cfg.reg * (eu.pow(2).sum() + ei.pow(2).sum() + ej.pow(2).sum()) / len(idx)
+            self._opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self._opt.step()
+            total += float(loss.detach()) * len(idx)
+        self._sync()
+        return {"loss": total / n}
+
+    def finish_training(self) -> None:
+        self._opt = None
+        self._U = self._V = self._b = None

@@ -1,0 +1,34 @@
+"""Model names used on the command line and in model files, mapped to classes (imported lazily)."""
+
+from __future__ import annotations
+
+import importlib
+
+from retailgan.errors import ConfigError
+
+MODELS: dict[str, str] = {
+    "pop": "retailgan.models.baselines:MostPopular",
+    "itemknn": "retailgan.models.baselines:ItemKNN",
+    "ease": "retailgan.models.baselines:EASE",
+    "ials": "retailgan.models.baselines:IALS",
+    "bpr": "retailgan.models.baselines:BPR",
+}
+
+
+def get_model_class(name: str) -> type:
+    """The recommender class registered as ``name``."""
+    try:
+        target = MODELS[name]
+    except KeyError:
+        raise ConfigError(f"unknown model {name!r}; choose from {', '.join(MODELS)}") from None
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def name_of(cls: type) -> str:
+    """The registered name of a recommender class."""
+    target = f"{cls.__module__}:{cls.__name__}"
+    for name, t in MODELS.items():
+        if t == target:
+            return name
+    raise ConfigError(f"{cls.__name__} is not a registered model")
