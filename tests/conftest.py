@@ -40,8 +40,11 @@ def oracle_dataset(n_per_cluster: int = 20, items_per_cluster: int = 6) -> tuple
                     users.append(uid)
                     items.append(it)
     ts = np.arange(len(users))
-    info = {f"i{c}_{j}": {"title": f"Product {c}-{j}", "category": f"cat{c}", "price": 1.0 + j}
-            for c in range(2) for j in range(items_per_cluster)}
+    info = {
+        f"i{c}_{j}": {"title": f"Product {c}-{j}", "category": f"cat{c}", "price": 1.0 + j}
+        for c in range(2)
+        for j in range(items_per_cluster)
+    }
     return InteractionDataset.from_arrays(users, items, timestamps=ts, item_info=info, name="oracle"), answer
 
 

@@ -8,7 +8,6 @@ arrays are kept so every model can be compared to the best one with a paired tes
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any

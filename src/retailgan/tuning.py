@@ -87,7 +87,9 @@ def tune(
         has_space = True
     if n_trials == 0 or not has_space:
         value, params = validate_once(name, fixed, split, seed=seed, metric=metric)
-        return TuneResult(name, params, value, metric, [{"params": params, "value": value}], time.perf_counter() - start)
+        return TuneResult(
+            name, params, value, metric, [{"params": params, "value": value}], time.perf_counter() - start
+        )
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
@@ -116,7 +118,5 @@ def tune(
     if not completed:
         raise ConfigError(f"tuning {name}: no trial completed")
     best = study.best_trial
-    trials = [
-        {"number": t.number, "params": t.params, "value": t.value, "state": t.state.name} for t in study.trials
-    ]
+    trials = [{"number": t.number, "params": t.params, "value": t.value, "state": t.state.name} for t in study.trials]
     return TuneResult(name, finals[best.number], float(best.value), metric, trials, time.perf_counter() - start)

@@ -217,9 +217,7 @@ class InteractionDataset:
         if binary and self._matrix is not None:
             return self._matrix
         data = np.ones(len(self), np.float32) if binary else self.weight.astype(np.float32)
-        m = sp.csr_matrix(
-            (data, (self.user_idx, self.item_idx)), shape=(self.n_users, self.n_items), dtype=np.float32
-        )
+        m = sp.csr_matrix((data, (self.user_idx, self.item_idx)), shape=(self.n_users, self.n_items), dtype=np.float32)
         m.sum_duplicates()
         m.sort_indices()
         assert m.shape == (self.n_users, self.n_items)

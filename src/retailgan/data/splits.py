@@ -98,9 +98,7 @@ def split(
     )
 
 
-def _random_per_user(
-    ds: InteractionDataset, pool: np.ndarray, fraction: float, rng: np.random.Generator
-) -> np.ndarray:
+def _random_per_user(ds: InteractionDataset, pool: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
     """Mask holding out round(fraction * n_u) random items of each user in ``pool``.
 
     Users with a single item in the pool keep it for training. Vectorised: a random key per pair,

@@ -137,7 +137,9 @@ class ItemKNN(_ItemItem):
         state = {"W.data": W.data, "W.indices": W.indices.astype(np.int64), "W.indptr": W.indptr.astype(np.int64)}
         if getattr(self, "_feedback_matrix", None) is not None:
             F = self._feedback_matrix
-            state.update({"F.data": F.data, "F.indices": F.indices.astype(np.int64), "F.indptr": F.indptr.astype(np.int64)})
+            state.update(
+                {"F.data": F.data, "F.indices": F.indices.astype(np.int64), "F.indptr": F.indptr.astype(np.int64)}
+            )
         return state
 
     def _load_state(self, arrays: dict[str, np.ndarray]) -> None:
@@ -183,7 +185,9 @@ class EASE(_ItemItem):
         state = {"W": np.asarray(self.W)}
         if getattr(self, "_feedback_matrix", None) is not None:
             F = self._feedback_matrix
-            state.update({"F.data": F.data, "F.indices": F.indices.astype(np.int64), "F.indptr": F.indptr.astype(np.int64)})
+            state.update(
+                {"F.data": F.data, "F.indices": F.indices.astype(np.int64), "F.indptr": F.indptr.astype(np.int64)}
+            )
         return state
 
     def _load_state(self, arrays: dict[str, np.ndarray]) -> None:

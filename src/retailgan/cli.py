@@ -1,0 +1,511 @@
+"""The ``retailgan`` command line: ingest logs, compare recommenders, train, recommend."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from retailgan.errors import ConfigError, RetailganError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="retailgan: personalised recommendations from raw retail logs.",
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+BUNDLED_RETAIL = Path(__file__).resolve().parents[2] / "data" / "online-retail" / "online_retail.csv.gz"
+
+
+def _fail(message: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _write_json_atomic(path: Path, payload: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(payload, fh, indent=2, default=str)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _parse_ks(text: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(sorted({int(k) for k in text.split(",") if k.strip()}))
+    except ValueError:
+        raise ConfigError(f"--k must be comma-separated integers like 10,20, got {text!r}") from None
+    if not ks or ks[0] < 1:
+        raise ConfigError(f"--k values must be >= 1, got {text!r}")
+    return ks
+
+
+def _parse_weights(text: str | None) -> dict[str, float] | None:
+    if not text:
+        return None
+    out: dict[str, float] = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        if not sep:
+            raise ConfigError(f"--event-weights must look like view=1,cart=2,purchase=3; got {part!r}")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"--event-weights: {value!r} for {name!r} is not a number") from None
+    return out
+
+
+def _load(store: Path, event_weights: str | None, rating_threshold: float | None, min_user: int, min_item: int):
+    from retailgan.data.dataset import LoadOptions, load_dataset
+    from retailgan.data.schemas import DEFAULT_EVENT_WEIGHTS
+
+    weights = _parse_weights(event_weights)
+    opts = LoadOptions(
+        event_weights={**DEFAULT_EVENT_WEIGHTS, **(weights or {})},
+        rating_threshold=rating_threshold,
+        min_user=min_user,
+        min_item=min_item,
+    )
+    ds = load_dataset(store, opts)
+    if len(ds) == 0:
+        raise ConfigError(f"{store}: the store has no events (run `retailgan ingest` first)")
+    return ds
+
+
+def _run(fn, *args, **kwargs):
+    """Call ``fn`` turning retailgan errors into one clear line on stderr and exit code 2."""
+    try:
+        return fn(*args, **kwargs)
+    except RetailganError as exc:
+        _fail(str(exc))
+    except FileNotFoundError as exc:
+        _fail(f"{exc.filename}: no such file or directory")
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details.")) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+
+
+# -- ingest -----------------------------------------------------------------------------------
+
+
+@app.command()
+def ingest(
+    source: Path = typer.Argument(..., help="CSV, CSV.gz, Parquet or JSONL file (or dataset folder)."),
+    store: Path = typer.Option(Path("retailgan.duckdb"), "--store", help="DuckDB store file (created if absent)."),
+    fmt: str = typer.Option(
+        "online-retail", "--format", help="online-retail, movielens-100k, amazon-s3rec, rechorus, events."
+    ),
+    user_col: str | None = typer.Option(None, "--user-col", help="events format: user id column."),
+    item_col: str | None = typer.Option(None, "--item-col", help="events format: item id column."),
+    time_col: str | None = typer.Option(None, "--time-col", help="events format: timestamp column."),
+    event_col: str | None = typer.Option(None, "--event-col", help="events format: event type column."),
+    quantity_col: str | None = typer.Option(None, "--quantity-col"),
+    price_col: str | None = typer.Option(None, "--price-col"),
+    rating_col: str | None = typer.Option(None, "--rating-col"),
+    catalogue: Path | None = typer.Option(None, "--catalogue", help="events format: product catalogue file."),
+    catalogue_item_col: str | None = typer.Option(None, "--catalogue-item-col"),
+    title_col: str | None = typer.Option(None, "--title-col"),
+    category_col: str | None = typer.Option(None, "--category-col"),
+    catalogue_price_col: str | None = typer.Option(None, "--catalogue-price-col"),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the ingest report as JSON here."),
+) -> None:
+    """Ingest a behaviour log into the store: clean, report, and keep every dropped row."""
+    from retailgan.data.ingest import ingest as do_ingest
+
+    mapping = {
+        k: v
+        for k, v in {
+            "user": user_col,
+            "item": item_col,
+            "timestamp": time_col,
+            "event_type": event_col,
+            "quantity": quantity_col,
+            "price": price_col,
+            "rating": rating_col,
+        }.items()
+        if v
+    }
+    cat_mapping = {
+        k: v
+        for k, v in {
+            "item": catalogue_item_col,
+            "title": title_col,
+            "category": category_col,
+            "price": catalogue_price_col,
+        }.items()
+        if v
+    }
+    report = _run(
+        do_ingest,
+        store,
+        source,
+        fmt,
+        mapping=mapping or None,
+        catalogue=catalogue,
+        catalogue_mapping=cat_mapping or None,
+    )
+    Console().print(report.to_markdown(), highlight=False, soft_wrap=True)
+    if json_out:
+        _write_json_atomic(json_out, report.to_dict())
+
+
+@app.command()
+def info(
+    store: Path = typer.Option(Path("retailgan.duckdb"), "--store"),
+    json_out: Path | None = typer.Option(None, "--json"),
+) -> None:
+    """Summarise a store: counts, past ingests and rejected rows by reason."""
+    from retailgan.data.store import Store
+
+    def summary() -> dict[str, Any]:
+        with Store.open(store, create=False, read_only=True) as st:
+            return st.summary()
+
+    data = _run(summary)
+    Console().print_json(json.dumps(data, default=str))
+    if json_out:
+        _write_json_atomic(json_out, data)
+
+
+# -- compare ----------------------------------------------------------------------------------
+
+
+@app.command()
+def compare(
+    store: Path = typer.Option(Path("retailgan.duckdb"), "--store"),
+    protocol: str = typer.Option("temporal", "--protocol", help="random, temporal, leave-last or cfgan-paper."),
+    models: str = typer.Option("pop,itemknn,ease,ials,bpr", "--models"),
+    tune_trials: int = typer.Option(0, "--tune-trials", help="Optuna trials per model, on validation only."),
+    k: str = typer.Option("10,20", "--k", help="Cut-offs, comma-separated."),
+    seed: int = typer.Option(0, "--seed"),
+    test_fraction: float = typer.Option(0.2, "--test-fraction"),
+    n_last: int = typer.Option(1, "--n-last", help="leave-last: items held out per user."),
+    event_weights: str | None = typer.Option(None, "--event-weights", help="e.g. view=1,cart=2,purchase=3"),
+    rating_threshold: float | None = typer.Option(None, "--rating-threshold"),
+    min_user: int = typer.Option(1, "--min-user", help="k-core: minimum interactions per user."),
+    min_item: int = typer.Option(1, "--min-item", help="k-core: minimum interactions per item."),
+    params: str | None = typer.Option(None, "--params", help='Fixed parameters, JSON: {"ease": {"l2": 300}}'),
+    json_out: Path | None = typer.Option(None, "--json"),
+    plot: Path | None = typer.Option(None, "--plot"),
+    report: Path | None = typer.Option(None, "--report", help="Markdown report file."),
+    save_dir: Path | None = typer.Option(None, "--save-dir", help="Save each fitted model in DIR/<model>."),
+) -> None:
+    """Tune on validation, fit, and evaluate recommenders side by side on one split."""
+    _run(
+        _compare,
+        store,
+        protocol,
+        models,
+        tune_trials,
+        k,
+        seed,
+        test_fraction,
+        n_last,
+        event_weights,
+        rating_threshold,
+        min_user,
+        min_item,
+        params,
+        json_out,
+        plot,
+        report,
+        save_dir,
+    )
+
+
+def _compare(
+    store,
+    protocol,
+    models,
+    tune_trials,
+    k,
+    seed,
+    test_fraction,
+    n_last,
+    event_weights,
+    rating_threshold,
+    min_user,
+    min_item,
+    params,
+    json_out,
+    plot,
+    report,
+    save_dir,
+) -> dict[str, Any]:
+    from retailgan.data.splits import split
+    from retailgan.evaluation.report import plot_results, results_table_markdown
+    from retailgan.experiments import comparison_json, run_comparison
+    from retailgan.models.registry import get_model_class
+
+    ks = _parse_ks(k)
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    if not names:
+        raise ConfigError("--models is empty")
+    for name in names:
+        get_model_class(name)  # fail on a typo before any work
+    try:
+        fixed = json.loads(params) if params else {}
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--params is not valid JSON: {exc}") from None
+    if not isinstance(fixed, dict) or not all(isinstance(v, dict) for v in fixed.values()):
+        raise ConfigError('--params must be a JSON object of objects, e.g. {"ease": {"l2": 300}}')
+    ds = _load(store, event_weights, rating_threshold, min_user, min_item)
+    sp_ = split(ds, protocol, seed=seed, test_fraction=test_fraction, n_last=n_last)
+    console.print(
+        f"{ds.name}: {len(ds):,} pairs, {ds.n_users:,} users, {ds.n_items:,} items; "
+        f"{protocol} split: train {len(sp_.train):,} / test {len(sp_.test):,} "
+        f"(validation {len(sp_.validation):,} carved from train)",
+        highlight=False,
+    )
+    with console.status("starting") as status:
+        runs = run_comparison(
+            sp_,
+            names,
+            ks=ks,
+            seed=seed,
+            tune_trials=tune_trials,
+            params=fixed,
+            on_model=lambda name, step: status.update(f"{name}: {step}"),
+        )
+    primary = f"ndcg@{ks[-1]}"
+    metric_names = [f"{m}@{kk}" for kk in ks for m in ("ndcg", "recall", "precision", "map", "mrr", "hitrate")]
+    extra = [f"{m}@{ks[0]}" for m in ("coverage", "novelty", "ild", "revenue")]
+    doc = comparison_json(runs, sp_, dataset_name=ds.name, seed=seed, primary=primary, ci_metrics=[primary])
+    shown = [m for m in [*metric_names, *extra] if any(m in r["metrics"] for r in doc["results"])]
+    table = results_table_markdown(doc["results"], shown)
+    typer.echo(table)
+    if json_out:
+        _write_json_atomic(json_out, doc)
+    if plot:
+        plot_results(
+            doc["results"],
+            [f"ndcg@{kk}" for kk in ks] + [f"recall@{kk}" for kk in ks],
+            plot,
+            title=f"{ds.name} - {protocol} split",
+        )
+    if report:
+        _write_text_atomic(report, _report_markdown(doc, table))
+    if save_dir:
+        for run in runs:
+            run.model.save(Path(save_dir) / run.name)
+    return doc
+
+
+def _report_markdown(doc: dict[str, Any], table: str) -> str:
+    lines = [
+        f"# {doc['dataset']}: {doc['protocol']} split, seed {doc['seed']}",
+        "",
+        "Hyperparameters chosen on the validation part only; every model fitted on the full training",
+        "part and evaluated once on the test part, full ranking over all items, training items excluded.",
+        "",
+        table,
+        f"Best by {doc['primary_metric']}: **{doc['best']}**. Paired comparison with the best "
+        "(mean difference, 95 % bootstrap CI, paired t-test and Wilcoxon p-values):",
+        "",
+        "| model | diff | 95% CI | p (t) | p (Wilcoxon) |",
+        "|:---|---:|---:|---:|---:|",
+    ]
+    for r in doc["results"]:
+        v = r.get("vs_best")
+        if v:
+            lines.append(
+                f"| {r['model']} | {v['mean_diff']:+.4f} | [{v['ci_low']:+.4f}, {v['ci_high']:+.4f}] "
+                f"| {v['p_ttest']:.2g} | {v['p_wilcoxon']:.2g} |"
+            )
+    lines += ["", "Parameters:", ""]
+    lines += [f"- {r['model']}: `{json.dumps(r['params'])}`" for r in doc["results"]]
+    return "\n".join(lines) + "\n"
+
+
+# -- train / recommend --------------------------------------------------------------------------
+
+
+@app.command()
+def train(
+    store: Path = typer.Option(Path("retailgan.duckdb"), "--store"),
+    model: str = typer.Option("ease", "--model"),
+    out: Path = typer.Option(..., "--out", help="Model directory to write."),
+    params: str | None = typer.Option(None, "--params", help='JSON, e.g. {"l2": 300}'),
+    tune_trials: int = typer.Option(0, "--tune-trials", help="Tune first on a split of the data (validation only)."),
+    protocol: str = typer.Option("temporal", "--protocol", help="Split used for tuning."),
+    seed: int = typer.Option(0, "--seed"),
+    event_weights: str | None = typer.Option(None, "--event-weights"),
+    rating_threshold: float | None = typer.Option(None, "--rating-threshold"),
+    min_user: int = typer.Option(1, "--min-user"),
+    min_item: int = typer.Option(1, "--min-item"),
+) -> None:
+    """Fit one model on all of the store's data (optionally tuned first) and save it."""
+
+    def go() -> None:
+        from retailgan.data.splits import split
+        from retailgan.models.base import TrainingOptions
+        from retailgan.models.registry import get_model_class
+        from retailgan.tuning import tune
+
+        cls = get_model_class(model)
+        try:
+            fixed = json.loads(params) if params else {}
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--params is not valid JSON: {exc}") from None
+        if not isinstance(fixed, dict):
+            raise ConfigError('--params must be a JSON object, e.g. {"l2": 300}')
+        ds = _load(store, event_weights, rating_threshold, min_user, min_item)
+        chosen = fixed
+        if tune_trials > 0 or hasattr(cls.config_class, "epochs"):
+            result = tune(model, split(ds, protocol, seed=seed), n_trials=tune_trials, seed=seed, fixed=fixed)
+            chosen = result.params
+            console.print(f"chosen on validation: {json.dumps(chosen)} ({result.metric} {result.value:.4f})")
+        fitted = cls(**chosen).fit(ds, TrainingOptions(seed=seed, progress=sys.stderr.isatty()))
+        fitted.save(out)
+        console.print(f"saved {model} ({ds.n_users:,} users, {ds.n_items:,} items) to {out}")
+
+    _run(go)
+
+
+@app.command()
+def recommend(
+    model_dir: Path = typer.Option(..., "--model-dir"),
+    user: list[str] = typer.Option(..., "--user", help="Raw customer id (repeatable)."),
+    k: int = typer.Option(10, "--k", min=1, max=1000),
+    include_seen: bool = typer.Option(False, "--include-seen", help="Allow items the customer already has."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Top-k products for customers, with titles and prices."""
+
+    def go() -> None:
+        from rich.table import Table
+
+        from retailgan.persistence import load_model
+
+        mdl = load_model(model_dir)
+        recs = mdl.recommend(user, k, exclude_seen=not include_seen)
+        info = mdl.item_info
+        out = []
+        for r, uid in enumerate(recs.user_ids):
+            items = []
+            for rank, (j, iid, score) in enumerate(
+                zip(recs.item_idx[r], recs.item_ids[r], recs.scores[r], strict=True), start=1
+            ):
+                if iid is None:
+                    continue
+                price = float(info.prices[j])
+                items.append(
+                    {
+                        "rank": rank,
+                        "item_id": iid,
+                        "title": info.titles[j],
+                        "price": None if price != price else price,
+                        "score": float(score),
+                    }
+                )
+            out.append({"user_id": uid, "known": bool(recs.known[r]), "items": items})
+        if json_out:
+            typer.echo(json.dumps(out, indent=2))
+            return
+        for entry in out:
+            note = "" if entry["known"] else " (unknown customer: popular products)"
+            table = Table(title=f"customer {entry['user_id']}{note}")
+            for col in ("rank", "item", "title", "price", "score"):
+                table.add_column(col)
+            for it in entry["items"]:
+                price = "" if it["price"] is None else f"{it['price']:.2f}"
+                table.add_row(str(it["rank"]), it["item_id"], str(it["title"] or ""), price, f"{it['score']:.4f}")
+            Console().print(table)
+
+    _run(go)
+
+
+# -- demo -------------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("out"), "--out", help="Folder for the store, report, plot and models."),
+    source: Path = typer.Option(BUNDLED_RETAIL, "--source", help="Online Retail file (bundled by default)."),
+    tune_trials: int = typer.Option(10, "--tune-trials"),
+    models: str = typer.Option("pop,itemknn,ease,ials,bpr", "--models"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """End to end on the bundled UCI Online Retail log: ingest, clean, split, tune, evaluate, report."""
+    out.mkdir(parents=True, exist_ok=True)
+    store = out / "retail.duckdb"
+    console.rule("1. ingest and clean")
+    ingest(
+        source=source,
+        store=store,
+        fmt="online-retail",
+        user_col=None,
+        item_col=None,
+        time_col=None,
+        event_col=None,
+        quantity_col=None,
+        price_col=None,
+        rating_col=None,
+        catalogue=None,
+        catalogue_item_col=None,
+        title_col=None,
+        category_col=None,
+        catalogue_price_col=None,
+        json_out=out / "ingest.json",
+    )
+    console.rule("2. temporal split, tune on validation, evaluate on test")
+    _run(
+        _compare,
+        store,
+        "temporal",
+        models,
+        tune_trials,
+        "10,20",
+        seed,
+        0.2,
+        1,
+        None,
+        None,
+        1,
+        1,
+        None,
+        out / "compare.json",
+        out / "compare.png",
+        out / "report.md",
+        out / "models",
+    )
+    console.print(
+        f"wrote {out / 'report.md'}, {out / 'compare.json'}, {out / 'compare.png'}, models in {out / 'models'}"
+    )
+
+
+def main() -> None:  # pragma: no cover - console-script entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,74 @@
+"""Dataset: vocabularies, aggregation, matrix orientation, k-core."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from retailgan.data.dataset import InteractionDataset, Vocabulary, compact, k_core
+from retailgan.errors import UnknownIdError
+
+
+def test_vocabulary_round_trip_and_unknown_ids():
+    v = Vocabulary(["a", "b", "c"])
+    assert v.index(["c", "a"]).tolist() == [2, 0]
+    assert v.decode([1, 2]).tolist() == ["b", "c"]
+    assert v.index(["a", "zz"], missing="negative").tolist() == [0, -1]
+    with pytest.raises(UnknownIdError, match="unknown user.*'zz'"):
+        v.index(["zz"], kind="user")
+    with pytest.raises(ValueError, match="unique"):
+        Vocabulary(["a", "a"])
+
+
+def test_aggregation_keeps_first_time_max_weight_and_count():
+    ds = InteractionDataset.from_arrays(
+        ["u1", "u1", "u1", "u2"], ["x", "x", "y", "x"], timestamps=[5, 3, 9, 1], weights=[1, 3, 2, 1]
+    )
+    assert len(ds) == 3
+    rows = {
+        (ds.users.ids[u], ds.items.ids[i]): (t, w, c)
+        for u, i, t, w, c in zip(ds.user_idx, ds.item_idx, ds.timestamp, ds.weight, ds.count, strict=True)
+    }
+    assert rows[("u1", "x")] == (3, 3.0, 2)
+    assert rows[("u1", "y")] == (9, 2.0, 1)
+
+
+def test_matrix_is_users_by_items():
+    ds = InteractionDataset.from_arrays(["u1", "u2", "u3"], ["x", "x", "y"], weights=[1, 2, 3])
+    m = ds.matrix()
+    assert m.shape == (3, 2) == (ds.n_users, ds.n_items)
+    assert m[ds.users.index(["u2"])[0], ds.items.index(["x"])[0]] == 1.0
+    assert ds.matrix(binary=False).sum() == 6.0
+
+
+def test_numeric_ids_sort_naturally():
+    ds = InteractionDataset.from_arrays(["10", "2", "1"], ["b", "a", "c"])
+    assert ds.users.ids.tolist() == ["1", "2", "10"]
+
+
+def test_subset_checks_mask_shape():
+    ds = InteractionDataset.from_arrays(["u"], ["i"])
+    with pytest.raises(ValueError, match="mask has shape"):
+        ds.subset(np.ones(3, bool))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 8), st.integers(0, 8)), min_size=1, max_size=80),
+    st.integers(1, 4),
+    st.integers(1, 4),
+)
+def test_k_core_invariant(pairs, min_user, min_item):
+    users, items = zip(*pairs, strict=True)
+    ds = InteractionDataset.from_arrays([f"u{u}" for u in users], [f"i{i}" for i in items])
+    core = compact(k_core(ds, min_user=min_user, min_item=min_item))
+    if len(core):
+        assert np.bincount(core.user_idx).min() >= min_user
+        assert np.bincount(core.item_idx).min() >= min_item
+    # Maximality: every pair of the original whose user and item survive is kept.
+    kept = set(zip(core.users.decode(core.user_idx), core.items.decode(core.item_idx), strict=True))
+    orig = set(zip(ds.users.decode(ds.user_idx), ds.items.decode(ds.item_idx), strict=True))
+    surv_u, surv_i = set(core.users.ids), set(core.items.ids)
+    assert kept == {(u, i) for u, i in orig if u in surv_u and i in surv_i}

@@ -1,0 +1,95 @@
+"""The shared trainer loop: early stopping on validation, best state restored, checkpoints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from retailgan.data.splits import split
+from retailgan.errors import ConfigError
+from retailgan.models.base import IterativeRecommender, ModelConfig, TrainingOptions
+from retailgan.tuning import tune
+from tests.conftest import oracle_dataset
+
+
+@dataclass(frozen=True)
+class ScriptedConfig(ModelConfig):
+    epochs: int = 10
+    patience: int = 2
+    eval_every: int = 1
+
+
+class Scripted(IterativeRecommender):
+    """Epoch 3 produces perfect scores (the held-out answers); every other epoch random ones."""
+
+    name = "scripted"
+    config_class = ScriptedConfig
+
+    def init_training(self, dataset, options):
+        self.rng = np.random.default_rng(options.seed)
+        self.W = np.zeros((self.n_users, self.n_items), np.float32)
+
+    def train_epoch(self, epoch):
+        if epoch == 3:
+            self.W = self.good.copy()
+        else:
+            self.W = self.rng.random((self.n_users, self.n_items)).astype(np.float32)
+        return {"loss": float(epoch)}
+
+    def score_users(self, user_idx):
+        return self.W[user_idx]
+
+    def _state(self):
+        return {"W": self.W}
+
+    def _load_state(self, arrays):
+        self.W = arrays["W"]
+
+
+def test_early_stopping_restores_best_epoch(tmp_path, monkeypatch):
+    ds, answer = oracle_dataset()
+    s = split(ds, "leave-last", seed=0)
+    good = np.zeros((ds.n_users, ds.n_items), np.float32)
+    good[s.validation.user_idx, s.validation.item_idx] = 1.0
+    model = Scripted()
+    model.good = good
+    seen = []
+    saved = []
+    monkeypatch.setattr(Scripted, "save", lambda self, path: saved.append(path))
+    model.fit(
+        s.train_inner,
+        TrainingOptions(
+            seed=0,
+            validation=s.validation,
+            callback=lambda e, logged: seen.append(e),
+            checkpoint_dir=tmp_path / "ckpt",
+        ),
+    )
+    assert model.best_epoch == 3
+    assert len(model.history) == 5  # epochs 4 and 5 did not improve: patience 2
+    assert seen == [1, 2, 3, 4, 5]
+    np.testing.assert_array_equal(model.W, good)
+    assert model.history[2]["val_ndcg@20"] == pytest.approx(1.0)
+    assert saved and saved[-1] == tmp_path / "ckpt"
+
+
+def test_validation_must_share_vocabularies():
+    ds, _ = oracle_dataset()
+    other, _ = oracle_dataset(n_per_cluster=5)
+    with pytest.raises(ConfigError, match="vocabularies"):
+        Scripted().fit(ds, TrainingOptions(validation=other))
+
+
+def test_tune_uses_validation_only_and_sets_epochs():
+    ds, _ = oracle_dataset()
+    s = split(ds, "random", seed=0)
+    res = tune("ials", s, n_trials=3, seed=0, fixed={"epochs": 4})
+    assert res.params["epochs"] <= 4 and res.params["epochs"] >= 1
+    assert len(res.trials) == 3
+    assert 0.0 <= res.value <= 1.0
+    res0 = tune("ease", s, n_trials=0)
+    assert res0.params == {"l2": 500.0, "feedback": "binary"}
+    res_pop = tune("pop", s, n_trials=5)
+    assert len(res_pop.trials) == 1  # nothing to search
