@@ -299,7 +299,8 @@ def _compare(
     primary = f"ndcg@{ks[-1]}"
     metric_names = [f"{m}@{kk}" for kk in ks for m in ("ndcg", "recall", "precision", "map", "mrr", "hitrate")]
     extra = [f"{m}@{ks[0]}" for m in ("coverage", "novelty", "ild", "revenue")]
-    doc = comparison_json(runs, sp_, dataset_name=ds.name, seed=seed, primary=primary, ci_metrics=[primary])
+    plotted = [f"ndcg@{kk}" for kk in ks] + [f"recall@{kk}" for kk in ks]
+    doc = comparison_json(runs, sp_, dataset_name=ds.name, seed=seed, primary=primary, ci_metrics=plotted)
     shown = [m for m in [*metric_names, *extra] if any(m in r["metrics"] for r in doc["results"])]
     table = results_table_markdown(doc["results"], shown)
     typer.echo(table)
@@ -344,6 +345,48 @@ def _report_markdown(doc: dict[str, Any], table: str) -> str:
     lines += ["", "Parameters:", ""]
     lines += [f"- {r['model']}: `{json.dumps(r['params'])}`" for r in doc["results"]]
     return "\n".join(lines) + "\n"
+
+
+@app.command(name="tune")
+def tune_cmd(
+    store: Path = typer.Option(Path("retailgan.duckdb"), "--store"),
+    model: str = typer.Option(..., "--model"),
+    protocol: str = typer.Option("temporal", "--protocol"),
+    trials: int = typer.Option(20, "--trials", min=0),
+    metric: str = typer.Option("ndcg@20", "--metric"),
+    seed: int = typer.Option(0, "--seed"),
+    timeout: float | None = typer.Option(None, "--timeout", help="Stop searching after this many seconds."),
+    event_weights: str | None = typer.Option(None, "--event-weights"),
+    rating_threshold: float | None = typer.Option(None, "--rating-threshold"),
+    min_user: int = typer.Option(1, "--min-user"),
+    min_item: int = typer.Option(1, "--min-item"),
+    json_out: Path | None = typer.Option(None, "--json"),
+) -> None:
+    """Search a model's hyperparameters on the validation part of a split (the test part is untouched)."""
+
+    def go() -> None:
+        from retailgan.data.splits import split
+        from retailgan.models.registry import get_model_class
+        from retailgan.tuning import tune
+
+        get_model_class(model)
+        ds = _load(store, event_weights, rating_threshold, min_user, min_item)
+        result = tune(model, split(ds, protocol, seed=seed), n_trials=trials, seed=seed, metric=metric, timeout=timeout)
+        doc = {
+            "model": model,
+            "protocol": protocol,
+            "seed": seed,
+            "metric": metric,
+            "best_value": result.value,
+            "best_params": result.params,
+            "trials": result.trials,
+            "seconds": result.seconds,
+        }
+        typer.echo(f"best validation {metric} = {result.value:.4f} with {json.dumps(result.params)}")
+        if json_out:
+            _write_json_atomic(json_out, doc)
+
+    _run(go)
 
 
 # -- train / recommend --------------------------------------------------------------------------

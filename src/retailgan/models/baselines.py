@@ -301,8 +301,8 @@ class BPRConfig(ModelConfig):
     lr: float = 0.01
     reg: float = 1e-4
     """L2 penalty on the embeddings used in each step."""
-    batch_size: int = 2048
-    epochs: int = 60
+    batch_size: int = 8192
+    epochs: int = 40
     patience: int = 5
     eval_every: int = 2
 
