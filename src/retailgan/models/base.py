@@ -15,12 +15,13 @@ personalise for users it has seen (fold-in of ad-hoc histories is offered by mod
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -86,6 +87,8 @@ class TrainingOptions:
     checkpoint_dir: Path | None = None
     """Where the best model so far is saved during training (optional)."""
     num_threads: int | None = None
+    """Intra-op threads for torch during training (default 1: the small dense ops of these models
+    gain little from more, and spinning OpenMP threads collapse throughput on a busy machine)."""
 
 
 @dataclass(frozen=True)
@@ -283,6 +286,19 @@ class Recommender(ABC):
         return model
 
 
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Set torch's intra-op thread count for a block, restoring it afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(int(n), 1))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class IterativeRecommender(Recommender):
     """A model trained in epochs by the shared trainer loop.
 
@@ -292,6 +308,10 @@ class IterativeRecommender(Recommender):
     """
 
     def _fit(self, dataset: InteractionDataset, options: TrainingOptions) -> None:
+        with torch_threads(options.num_threads or 1):
+            self._train_loop(dataset, options)
+
+    def _train_loop(self, dataset: InteractionDataset, options: TrainingOptions) -> None:
         cfg = self.config
         epochs: int = cfg.epochs  # type: ignore[attr-defined]
         patience: int = cfg.patience  # type: ignore[attr-defined]
