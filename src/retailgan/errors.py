@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 
 class RetailganError(Exception):
@@ -10,7 +11,35 @@ class RetailganError(Exception):
 
 
 class IngestError(RetailganError):
-    """A source file could not be ingested; the store was left unchanged."""
+    """A source file could not be ingested; the store was left unchanged.
+
+    Either pass the whole message, or pass ``path`` / ``line`` / ``column`` and let the message
+    be prefixed with them: ``IngestError("'abc' is not a number", path=p, line=7,
+    column="Quantity")`` reads ``p: line 7, column Quantity: 'abc' is not a number``. The parts
+    stay available as attributes for programs.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | Path | None = None,
+        line: int | None = None,
+        column: str | None = None,
+    ) -> None:
+        self.path = str(path) if path is not None else None
+        self.line = line
+        self.column = column
+        where = ", ".join(
+            part
+            for part in (
+                f"line {line}" if line is not None else "",
+                f"column {column}" if column is not None else "",
+            )
+            if part
+        )
+        prefix = ": ".join(part for part in (self.path or "", where) if part)
+        super().__init__(f"{prefix}: {message}" if prefix else message)
 
 
 class StoreError(RetailganError):

@@ -1,0 +1,133 @@
+"""The command line end to end on small generated logs: ingest, info, compare, tune, train, recommend."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from retailgan.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A store with two customer groups buying from two product blocks over time."""
+    root = tmp_path_factory.mktemp("cli")
+    rng = np.random.default_rng(0)
+    events = root / "events.csv"
+    with events.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["customer", "sku", "ts", "action"])
+        t = 1_600_000_000
+        for step in range(1500):
+            c = int(rng.integers(0, 60))
+            block = c % 2
+            sku = f"P{block}{int(rng.integers(0, 15)):02d}"
+            w.writerow([f"C{c}", sku, t + step * 60, rng.choice(["view", "cart", "purchase"])])
+    products = root / "products.csv"
+    with products.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["sku", "name", "dept", "price"])
+        for b in range(2):
+            for j in range(15):
+                w.writerow([f"P{b}{j:02d}", f"Product {b}-{j}", f"dept{b}", 2.5 + j])
+    path = root / "shop.duckdb"
+    res = runner.invoke(app, [
+        "ingest", str(events), "--format", "events", "--store", str(path),
+        "--user-col", "customer", "--item-col", "sku", "--time-col", "ts", "--event-col", "action",
+        "--catalogue", str(products), "--catalogue-item-col", "sku", "--title-col", "name",
+        "--category-col", "dept", "--catalogue-price-col", "price", "--json", str(root / "ingest.json"),
+    ])
+    assert res.exit_code == 0, res.output
+    return path
+
+
+def test_ingest_report_and_info(store):
+    report = json.loads((store.parent / "ingest.json").read_text())
+    assert report["rows_in"] == 1500
+    res = runner.invoke(app, ["info", "--store", str(store)])
+    assert res.exit_code == 0, res.output
+    assert "events" in res.output
+
+
+def test_compare_writes_json_table_plot_report(store, tmp_path):
+    out = tmp_path / "c.json"
+    res = runner.invoke(app, [
+        "compare", "--store", str(store), "--protocol", "random", "--models", "pop,ease,itemknn",
+        "--k", "5,10", "--seed", "1", "--json", str(out), "--plot", str(tmp_path / "c.png"),
+        "--report", str(tmp_path / "r.md"), "--tune-trials", "2", "--save-dir", str(tmp_path / "models"),
+    ])
+    assert res.exit_code == 0, res.output
+    assert "| model | ndcg@5" in res.output
+    doc = json.loads(out.read_text())
+    assert doc["dataset"] and doc["protocol"] == "random" and doc["seed"] == 1
+    names = [r["model"] for r in doc["results"]]
+    assert names == ["pop", "ease", "itemknn"]
+    for r in doc["results"]:
+        assert {"ndcg@10", "recall@10", "precision@5", "map@10", "mrr@10", "hitrate@10", "coverage@5",
+                "novelty@5", "ild@5", "revenue@5"} <= set(r["metrics"])
+        assert {"fit_s", "eval_s"} <= set(r["timings"])
+        assert 0.0 <= r["metrics"]["ndcg@10"] <= 1.0
+    # Group structure is learnable: personalised models beat popularity.
+    by = {r["model"]: r["metrics"]["ndcg@10"] for r in doc["results"]}
+    assert by["ease"] > by["pop"]
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Paired comparison" in (tmp_path / "r.md").read_text()
+    assert (tmp_path / "models" / "ease" / "model.json").exists()
+
+
+def test_train_then_recommend_shows_titles(store, tmp_path):
+    model_dir = tmp_path / "ease"
+    res = runner.invoke(app, ["train", "--store", str(store), "--model", "ease", "--out", str(model_dir),
+                              "--params", '{"l2": 10}'])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["recommend", "--model-dir", str(model_dir), "--user", "C0", "--user", "nobody",
+                              "--k", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    recs = json.loads(res.output)
+    assert [r["known"] for r in recs] == [True, False]
+    assert len(recs[0]["items"]) == 3
+    assert recs[0]["items"][0]["title"].startswith("Product ")
+    assert recs[0]["items"][0]["price"] is not None
+    res = runner.invoke(app, ["recommend", "--model-dir", str(model_dir), "--user", "C0", "--k", "3"])
+    assert res.exit_code == 0 and "Product" in res.output
+
+
+def test_tune_command(store, tmp_path):
+    res = runner.invoke(app, ["tune", "--store", str(store), "--model", "ease", "--trials", "3",
+                              "--protocol", "random", "--json", str(tmp_path / "t.json")])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "t.json").read_text())
+    assert len(doc["trials"]) == 3 and "l2" in doc["best_params"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["compare", "--protocol", "sideways"], "unknown protocol"),
+        (["compare", "--models", "pop,gpt"], "unknown model 'gpt'"),
+        (["compare", "--k", "ten"], "--k must be"),
+        (["compare", "--params", "{bad"], "--params is not valid JSON"),
+        (["compare", "--event-weights", "view"], "--event-weights"),
+        (["recommend", "--model-dir", "/nonexistent/model", "--user", "1"], "no such model directory"),
+    ],
+)
+def test_bad_arguments_give_one_clear_error(store, args, message):
+    if args[0] == "compare":
+        args = [*args, "--store", str(store)]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2
+    assert message in res.output
+    assert "Traceback" not in res.output
+
+
+def test_compare_on_missing_store(tmp_path):
+    res = runner.invoke(app, ["compare", "--store", str(tmp_path / "none.duckdb")])
+    assert res.exit_code == 2
+    assert "none.duckdb" in res.output
+    assert not (tmp_path / "none.duckdb").exists()
