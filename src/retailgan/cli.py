@@ -303,7 +303,9 @@ def _compare(
     doc = comparison_json(runs, sp_, dataset_name=ds.name, seed=seed, primary=primary, ci_metrics=plotted)
     shown = [m for m in [*metric_names, *extra] if any(m in r["metrics"] for r in doc["results"])]
     table = results_table_markdown(doc["results"], shown)
-    typer.echo(table)
+    # The terminal gets the headline metrics without CIs; the report file has every column.
+    brief = [m for m in shown if m.split("@")[0] in ("ndcg", "recall", "coverage", "revenue")]
+    typer.echo(results_table_markdown([{**r, "ci": {}} for r in doc["results"]], brief))
     if json_out:
         _write_json_atomic(json_out, doc)
     if plot:
