@@ -286,12 +286,52 @@ def test_readers_give_identical_events(tmp_path: Path, name: str) -> None:
 
 
 def test_event_key_definition(tmp_path: Path) -> None:
-    """event_key = md5 digest (bytes reversed, upper-case hex) of the \\x1f-joined fields."""
+    """event_key = the md5 digest, read as a little-endian 128-bit unsigned integer, of the
+    \\x1f-joined fields (NULL = empty)."""
     store = tmp_path / "s.duckdb"
     ingest(store, write_events(tmp_path / "ev.csv", EVENT_ROWS[1:2]), "events")
     payload = "\x1f".join(["u1", "i2", "2024-01-01 11:00:00", "purchase", "2.0", "9.5", "", ""])
-    key = hashlib.md5(payload.encode()).digest()[::-1].hex().upper()
-    assert query(store, "SELECT event_key FROM events") == [(key,)]
+    key = int.from_bytes(hashlib.md5(payload.encode()).digest(), "little")
+    assert query(store, "SELECT event_key, typeof(event_key) FROM events") == [(key, "UHUGEINT")]
+
+
+def test_events_table_has_no_index(tmp_path: Path) -> None:
+    """Uniqueness of event_key is the ingest's job (dedupe + anti-join), not an ART index's."""
+    store = tmp_path / "s.duckdb"
+    ingest(store, write_events(tmp_path / "ev.csv"), "events")
+    assert query(store, "SELECT constraint_type FROM duckdb_constraints() "
+                        "WHERE table_name = 'events' AND constraint_type <> 'NOT NULL'") == []
+    assert query(store, "SELECT index_name FROM duckdb_indexes() WHERE table_name = 'events'") == []
+
+
+_ROW = st.tuples(st.sampled_from(["u1", "u2", " u3 ", "4.0", "4"]), st.sampled_from(["i1", "i2"]),
+                 st.sampled_from(["view", "cart", "purchase"]),
+                 st.sampled_from(["", "1", "2.5"]))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(files=st.lists(st.lists(_ROW, min_size=1, max_size=12), min_size=1, max_size=4))
+def test_overlapping_files_store_each_event_once(tmp_path: Path, files: list[list[tuple]]) -> None:
+    """Any sequence of overlapping files (with in-file duplicates, and ids that normalise to the
+    same value) leaves every distinct event exactly once, and the reports add up."""
+    folder = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+    folder.mkdir()
+    store = folder / "s.duckdb"
+    seen: set[tuple[str, str, str, float | None]] = set()
+    for n, rows in enumerate(files):
+        src = write_csv(folder / f"f{n}.csv", "user,item,event_type,quantity",
+                        [",".join(r) for r in rows])
+        report = ingest(store, src, "events", options={"force": True})
+        distinct = {(u.strip().removesuffix(".0"), i, t, float(q) if q else None)
+                    for u, i, t, q in rows}
+        assert report.rejected["duplicate"] == len(rows) - len(distinct)
+        assert report.new_events == len(distinct - seen)
+        assert report.already_present == len(distinct & seen)
+        seen |= distinct
+    assert query(store, "SELECT count(*), count(DISTINCT event_key) FROM events") == [
+        (len(seen), len(seen))
+    ]
+    assert set(events(store, "user_id, item_id, event_type, quantity")) == seen
 
 
 def test_line_numbers_note_when_file_has_blank_lines(tmp_path: Path) -> None:

@@ -110,6 +110,32 @@ def test_newer_schema_version_is_refused(tmp_path: Path) -> None:
         Store.open(path)
 
 
+def test_older_schema_version_is_refused(tmp_path: Path) -> None:
+    """A store of an older schema (1: hex VARCHAR event keys with a PRIMARY KEY) is not
+    upgraded in place, nor written to."""
+    path = tmp_path / "old.duckdb"
+    with Store.open(path) as store:
+        store.con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                          [str(SCHEMA_VERSION - 1)])
+    before = _sha(path)
+    for read_only in (False, True):
+        with pytest.raises(StoreError) as err:
+            Store.open(path, read_only=read_only)
+        msg = str(err.value)
+        assert msg.startswith(f"{path}: store schema version {SCHEMA_VERSION - 1} is older")
+        assert f"(schema version {SCHEMA_VERSION})" in msg and "re-create the store" in msg
+    assert _sha(path) == before
+
+
+def test_schema_version_2_event_key(tmp_path: Path) -> None:
+    assert SCHEMA_VERSION == 2
+    with Store.open(tmp_path / "s.duckdb") as store:
+        cols = dict(store.con.execute(
+            "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'events'"
+        ).fetchall())
+    assert cols["event_key"] == "UHUGEINT"
+
+
 def test_transaction_rolls_back_on_error(tmp_path: Path) -> None:
     with Store.open(tmp_path / "s.duckdb") as store:
         with pytest.raises(RuntimeError), store.transaction() as con:

@@ -15,7 +15,7 @@ Line numbers
     number. JSONL: the 1-based record number.
 
 Idempotency
-    Every event gets ``event_key`` = an md5 of its content (user, item, ts, type, quantity,
+    Every event gets ``event_key`` = the 128-bit md5 of its content (user, item, ts, type, quantity,
     price, rating and, for Online Retail, the invoice number; see ``_EVENT_KEY``), so
     re-ingesting rows that are already in the store inserts nothing, whatever file they come
     from. A source whose sha256 (and format, mapping, catalogue and
@@ -887,25 +887,24 @@ class _Prepared:
 
 
 def _key_sql(*fields: str) -> str:
-    parts = [f"coalesce(CAST({f} AS VARCHAR), '')" for f in fields]
-    return f"md5_number(concat_ws({_SEP}, {', '.join(parts)}))"
+    # concat() reads NULL as '' -- the same payload as concat_ws over coalesce(..., ''), but
+    # ~0.8 s cheaper per 20M rows.
+    parts = f", {_SEP}, ".join(f"CAST({f} AS VARCHAR)" for f in fields)
+    return f"md5_number(concat({parts}))"
 
 
-# The event key is computed as DuckDB's md5_number (a UHUGEINT: the md5 digest read as a
-# little-endian 128-bit integer): grouping and sorting 16-byte integers is several times faster
-# than 32-character strings on tens of millions of rows. ``events.event_key`` is that number
-# as 32 upper-case hex digits (zero-padded, so string order = numeric order, which keeps the
-# sorted primary-key inserts cheap; upper case because DuckDB's hex() writes it, and lower()
-# would cost ~1 s per 20M rows). In Python:
-#   hashlib.md5(payload.encode()).digest()[::-1].hex().upper()
+# The event key is DuckDB's md5_number: the md5 digest read as a little-endian 128-bit unsigned
+# integer (UHUGEINT), stored as such in ``events.event_key``. Grouping, joining and storing a
+# 16-byte integer is several times cheaper than a 32-character hex string. In Python:
+#   int.from_bytes(hashlib.md5(payload.encode()).digest(), "little")
 # with payload = "\x1f".join(user, item, ts, event_type, quantity, price, rating,
 # discriminator), each field as DuckDB renders it as VARCHAR ('' for NULL).
+# Collisions: for n distinct events the probability that any two share a key is about
+# n^2 / 2^129 -- 1e-24 for 1e8 events, 1.5e-21 for 1e9 (50 files of 20M rows): negligible (a
+# 64-bit key would give 2% at 1e9). md5 is not collision-resistant against someone crafting
+# colliding events on purpose; the key is for dedupe of honest logs, not a security boundary.
 _EVENT_KEY = _key_sql("user_id", "item_id", "ts", "event_type", "quantity", "price", "rating",
                       "_disc")
-
-
-def _key_hex(k: str = "_k") -> str:
-    return f"CASE WHEN {k} >= (1::UHUGEINT << 124) THEN hex({k}) ELSE lpad(hex({k}), 32, '0') END"
 
 
 def _raw_json(src: _Source) -> str:
@@ -1597,33 +1596,16 @@ def _scalar(cur: duckdb.DuckDBPyConnection) -> Any:
 def _insert_events(
     con: duckdb.DuckDBPyConnection, stage: str, ingest_id: int, *, store_empty: bool
 ) -> int:
-    """Insert the kept rows whose key is not in ``events`` yet; returns how many."""
+    """Insert the kept rows whose key is not in ``events`` yet; returns how many.
+
+    ``events.event_key`` has no index (see schemas.py): the anti-join is a hash join that
+    builds on this file's keys and probes the stored ones, and is skipped for an empty store.
+    """
     cols = "user_id, item_id, ts, event_type, quantity, price, rating"
-    rows = f"SELECT _k, {cols} FROM {stage} s WHERE _reason IS NULL"
-    if not store_empty:  # anti-join on the existing keys (skipped for an empty store)
-        rows += (" AND NOT EXISTS (SELECT 1 FROM events e WHERE e.event_key = "
-                 f"{_key_hex('s._k')})")
-    indexed = _scalar(con.execute(
-        "SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'events' "
-        "AND database_name = current_database() AND schema_name = 'main' "
-        "AND constraint_type IN ('PRIMARY KEY', 'UNIQUE')"
-    ))
-    if not indexed:
-        return _rowcount(con.execute(
-            f"INSERT INTO events SELECT {_key_hex()}, {cols}, {ingest_id} FROM ({rows})"
-        ))
-    # events.event_key is a PRIMARY KEY (an ART index). Appending keys in sorted order is ~2x
-    # faster than random order, both in the insert and in the commit that writes the index;
-    # sorting first (carrying the 16-byte numeric key, not the 32-character text) is cheaper
-    # than sorting inside the INSERT.
-    con.execute("SET preserve_insertion_order = true")
-    try:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _new AS {rows} ORDER BY _k")
-        return _rowcount(con.execute(
-            f"INSERT INTO events SELECT {_key_hex()}, {cols}, {ingest_id} FROM _new"
-        ))
-    finally:
-        con.execute("SET preserve_insertion_order = false")
+    rows = f"SELECT _k, {cols}, {ingest_id} FROM {stage} s WHERE _reason IS NULL"
+    if not store_empty:
+        rows += " AND NOT EXISTS (SELECT 1 FROM events e WHERE e.event_key = s._k)"
+    return _rowcount(con.execute(f"INSERT INTO events {rows}"))
 
 
 def _rowcount(cur: duckdb.DuckDBPyConnection) -> int:

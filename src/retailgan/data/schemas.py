@@ -13,7 +13,12 @@ EVENT_TYPES: tuple[str, ...] = ("view", "cart", "purchase", "rating")
 DEFAULT_EVENT_WEIGHTS: dict[str, float] = {"view": 1.0, "cart": 2.0, "purchase": 3.0, "rating": 1.0}
 """Implicit-feedback weight per event type (view < cart < purchase); configurable per dataset."""
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""On-disk schema version, stored as ``meta.schema_version``. A store of another version is
+refused (:class:`~retailgan.errors.StoreError`); there is no migration.
+
+History: 1 = ``events.event_key`` as a 32-character hex ``VARCHAR PRIMARY KEY``; 2 = the same md5
+as a ``UHUGEINT`` (16 bytes), no index."""
 
 DDL: tuple[str, ...] = (
     """
@@ -23,10 +28,15 @@ DDL: tuple[str, ...] = (
     )
     """,
     # One row per cleaned event. ``event_key`` is a content hash (source-independent) that makes
-    # re-ingesting the same rows a no-op.
+    # re-ingesting the same rows a no-op: the 128-bit md5 of the event's fields as DuckDB's
+    # ``md5_number`` (see ``retailgan.data.ingest``). It is unique, but deliberately not a
+    # PRIMARY KEY: ingest enforces uniqueness itself (in-file dedupe + anti-join against the
+    # stored keys, in the same transaction), and DuckDB's ART index on 20M random keys tripled
+    # both the ingest time and the file size (docs/benchmarks-ingest.md). The anti-join is a
+    # hash join and needs no index.
     """
     CREATE TABLE IF NOT EXISTS events (
-        event_key VARCHAR PRIMARY KEY,
+        event_key UHUGEINT NOT NULL,
         user_id VARCHAR NOT NULL,
         item_id VARCHAR NOT NULL,
         ts TIMESTAMP,

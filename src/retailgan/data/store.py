@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -134,7 +134,8 @@ class Store:
         if threads:
             self.con.execute(f"SET threads = {int(threads)}")
         # Naive TIMESTAMP columns hold UTC; make every TIMESTAMPTZ conversion UTC as well.
-        self.con.execute("SET TimeZone = 'UTC'")
+        with suppress(duckdb.Error):  # needs the ICU extension (built in to the wheels)
+            self.con.execute("SET TimeZone = 'UTC'")
         self.con.execute("SET enable_progress_bar = false")  # library code: no terminal output
 
     def _init_schema(self, *, fresh: bool) -> None:
@@ -158,6 +159,12 @@ class Store:
                 raise StoreError(
                     f"{self.path}: store schema version {version} is not supported by this "
                     f"retailgan (schema version {SCHEMA_VERSION})"
+                )
+            if version < SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path}: store schema version {version} is older than this "
+                    f"retailgan's (schema version {SCHEMA_VERSION}) and cannot be upgraded in "
+                    "place; re-create the store by ingesting its sources into a new file"
                 )
             if set(TABLES) <= tables or self.read_only:
                 return
