@@ -20,6 +20,10 @@ FAST_CONFIGS: dict[str, dict] = {
     "ease": {"l2": 1.0},
     "ials": {"factors": 8, "regularization": 0.1, "alpha": 5.0, "epochs": 10},
     "bpr": {"factors": 8, "lr": 0.05, "reg": 0.05, "epochs": 100, "batch_size": 64},
+    "cfgan": {
+        "mode": "user", "g_hidden": 32, "d_hidden": 16, "lr_g": 0.01, "lr_d": 0.01, "zr_alpha": 0.1,
+        "batch_size": 8, "batch_size_d": 8, "epochs": 15,
+    },
 }
 PERSONALISED = [m for m in FAST_CONFIGS if m != "pop"]
 

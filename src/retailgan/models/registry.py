@@ -12,6 +12,7 @@ MODELS: dict[str, str] = {
     "ease": "retailgan.models.baselines:EASE",
     "ials": "retailgan.models.baselines:IALS",
     "bpr": "retailgan.models.baselines:BPR",
+    "cfgan": "retailgan.models.gan.cfgan:CFGAN",
 }
 
 

@@ -1,0 +1,1 @@
+"""GAN-based recommenders trained by the shared trainer loop."""
