@@ -84,8 +84,10 @@ def test_compare_writes_json_table_plot_report(store, tmp_path):
 def test_train_then_recommend_shows_titles(store, tmp_path):
     model_dir = tmp_path / "ease"
     res = runner.invoke(app, ["train", "--store", str(store), "--model", "ease", "--out", str(model_dir),
-                              "--params", '{"l2": 10}'])
+                              "--params", '{"l2": 10}', "--json", str(tmp_path / "train.json")])
     assert res.exit_code == 0, res.output
+    trained = json.loads((tmp_path / "train.json").read_text())
+    assert trained["params"]["l2"] == 10 and trained["users"] == 60
     res = runner.invoke(app, ["recommend", "--model-dir", str(model_dir), "--user", "C0", "--user", "nobody",
                               "--k", "3", "--json"])
     assert res.exit_code == 0, res.output

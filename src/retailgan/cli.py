@@ -407,6 +407,7 @@ def train(
     rating_threshold: float | None = typer.Option(None, "--rating-threshold"),
     min_user: int = typer.Option(1, "--min-user"),
     min_item: int = typer.Option(1, "--min-item"),
+    json_out: Path | None = typer.Option(None, "--json", help="Write what was trained (params, sizes, time) here."),
 ) -> None:
     """Fit one model on all of the store's data (optionally tuned first) and save it."""
 
@@ -432,6 +433,19 @@ def train(
         fitted = cls(**chosen).fit(ds, TrainingOptions(seed=seed, progress=sys.stderr.isatty()))
         fitted.save(out)
         console.print(f"saved {model} ({ds.n_users:,} users, {ds.n_items:,} items) to {out}")
+        if json_out:
+            _write_json_atomic(
+                json_out,
+                {
+                    "model": model,
+                    "params": fitted.config.to_dict(),
+                    "model_dir": str(out),
+                    "users": ds.n_users,
+                    "items": ds.n_items,
+                    "pairs": len(ds),
+                    "fit_s": fitted.fit_seconds,
+                },
+            )
 
     _run(go)
 
