@@ -53,7 +53,7 @@ IALS = {"factors": 128, "regularization": 30.0, "alpha": 5.0, "epochs": 10}
 
 
 def synthetic_ml1m(
-    seed: int = 0, n_users: int = 6040, n_items: int = 3706, n_draws: int = 1_150_000
+    seed: int = 0, n_users: int = 6040, n_items: int = 3706, n_draws: int = 1_425_000
 ) -> InteractionDataset:
     """About 1M distinct (user, item) pairs with skewed activity and popularity, in clusters."""
     rng = np.random.default_rng(seed)

@@ -53,9 +53,7 @@ def make_problem(
     nnz_per_user = max(1, round(density * n_items))
     total = nnz_per_user + test_per_user
     rows = np.repeat(np.arange(n_users), total)
-    cols = np.concatenate(
-        [rng.choice(n_items, size=total, replace=False, p=p) for _ in range(n_users)]
-    )
+    cols = np.concatenate([rng.choice(n_items, size=total, replace=False, p=p) for _ in range(n_users)])
     is_test = np.tile(np.arange(total) >= nnz_per_user, n_users)
     shape = (n_users, n_items)
     ones = np.ones(rows.size, dtype=np.float32)
@@ -87,9 +85,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    train, test, b = make_problem(
-        args.users, args.items, args.density, args.test_per_user, args.seed
-    )
+    train, test, b = make_problem(args.users, args.items, args.density, args.test_per_user, args.seed)
     model = ItemItemModel(train, b)
     users = np.arange(args.users, dtype=np.int64)
 
@@ -130,8 +126,7 @@ def main() -> None:
     print(f"ratio evaluate / score_batched = {t_eval / t_batched:.2f}")
     print(f"ratio evaluate_noprefetch / score_all = {t_serial / t_score:.2f}")
     print(
-        f"evaluated users: {res.n_users}; ndcg@{max(args.ks)} (random B) = "
-        f"{res.summary()[f'ndcg@{max(args.ks)}']:.4f}"
+        f"evaluated users: {res.n_users}; ndcg@{max(args.ks)} (random B) = {res.summary()[f'ndcg@{max(args.ks)}']:.4f}"
     )
 
 

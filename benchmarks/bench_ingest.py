@@ -81,16 +81,26 @@ def child(args: argparse.Namespace) -> None:
     peak = ru.ru_maxrss / 1024  # KiB -> MiB on Linux
     # CPU seconds (all threads, whole process): on a shared machine less noisy than wall time.
     cpu = ru.ru_utime + ru.ru_stime
-    print(json.dumps({"wall_s": wall, "cpu_s": cpu, "peak_rss_mib": peak,
-                      "report": report.to_dict()}))
+    print(json.dumps({"wall_s": wall, "cpu_s": cpu, "peak_rss_mib": peak, "report": report.to_dict()}))
 
 
 STEPS = False  # --steps: echo each child's per-step timings
 
 
 def run_child(store: Path, source: Path, fmt: str, memory_limit: str, force: bool = False) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--_child", "--store", str(store), "--source", str(source),
-           "--fmt", fmt, "--memory-limit", memory_limit]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--_child",
+        "--store",
+        str(store),
+        "--source",
+        str(source),
+        "--fmt",
+        fmt,
+        "--memory-limit",
+        memory_limit,
+    ]
     if force:
         cmd.append("--force")
     # Store.open reads its memory_limit from this variable (default 4GB).
@@ -153,9 +163,12 @@ def main() -> None:
                 "rows_per_s": rep["rows_in"] / statistics.median(walls),
                 "peak_rss_mib": max(x["peak_rss_mib"] for x in runs),
             }
-            print(f"online-retail: {rep['rows_in']:,} rows, median {statistics.median(walls):.2f} s "
-                  f"over {args.repeats} ({', '.join(f'{w:.2f}' for w in walls)}), "
-                  f"peak RSS {results['online_retail']['peak_rss_mib']:.0f} MiB", flush=True)
+            print(
+                f"online-retail: {rep['rows_in']:,} rows, median {statistics.median(walls):.2f} s "
+                f"over {args.repeats} ({', '.join(f'{w:.2f}' for w in walls)}), "
+                f"peak RSS {results['online_retail']['peak_rss_mib']:.0f} MiB",
+                flush=True,
+            )
         if not args.skip_synthetic:
             log = work / f"events_{args.rows}.parquet"
             gen_s = generate(log, args.rows, args.memory_limit)
@@ -182,16 +195,19 @@ def main() -> None:
                 "store_mib": size / 2**20,
             }
             s = results["synthetic"]
-            print(f"synthetic events: {args.rows:,} rows ({s['parquet_mib']:.0f} MiB Parquet, "
-                  f"generated in {gen_s:.1f} s)\n"
-                  f"  ingest into empty store: {s['ingest_s']:.1f} s = {s['rows_per_s']:,.0f} rows/s, "
-                  f"CPU {s['ingest_cpu_s']:.1f} s, peak RSS {s['peak_rss_mib']:.0f} MiB, "
-                  f"{s['new_events']:,} new events\n"
-                  f"  re-ingest (force, all present): {s['reingest_s']:.1f} s = "
-                  f"{s['reingest_rows_per_s']:,.0f} rows/s, CPU {s['reingest_cpu_s']:.1f} s, "
-                  f"peak RSS {s['reingest_peak_rss_mib']:.0f} MiB, "
-                  f"{s['reingest_new_events']:,} new\n"
-                  f"  store file: {s['store_mib']:.0f} MiB", flush=True)
+            print(
+                f"synthetic events: {args.rows:,} rows ({s['parquet_mib']:.0f} MiB Parquet, "
+                f"generated in {gen_s:.1f} s)\n"
+                f"  ingest into empty store: {s['ingest_s']:.1f} s = {s['rows_per_s']:,.0f} rows/s, "
+                f"CPU {s['ingest_cpu_s']:.1f} s, peak RSS {s['peak_rss_mib']:.0f} MiB, "
+                f"{s['new_events']:,} new events\n"
+                f"  re-ingest (force, all present): {s['reingest_s']:.1f} s = "
+                f"{s['reingest_rows_per_s']:,.0f} rows/s, CPU {s['reingest_cpu_s']:.1f} s, "
+                f"peak RSS {s['reingest_peak_rss_mib']:.0f} MiB, "
+                f"{s['reingest_new_events']:,} new\n"
+                f"  store file: {s['store_mib']:.0f} MiB",
+                flush=True,
+            )
         results["load_average_at_end"] = os.getloadavg()
     finally:
         if args.workdir is None:
