@@ -48,7 +48,6 @@ from retailgan.data.splits import Split, split
 from retailgan.evaluation import evaluate
 from retailgan.evaluation.stats import paired_comparison
 from retailgan.models.base import TrainingOptions
-from retailgan.models.gan.cfgan import CFGAN
 from retailgan.models.gan.curves import save_curves
 from retailgan.models.registry import get_model_class
 from retailgan.tuning import tune, validate_once
@@ -110,7 +109,22 @@ def load_ml100k(path: Path) -> InteractionDataset:
 
 
 def tune_cfgan(s: Split, trials: int, seed: int, fixed: dict[str, Any], start: dict | None) -> dict[str, Any]:
-    """Optuna (TPE) over ``CFGAN.search_space`` on the validation part of ``s``.
+    """Optuna (TPE) over ``CFGAN.search_space`` on the validation part of ``s``."""
+    return tune_model("cfgan", s, trials, seed, {**TUNE_FIXED, **fixed}, start, warmup=30, startup=8)
+
+
+def tune_model(
+    name: str,
+    s: Split,
+    trials: int,
+    seed: int,
+    fixed: dict[str, Any],
+    start: dict | None = None,
+    *,
+    warmup: int,
+    startup: int,
+) -> dict[str, Any]:
+    """Optuna (TPE) over the model's search space on the validation part of ``s``, trial logs kept.
 
     Median pruning only after 30 epochs: GAN validation curves rise slowly and cross, so the
     repository's default (prune from epoch 3) would favour configurations that start fast.
@@ -121,14 +135,14 @@ def tune_cfgan(s: Split, trials: int, seed: int, fixed: dict[str, Any], start: d
     study = optuna.create_study(
         direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=8, n_warmup_steps=30),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=warmup),
     )
     if start:
         study.enqueue_trial(start)
     log: list[dict[str, Any]] = []
 
     def objective(trial: optuna.Trial) -> float:
-        params = {**CFGAN.search_space(trial), **TUNE_FIXED, **fixed}
+        params = {**get_model_class(name).search_space(trial), **fixed}
 
         def report(epoch: int, logged: dict[str, float]) -> None:
             if f"val_{METRIC}" in logged:
@@ -138,7 +152,7 @@ def tune_cfgan(s: Split, trials: int, seed: int, fixed: dict[str, Any], start: d
 
         t0 = time.perf_counter()
         try:
-            value, final = validate_once("cfgan", params, s, seed=seed, metric=METRIC, callback=report)
+            value, final = validate_once(name, params, s, seed=seed, metric=METRIC, callback=report)
         except optuna.TrialPruned:
             log.append({"number": trial.number, "params": params, "state": "PRUNED"})
             raise
@@ -187,6 +201,58 @@ def fit_and_test(name: str, params: dict[str, Any], s: Split, seed: int) -> tupl
         "total_s": time.perf_counter() - t0,
         "test": res.summary(),
     }
+
+
+def report(
+    runs: dict[str, list[dict[str, Any]]], tests: dict[tuple[str, str], list[dict[str, Any]]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Mean and std over seeds per variant and the paired comparisons; prints both as markdown."""
+    summary = []
+    for label, rs in runs.items():
+        row: dict[str, Any] = {"variant": label}
+        for m in ("ndcg@5", "ndcg@10", "ndcg@20", "recall@10", "recall@20"):
+            vals = [r["test"][m] for r in rs]
+            row[m] = (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
+        row["epochs"] = [r["epochs"] for r in rs]
+        row["fit_s"] = statistics.median(r["fit_s"] for r in rs)
+        summary.append(row)
+    comparisons = []
+    for (a, b), ts in tests.items():
+        means_a = [r["test"][METRIC] for r in runs[a]]
+        means_b = [r["test"][METRIC] for r in runs[b]]
+        comparisons.append(
+            {
+                "a": a,
+                "b": b,
+                "mean_diff": statistics.mean(t["mean_diff"] for t in ts),
+                "per_seed": ts,
+                "seeds_a_better": sum(t["mean_diff"] > 0 and t["p_wilcoxon"] < 0.05 for t in ts),
+                "seeds_a_worse": sum(t["mean_diff"] < 0 and t["p_wilcoxon"] < 0.05 for t in ts),
+                "p_ttest_over_seeds": float(sps.ttest_rel(means_a, means_b).pvalue) if len(ts) > 1 else None,
+            }
+        )
+
+    print()
+    print("| variant | NDCG@5 | NDCG@10 | NDCG@20 | Recall@20 | epochs per seed | median fit (s) |")
+    print("| --- | ---: | ---: | ---: | ---: | --- | ---: |")
+    for row in summary:
+        cells = " | ".join(f"{row[m][0]:.4f} ± {row[m][1]:.4f}" for m in ("ndcg@5", "ndcg@10", "ndcg@20", "recall@20"))
+        epochs = ", ".join(str(e) for e in row["epochs"]) if row["epochs"][0] is not None else "-"
+        print(f"| {row['variant']} | {cells} | {epochs} | {row['fit_s']:.1f} |")
+    print()
+    print(
+        "| A | B | mean A - B, NDCG@20 | per-seed 95 % CI | seeds A better / worse (Wilcoxon p < .05) "
+        "| paired t-test over seed means |"
+    )
+    print("| --- | --- | ---: | --- | ---: | ---: |")
+    for c in comparisons:
+        cis = ", ".join(f"[{t['ci_low']:+.4f}, {t['ci_high']:+.4f}]" for t in c["per_seed"])
+        p = c["p_ttest_over_seeds"]
+        print(
+            f"| {c['a']} | {c['b']} | {c['mean_diff']:+.4f} | {cis} | {c['seeds_a_better']} / {c['seeds_a_worse']} "
+            f"| {'-' if p is None else f'{p:.2g}'} |"
+        )
+    return summary, comparisons
 
 
 def main() -> None:
@@ -250,51 +316,7 @@ def main() -> None:
             model.fit(s.train_inner, TrainingOptions(seed=seed, validation=s.validation))
             save_curves(model.history, args.out / "curves", title="CFGAN, ML-100K seed 0 (train_inner / validation)")
 
-    summary = []
-    for label, rs in runs.items():
-        row: dict[str, Any] = {"variant": label}
-        for m in ("ndcg@5", "ndcg@10", "ndcg@20", "recall@10", "recall@20"):
-            vals = [r["test"][m] for r in rs]
-            row[m] = (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
-        row["epochs"] = [r["epochs"] for r in rs]
-        row["fit_s"] = statistics.median(r["fit_s"] for r in rs)
-        summary.append(row)
-    comparisons = []
-    for (a, b), ts in tests.items():
-        means_a = [r["test"][METRIC] for r in runs[a]]
-        means_b = [r["test"][METRIC] for r in runs[b]]
-        comparisons.append(
-            {
-                "a": a,
-                "b": b,
-                "mean_diff": statistics.mean(t["mean_diff"] for t in ts),
-                "per_seed": ts,
-                "seeds_a_better": sum(t["mean_diff"] > 0 and t["p_wilcoxon"] < 0.05 for t in ts),
-                "seeds_a_worse": sum(t["mean_diff"] < 0 and t["p_wilcoxon"] < 0.05 for t in ts),
-                "p_ttest_over_seeds": float(sps.ttest_rel(means_a, means_b).pvalue) if len(ts) > 1 else None,
-            }
-        )
-
-    print()
-    print("| variant | NDCG@5 | NDCG@10 | NDCG@20 | Recall@20 | epochs per seed | median fit (s) |")
-    print("| --- | ---: | ---: | ---: | ---: | --- | ---: |")
-    for row in summary:
-        cells = " | ".join(f"{row[m][0]:.4f} ± {row[m][1]:.4f}" for m in ("ndcg@5", "ndcg@10", "ndcg@20", "recall@20"))
-        epochs = ", ".join(str(e) for e in row["epochs"]) if row["epochs"][0] is not None else "-"
-        print(f"| {row['variant']} | {cells} | {epochs} | {row['fit_s']:.1f} |")
-    print()
-    print(
-        "| A | B | mean A - B, NDCG@20 | per-seed 95 % CI | seeds A better / worse (Wilcoxon p < .05) "
-        "| paired t-test over seed means |"
-    )
-    print("| --- | --- | ---: | --- | ---: | ---: |")
-    for c in comparisons:
-        cis = ", ".join(f"[{t['ci_low']:+.4f}, {t['ci_high']:+.4f}]" for t in c["per_seed"])
-        p = c["p_ttest_over_seeds"]
-        print(
-            f"| {c['a']} | {c['b']} | {c['mean_diff']:+.4f} | {cis} | {c['seeds_a_better']} / {c['seeds_a_worse']} "
-            f"| {'-' if p is None else f'{p:.2g}'} |"
-        )
+    summary, comparisons = report(runs, tests)
     doc = {
         "dataset": "ml-100k",
         "protocol": "cfgan-paper",

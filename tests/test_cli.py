@@ -133,3 +133,26 @@ def test_compare_on_missing_store(tmp_path):
     assert res.exit_code == 2
     assert "none.duckdb" in res.output
     assert not (tmp_path / "none.duckdb").exists()
+
+
+def test_train_data_parallel_on_two_processes(store, tmp_path):
+    model_dir = tmp_path / "cfgan"
+    params = {"mode": "user", "g_hidden": 32, "d_hidden": 16, "lr_g": 0.01, "lr_d": 0.01, "batch_size": 16,
+              "batch_size_d": 16, "epochs": 4, "patience": 4}
+    res = runner.invoke(app, ["train", "--store", str(store), "--model", "cfgan", "--out", str(model_dir),
+                              "--params", json.dumps(params), "--protocol", "random", "--nproc", "2",
+                              "--json", str(tmp_path / "train.json")])
+    assert res.exit_code == 0, res.output
+    trained = json.loads((tmp_path / "train.json").read_text())
+    assert trained["processes"] == 2 and trained["users"] == 60
+    res = runner.invoke(app, ["recommend", "--model-dir", str(model_dir), "--user", "C0", "--k", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(res.output)[0]["items"]) == 3
+
+
+def test_train_data_parallel_needs_a_model_that_supports_it(store, tmp_path):
+    res = runner.invoke(app, ["train", "--store", str(store), "--model", "ease", "--out", str(tmp_path / "m"),
+                              "--nproc", "2"])
+    assert res.exit_code == 2
+    assert "does not train data-parallel" in res.output
+    assert not (tmp_path / "m").exists()

@@ -408,14 +408,19 @@ def train(
     min_user: int = typer.Option(1, "--min-user"),
     min_item: int = typer.Option(1, "--min-item"),
     json_out: Path | None = typer.Option(None, "--json", help="Write what was trained (params, sizes, time) here."),
+    nproc: int = typer.Option(
+        1, "--nproc", min=1, help="Train data-parallel in this many local processes (torch.distributed, gloo)."
+    ),
 ) -> None:
-    """Fit one model on all of the store's data (optionally tuned first) and save it."""
+    """Fit one model on all of the store's data (optionally tuned first) and save it.
+
+    With ``--nproc N`` (or under ``torchrun``) models that support it (cfgan, resgan) train
+    data-parallel with DistributedDataParallel; rank 0 writes the model.
+    """
 
     def go() -> None:
-        from retailgan.data.splits import split
-        from retailgan.models.base import TrainingOptions
+        from retailgan import distributed
         from retailgan.models.registry import get_model_class
-        from retailgan.tuning import tune
 
         cls = get_model_class(model)
         try:
@@ -424,30 +429,80 @@ def train(
             raise ConfigError(f"--params is not valid JSON: {exc}") from None
         if not isinstance(fixed, dict):
             raise ConfigError('--params must be a JSON object, e.g. {"l2": 300}')
-        ds = _load(store, event_weights, rating_threshold, min_user, min_item)
-        chosen = fixed
-        if tune_trials > 0 or hasattr(cls.config_class, "epochs"):
-            result = tune(model, split(ds, protocol, seed=seed), n_trials=tune_trials, seed=seed, fixed=fixed)
-            chosen = result.params
-            console.print(f"chosen on validation: {json.dumps(chosen)} ({result.metric} {result.value:.4f})")
-        fitted = cls(**chosen).fit(ds, TrainingOptions(seed=seed, progress=sys.stderr.isatty()))
-        fitted.save(out)
-        console.print(f"saved {model} ({ds.n_users:,} users, {ds.n_items:,} items) to {out}")
-        if json_out:
-            _write_json_atomic(
-                json_out,
-                {
-                    "model": model,
-                    "params": fitted.config.to_dict(),
-                    "model_dir": str(out),
-                    "users": ds.n_users,
-                    "items": ds.n_items,
-                    "pairs": len(ds),
-                    "fit_s": fitted.fit_seconds,
-                },
-            )
+        job = {
+            "store": store, "model": model, "out": out, "fixed": fixed, "tune_trials": tune_trials,
+            "protocol": protocol, "seed": seed, "event_weights": event_weights,
+            "rating_threshold": rating_threshold, "min_user": min_user, "min_item": min_item, "json_out": json_out,
+        }
+        under_torchrun = distributed.torchrun_env() and int(os.environ["WORLD_SIZE"]) > 1
+        if (nproc > 1 or under_torchrun) and not cls.supports_distributed:
+            raise ConfigError(f"{model} does not train data-parallel; models that do: cfgan, resgan")
+        if nproc > 1 and under_torchrun:
+            raise ConfigError("--nproc cannot be combined with torchrun (torchrun already started the processes)")
+        if nproc > 1:
+            _load(store, event_weights, rating_threshold, min_user, min_item)  # fail fast, before spawning
+            distributed.launch(nproc, _train_job, job)
+        elif under_torchrun:
+            distributed.init_from_env()
+            try:
+                _train_job(job)
+            finally:
+                import torch.distributed as dist
+
+                dist.destroy_process_group()
+        else:
+            _train_job(job)
 
     _run(go)
+
+
+def _train_job(job: dict[str, Any]) -> None:
+    """Load, (tune), fit and save: the body of ``train``, run by every process when distributed."""
+    from retailgan import distributed
+    from retailgan.data.splits import split
+    from retailgan.models.base import TrainingOptions
+    from retailgan.models.registry import get_model_class
+    from retailgan.tuning import tune
+
+    main_process = distributed.rank() == 0
+    cls = get_model_class(job["model"])
+    ds = _load(job["store"], job["event_weights"], job["rating_threshold"], job["min_user"], job["min_item"])
+    chosen = job["fixed"]
+    seed = job["seed"]
+    if job["tune_trials"] > 0 or hasattr(cls.config_class, "epochs"):
+        result = tune(
+            job["model"], split(ds, job["protocol"], seed=seed), n_trials=job["tune_trials"], seed=seed, fixed=chosen
+        )
+        chosen = result.params
+        if main_process:
+            console.print(f"chosen on validation: {json.dumps(chosen)} ({result.metric} {result.value:.4f})")
+    fitted = cls(**chosen).fit(ds, TrainingOptions(seed=seed, progress=main_process and sys.stderr.isatty()))
+    if not main_process:
+        return
+    fitted.save(job["out"])
+    world = distributed.world_size()
+    where = f" on {world} processes" if world > 1 else ""
+    console.print(f"saved {job['model']} ({ds.n_users:,} users, {ds.n_items:,} items{where}) to {job['out']}")
+    if job["json_out"]:
+        _write_json_atomic(
+            job["json_out"],
+            {
+                "model": job["model"],
+                "params": fitted.config.to_dict(),
+                "model_dir": str(job["out"]),
+                "users": ds.n_users,
+                "items": ds.n_items,
+                "pairs": len(ds),
+                "fit_s": fitted.fit_seconds,
+                "processes": world,
+            },
+        )
+
+
+def _title(info, item_id: str, model) -> str:
+    """A product's title for display (empty when unknown)."""
+    j = model.items.index([item_id], missing="negative")[0]
+    return f"({info.titles[j]})" if j >= 0 and info.titles[j] else ""
 
 
 @app.command()

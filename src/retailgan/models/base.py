@@ -116,6 +116,8 @@ class Recommender(ABC):
 
     name: ClassVar[str]
     config_class: ClassVar[type[ModelConfig]]
+    supports_distributed: ClassVar[bool] = False
+    """Trains data-parallel under torch.distributed (see :mod:`retailgan.distributed`)."""
 
     def __init__(self, config: ModelConfig | None = None, **params: Any) -> None:
         if config is not None and params:
@@ -322,8 +324,11 @@ class IterativeRecommender(Recommender):
         validation = options.validation
         if validation is not None and (validation.users != dataset.users or validation.items != dataset.items):
             raise ConfigError("the validation data must share the training data's vocabularies")
+        from retailgan import distributed
+
+        main_process = distributed.rank() == 0
         bar = None
-        if options.progress:
+        if options.progress and main_process:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=epochs, desc=f"fit {self.name}", unit="epoch", leave=False)
@@ -332,12 +337,14 @@ class IterativeRecommender(Recommender):
             logged = dict(self.train_epoch(epoch))
             logged["epoch"] = epoch
             if validation is not None and len(validation) and (epoch % eval_every == 0 or epoch == epochs):
-                value = self.validation_score(validation, options.validation_metric)
+                # Rank 0 scores and broadcasts, so every process takes the same early-stopping path.
+                value = self.validation_score(validation, options.validation_metric) if main_process else 0.0
+                value = distributed.broadcast_float(value)
                 logged[f"val_{options.validation_metric}"] = value
                 if value > best_value:
                     best_value, best_epoch, bad_epochs = value, epoch, 0
                     best_state = copy.deepcopy(self._state())
-                    if options.checkpoint_dir is not None:
+                    if options.checkpoint_dir is not None and main_process:
                         self.save(options.checkpoint_dir)
                 else:
                     bad_epochs += 1

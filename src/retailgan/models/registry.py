@@ -13,6 +13,7 @@ MODELS: dict[str, str] = {
     "ials": "retailgan.models.baselines:IALS",
     "bpr": "retailgan.models.baselines:BPR",
     "cfgan": "retailgan.models.gan.cfgan:CFGAN",
+    "resgan": "retailgan.models.gan.resgan:ResGAN",
 }
 
 

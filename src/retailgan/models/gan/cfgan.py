@@ -54,9 +54,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from retailgan import distributed
 from retailgan.data.dataset import InteractionDataset
 from retailgan.errors import ConfigError
 from retailgan.models.base import IterativeRecommender, ModelConfig, TrainingOptions
+from retailgan.models.gan.state import load_module_arrays, module_arrays
 
 MODES = ("user", "item")
 LOSSES = ("bce", "wgan-gp")
@@ -184,6 +186,7 @@ class CFGAN(IterativeRecommender):
 
     name = "cfgan"
     config_class = CFGANConfig
+    supports_distributed = True
 
     G: nn.Sequential | None = None
     D: nn.Sequential | None = None
@@ -235,7 +238,7 @@ class CFGAN(IterativeRecommender):
         self._device = torch.device(options.device)
         self._threads = options.num_threads
         init_gen = torch.Generator().manual_seed(options.seed)
-        self._gen = torch.Generator(device=self._device).manual_seed(options.seed)
+        self._order_gen, self._gen = distributed.generators(options.seed, self._device)
         X = dataset.matrix()
         R = (X if cfg.mode == "user" else X.T).tocsr().astype(np.float32)
         self._R_csr = R
@@ -259,6 +262,10 @@ class CFGAN(IterativeRecommender):
                             self.D[i] = nn.utils.parametrizations.spectral_norm(layer)
             self.D.to(self._device)
             self._opt_d = _adam(self.D, cfg.lr_d, cfg.l2_d)
+        # Under torch.distributed the steps that update a network go through its DDP wrapper,
+        # which averages gradients across processes; single-process, these are the networks.
+        self._G_train = distributed.wrap(self.G, self._device)
+        self._D_train = None if self.D is None else distributed.wrap(self.D, self._device)
         self._item_scores = None
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
@@ -279,7 +286,8 @@ class CFGAN(IterativeRecommender):
 
     def _batches(self, size: int) -> tuple[torch.Tensor, ...]:
         n = self._R_csr.shape[0]
-        return torch.randperm(n, generator=self._gen, device=self._device).split(size)
+        order = torch.randperm(n, generator=self._order_gen, device=self._device).split(size)
+        return tuple(distributed.shard(b) for b in order)
 
     def _rows(self, idx: torch.Tensor) -> torch.Tensor:
         """Dense training vectors of the rows ``idx`` (the conditions, and the real samples)."""
@@ -287,7 +295,7 @@ class CFGAN(IterativeRecommender):
             return self._R[idx]
         return torch.from_numpy(self._R_csr[idx.cpu().numpy()].toarray()).to(self._device)
 
-    def _generate(self, cond: torch.Tensor, *, train: bool = True) -> torch.Tensor:
+    def _generate(self, cond: torch.Tensor, *, train: bool = True, net: nn.Module | None = None) -> torch.Tensor:
         cfg = self._cfg
         assert self.G is not None
         if cfg.noise_dim:
@@ -296,7 +304,7 @@ class CFGAN(IterativeRecommender):
             else:  # the noise's mean, so scores are deterministic
                 z = cond.new_zeros(len(cond), cfg.noise_dim)
             cond = torch.cat([cond, z], dim=1)
-        out = self.G(cond)
+        out = (net or self.G)(cond)
         return torch.sigmoid(out) if cfg.g_output == "sigmoid" else out
 
     def _judge_mask(self, real: torch.Tensor) -> torch.Tensor:
@@ -313,7 +321,7 @@ class CFGAN(IterativeRecommender):
             fake = self._generate(real) * self._judge_mask(real)
         # Real and fake in one call: one larger product is cheaper than two small ones.
         pairs = torch.cat([torch.cat([real, real], dim=1), torch.cat([real, fake], dim=1)])
-        d_real, d_fake = self.D(pairs).split(len(real))
+        d_real, d_fake = self._D_train(pairs).split(len(real))
         if cfg.loss == "bce":
             loss_real = F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
             loss = loss_real + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
@@ -335,7 +343,7 @@ class CFGAN(IterativeRecommender):
     def _g_step(self, idx: torch.Tensor) -> torch.Tensor:
         cfg = self._cfg
         real = self._rows(idx)
-        out = self._generate(real)
+        out = self._generate(real, net=self._G_train)
         mask = self._judge_mask(real)
         if self.D is not None:
             d_fake = self.D(torch.cat([real, out * mask], dim=1))
@@ -354,10 +362,10 @@ class CFGAN(IterativeRecommender):
         return loss.detach()
 
     def finish_training(self) -> None:
-        self.D = None
+        self.D = self._D_train = self._G_train = None
         self._opt_g = self._opt_d = None
         self._R = self._R_csr = None
-        self._gen = None
+        self._gen = self._order_gen = None
 
     # -- scoring --------------------------------------------------------------------------------
 
@@ -398,15 +406,10 @@ class CFGAN(IterativeRecommender):
 
     def _state(self) -> dict[str, np.ndarray]:
         assert self.G is not None
-        return {f"G.{k}": v.detach().cpu().numpy().copy() for k, v in self.G.state_dict().items()}
+        return module_arrays(self.G, "G")
 
     def _load_state(self, arrays: dict[str, np.ndarray]) -> None:
         self._cfg.validate()
-        G = self._build_generator()
-        state = {k[2:]: torch.tensor(np.asarray(v)) for k, v in arrays.items() if k.startswith("G.")}
-        try:
-            G.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise ConfigError(f"cfgan: saved generator does not match the config and id maps ({exc})") from None
+        G = load_module_arrays(self._build_generator(), arrays, "G", "cfgan")
         self.G = G.to(self._device)
         self._item_scores = None
