@@ -1,0 +1,5 @@
+"""``python -m retailgan`` (and ``torchrun -m retailgan``): the command line."""
+
+from retailgan.cli import main
+
+main()
