@@ -11,6 +11,7 @@ import torch
 from retailgan import distributed
 from retailgan.data.dataset import InteractionDataset
 from retailgan.data.splits import split
+from retailgan.errors import ConfigError, RetailganError
 from retailgan.evaluation import evaluate
 from retailgan.models.base import TrainingOptions
 from retailgan.models.registry import get_model_class
@@ -83,7 +84,15 @@ def test_helpers_are_identities_in_one_process():
 
 
 def test_launch_rejects_bad_process_count():
-    from retailgan.errors import ConfigError
-
     with pytest.raises(ConfigError, match="nproc"):
         distributed.launch(0, _job, "unused", "cfgan")
+
+
+def _fail_on_rank_one() -> None:
+    if distributed.rank() == 1:
+        raise ConfigError("cfgan: lr_g must be > 0")
+
+
+def test_a_worker_error_is_one_clear_error():
+    with pytest.raises(RetailganError, match=r"process 1: cfgan: lr_g must be > 0"):
+        distributed.launch(2, _fail_on_rank_one)

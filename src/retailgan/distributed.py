@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from retailgan.errors import ConfigError
+from retailgan.errors import ConfigError, RetailganError
 
 
 def is_distributed() -> bool:
@@ -130,4 +130,18 @@ def launch(nproc: int, fn: Callable[..., Any], *args: Any) -> None:
         raise ConfigError(f"--nproc must be >= 1, got {nproc}")
     import torch.multiprocessing as mp
 
-    mp.start_processes(_worker, args=(nproc, _free_port(), fn, args), nprocs=nproc, join=True, start_method="spawn")
+    for attempt in range(3):
+        try:
+            mp.start_processes(
+                _worker, args=(nproc, _free_port(), fn, args), nprocs=nproc, join=True, start_method="spawn"
+            )
+            return
+        except mp.ProcessRaisedException as exc:
+            # The free port can be taken by another program between our probe and the rendezvous.
+            if "address already in use" in str(exc).lower() and attempt < 2:
+                continue
+            # A retailgan error in a worker (bad data, bad config) reaches the user as one clear line.
+            last = str(exc).strip().splitlines()[-1]
+            if last.startswith("retailgan.errors."):
+                raise RetailganError(f"process {exc.error_index}: {last.partition(': ')[2]}") from None
+            raise
