@@ -558,6 +558,34 @@ def recommend(
     _run(go)
 
 
+@app.command()
+def serve(
+    model_dir: Path = typer.Option(..., "--model-dir", help="Model directory (reloaded from here)."),
+    store: Path = typer.Option(..., "--store", help="DuckDB store (catalogue, histories, events)."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port"),
+    workers: int = typer.Option(1, "--workers", help="Must be 1: one process writes the store."),
+    keys: Path | None = typer.Option(None, "--keys", help="API keys file (name:role:sha256hex lines)."),
+    no_auth: bool = typer.Option(False, "--no-auth", help="Serve without API keys (local use only)."),
+    rate_limit: float = typer.Option(50.0, "--rate-limit", help="Requests per second per key."),
+    rate_burst: int = typer.Option(100, "--rate-burst", help="Burst size per key."),
+) -> None:
+    """Serve recommendations over HTTP (needs the 'serve' extra); see retailgan.serving."""
+
+    def go() -> None:
+        from retailgan.serving.server import check_serving_extra
+
+        check_serving_extra()
+        from retailgan.serving.server import serve as run_server
+        from retailgan.serving.settings import Settings
+
+        settings = Settings(model_dir=model_dir, store=store, keys_file=keys, auth=not no_auth,
+                            rate_limit=rate_limit, rate_burst=rate_burst)
+        run_server(settings, host=host, port=port, workers=workers)
+
+    _run(go)
+
+
 # -- demo -------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,285 @@
+"""Load benchmark of `retailgan serve`: a fixed offered rate from a second process on loopback.
+
+    .venv/bin/python benchmarks/bench_serve.py --rate 200 --duration 60 --out docs/results/serve-bench.json
+
+Prepares (once, under --work) a store from the bundled Online Retail log and an EASE model
+(`retailgan ingest`, `retailgan train --model ease --params '{"l2": L2}'`), starts the server in
+its own process, then runs the load client in another process, twice: a steady run, and a run
+with a model reload (`POST /admin/models/reload`) at half time.
+
+The client is open-loop: request i is due at t0 + i / rate whatever happened before, so a slow
+server cannot slow the offered load down. Latency is measured from the time a request was due
+(not from when it was sent), so queueing behind a stall counts. Request mix: 85 % recommendations
+for a customer drawn uniformly from the store's customers (k = 10), 10 % for an ad-hoc session of
+3 products drawn uniformly from the store's products, 5 % an event for such a customer (written to
+the store before the 2xx).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLED = REPO / "data" / "online-retail" / "online_retail.csv.gz"
+KEY = "bench-key-0123456789abcdef"
+
+
+def _retailgan(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "retailgan.cli", *args], check=True)
+
+
+def prepare(work: Path, l2: float) -> tuple[Path, Path]:
+    work.mkdir(parents=True, exist_ok=True)
+    store, model = work / "retail.duckdb", work / "ease"
+    if not store.exists():
+        _retailgan("ingest", str(BUNDLED), "--store", str(store))
+    if not (model / "model.json").exists():
+        _retailgan("train", "--store", str(store), "--model", "ease", "--params", json.dumps({"l2": l2}),
+                   "--out", str(model))
+    return store, model
+
+
+def sample_ids(store: Path, out: Path, seed: int) -> Path:
+    """Uniform samples of the store's customers and products (read before the server locks the store)."""
+    from retailgan.data.store import Store
+
+    with Store.open(store, create=False, read_only=True) as st:
+        customers = [str(r[0]) for r in st.con.execute("SELECT DISTINCT user_id FROM events ORDER BY 1").fetchall()]
+        products = [str(r[0]) for r in st.con.execute("SELECT DISTINCT item_id FROM events ORDER BY 1").fetchall()]
+    rng = random.Random(seed)
+    out.write_text(json.dumps({"customers": rng.sample(customers, min(2000, len(customers))),
+                               "products": rng.sample(products, min(2000, len(products)))}))
+    return out
+
+
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_idle(port: int) -> None:
+    """Wait until the server answers /healthz quickly (the previous run's backlog has drained)."""
+    import httpx
+
+    for _ in range(600):
+        t = time.perf_counter()
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+            if time.perf_counter() - t < 0.05:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(store: Path, model: Path, port: int) -> subprocess.Popen:
+    import httpx
+
+    from retailgan.serving.security import hash_key
+
+    env = {**os.environ, "RETAILGAN_API_KEYS": f"bench:admin:{hash_key(KEY)}"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "retailgan.cli", "serve", "--model-dir", str(model), "--store", str(store),
+         "--port", str(port), "--rate-limit", "100000", "--rate-burst", "100000"],
+        env=env,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("server not ready in 120 s")
+
+
+# -- client (runs in its own process) -----------------------------------------------------------
+
+
+async def _client(url: str, rate: float, duration: float, reload_at: float | None, seed: int, ids: Path) -> dict:
+    import aiohttp  # lighter than httpx per request: the client shares the 2 cores with the server
+    import numpy as np
+
+    h = {"X-API-Key": KEY}
+    rng = random.Random(seed)
+    connector = aiohttp.TCPConnector(limit=256)
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(base_url=url, headers=h, connector=connector, timeout=timeout) as client:
+
+        async def get_json(path: str, **params: object) -> dict:
+            async with client.get(path, params=params) as r:
+                return await r.json()
+
+        sample = json.loads(ids.read_text())
+        customers, products = sample["customers"], sample["products"]
+        n = int(rate * duration)
+        latencies = np.full(n, np.nan)
+        service = np.full(n, np.nan)
+        statuses: dict[str, int] = {}
+        errors: list[str] = []
+        reload_info: dict = {}
+
+        async def one(i: int, due: float) -> None:
+            r = rng.random()
+            if r < 0.85:
+                path, body = "/v1/recommendations", {"customer_id": rng.choice(customers), "k": 10}
+            elif r < 0.95:
+                path, body = "/v1/recommendations", {"product_ids": rng.sample(products, 3), "k": 10}
+            else:
+                path, body = "/v1/events", {"events": [{
+                    "customer_id": rng.choice(customers), "product_id": rng.choice(products), "event_type": "view"}]}
+            sent = time.perf_counter()
+            try:
+                async with client.post(path, json=body) as resp:
+                    await resp.read()
+                    code = str(resp.status)
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                code = type(exc).__name__
+            end = time.perf_counter()
+            statuses[code] = statuses.get(code, 0) + 1
+            if not code.startswith("2"):
+                errors.append(code)
+            latencies[i] = end - due
+            service[i] = end - sent
+
+        async def reloader() -> None:
+            assert reload_at is not None
+            await asyncio.sleep(reload_at)
+            t = time.perf_counter()
+            try:
+                async with client.post("/admin/models/reload", json={}) as r:
+                    reload_info["accepted"] = r.status
+                while True:
+                    s = await get_json("/admin/models")
+                    if s["reload_state"] != "loading":
+                        break
+                    await asyncio.sleep(0.05)
+                reload_info.update(state=s["reload_state"], version=s["version"])
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                reload_info["error"] = f"{type(exc).__name__}: {exc}"
+            reload_info.update(seconds=round(time.perf_counter() - t, 3), at_s=reload_at)
+
+        tasks = []
+        extra = [asyncio.create_task(reloader())] if reload_at is not None else []
+        t0 = time.perf_counter() + 0.5
+        for i in range(n):
+            due = t0 + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i, due)))
+        await asyncio.gather(*tasks, *extra)
+        wall = time.perf_counter() - t0
+    ms = latencies * 1000
+    return {
+        "offered_rate": rate,
+        "duration_s": duration,
+        "requests": n,
+        "achieved_rate": round(n / wall, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p90_ms": round(float(np.percentile(ms, 90)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "max_ms": round(float(np.max(ms)), 2),
+        "service_p50_ms": round(float(np.percentile(service * 1000, 50)), 2),
+        "service_p99_ms": round(float(np.percentile(service * 1000, 99)), 2),
+        "errors": len(errors),
+        "statuses": statuses,
+        "reload": reload_info or None,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", nargs="?", default="run", choices=["run", "client"])
+    ap.add_argument("--rate", type=float, default=200.0)
+    ap.add_argument("--duration", type=float, default=60.0)
+    ap.add_argument("--work", type=Path, default=REPO / "out" / "bench-serve")
+    ap.add_argument("--l2", type=float, default=490.13, help="EASE l2 (tuned value, docs/benchmarks.md section 2)")
+    ap.add_argument("--out", type=Path, default=None, help="Write the results as JSON here.")
+    ap.add_argument("--url", default=None)
+    ap.add_argument("--reload-at", type=float, default=None)
+    ap.add_argument("--ids", type=Path, default=None, help="(client) customer and product ids to draw from")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    if args.mode == "client":
+        print(json.dumps(asyncio.run(_client(args.url, args.rate, args.duration, args.reload_at, args.seed, args.ids))))
+        return
+    store, model = prepare(args.work, args.l2)
+    ids = sample_ids(store, args.work / "ids.json", args.seed)
+    served = args.work / "served.duckdb"  # a fresh copy each time: the runs' events go there
+    shutil.copy(store, served)
+    Path(f"{served}.wal").unlink(missing_ok=True)
+    port = free_port()
+    server = start_server(served, model, port)
+    runs = {}
+    try:
+        for name, reload_at in (("steady", None), ("reload mid-run", args.duration / 2)):
+            cmd = [sys.executable, __file__, "client", "--url", f"http://127.0.0.1:{port}", "--rate", str(args.rate),
+                   "--duration", str(args.duration), "--seed", str(args.seed), "--ids", str(ids)]
+            if reload_at is not None:
+                cmd += ["--reload-at", str(reload_at)]
+            load_before = os.getloadavg()[0]
+            cpu0, child0 = proc_cpu_s(server.pid), resource.getrusage(resource.RUSAGE_CHILDREN)
+            wait_idle(port)
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"client failed ({done.returncode}):\n{done.stderr[-3000:]}")
+            out = done.stdout
+            cpu1, child1 = proc_cpu_s(server.pid), resource.getrusage(resource.RUSAGE_CHILDREN)
+            runs[name] = json.loads(out.strip().splitlines()[-1])
+            n = runs[name]["requests"]
+            runs[name]["server_cpu_ms_per_request"] = round((cpu1 - cpu0) / n * 1000, 3)
+            client_cpu = (child1.ru_utime + child1.ru_stime) - (child0.ru_utime + child0.ru_stime)
+            runs[name]["client_cpu_ms_per_request"] = round(client_cpu / n * 1000, 3)
+            runs[name]["loadavg_1min_before"] = load_before
+            runs[name]["loadavg_1min_after"] = os.getloadavg()[0]
+            print(name, json.dumps(runs[name]), flush=True)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    doc = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "loadavg_after": os.getloadavg()},
+        "model": {"name": "ease", "l2": args.l2, "dir": str(model)},
+        "runs": runs,
+    }
+    print("| run | offered req/s | achieved | p50 ms | p90 ms | p99 ms | max ms | errors | server CPU ms/req | load |")
+    print("|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, r in runs.items():
+        print(f"| {name} | {r['offered_rate']:.0f} | {r['achieved_rate']} | {r['p50_ms']} | {r['p90_ms']} | "
+              f"{r['p99_ms']} | {r['max_ms']} | {r['errors']} | {r['server_cpu_ms_per_request']} | "
+              f"{r['loadavg_1min_before']:.1f} |")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

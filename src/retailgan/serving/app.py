@@ -1,0 +1,620 @@
+"""The FastAPI application: recommendations, products, customers, events, health, metrics, reloads.
+
+``create_app(settings)`` builds the app; its lifespan opens the store, reads the API keys, loads
+and validates the model and rebuilds the fold-in overlay from the events the service wrote
+earlier. See :mod:`retailgan.serving.engine` for the scoring strategies and
+:mod:`retailgan.serving.security` for keys and rate limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any
+from uuid import uuid4
+
+import anyio
+import numpy as np
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.security import APIKeyHeader
+from fastapi.staticfiles import StaticFiles
+
+from retailgan import __version__
+from retailgan.errors import ConfigError, RetailganError, UnknownIdError
+from retailgan.serving import schemas as S
+from retailgan.serving.engine import ModelBundle, Product, RequestError
+from retailgan.serving.metrics import Metrics, MetricsMiddleware
+from retailgan.serving.security import ApiKey, KeyRing, RateLimiter, load_keys
+from retailgan.serving.settings import Settings
+from retailgan.serving.storage import NewEvent, ServiceStore
+
+log = logging.getLogger("retailgan.serving")
+STATIC = Path(__file__).resolve().parent / "static"
+ANONYMOUS = ApiKey("anonymous", "admin", "")
+
+
+class ServiceState:
+    """Everything a running app holds; ``bundle`` is swapped atomically on reload."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.bundle: ModelBundle | None = None
+        self.store: ServiceStore | None = None
+        self.catalogue: dict[str, Product] = {}
+        self.keys = KeyRing([])
+        self.limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
+        self.reload_state = "idle"
+        self.last_error: str | None = None
+        self.reload_task: asyncio.Task[None] | None = None
+        # Products each customer interacted with through POST /v1/events (fold-in input).
+        self._overlay: dict[str, set[str]] = {}
+        self._overlay_lock = threading.Lock()
+
+    def start(self) -> None:
+        s = self.settings
+        if s.auth:
+            self.keys = KeyRing(load_keys(s.keys_file, s.api_keys))
+            if not len(self.keys):
+                raise ConfigError(
+                    "no API keys configured: pass --keys FILE or set RETAILGAN_API_KEYS "
+                    "(make one with `python -m retailgan.serving.security --name NAME --role admin`), "
+                    "or serve without keys with --no-auth"
+                )
+        self.store = ServiceStore(s.store)
+        try:
+            self.catalogue = self.store.catalogue()
+            for customer, product, _ in self.store.api_events():
+                self.add_overlay(customer, product)
+            self.set_bundle(ModelBundle.load(s.model_dir))
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+    def set_bundle(self, bundle: ModelBundle) -> None:
+        self.bundle = bundle  # one reference assignment: requests see the old or the new model
+        self.metrics.set_model(bundle.name, bundle.version)
+
+    def add_overlay(self, customer: str, product: str) -> None:
+        with self._overlay_lock:
+            self._overlay.setdefault(customer, set()).add(product)
+
+    def overlay(self, customer: str) -> list[str]:
+        with self._overlay_lock:
+            return sorted(self._overlay.get(customer, ()))
+
+    def current(self) -> ModelBundle:
+        b = self.bundle
+        if b is None:
+            raise HTTPException(503, "no model loaded yet")
+        return b
+
+    async def reload(self) -> None:
+        self.reload_state, self.last_error = "loading", None
+        path = self.settings.model_dir
+        try:
+            bundle = await anyio.to_thread.run_sync(ModelBundle.load, path)
+        except RetailganError as exc:
+            self._reload_failed(str(exc))
+        except Exception as exc:  # anything else a broken file can raise: refuse it, keep serving
+            log.exception("model reload failed")
+            self._reload_failed(f"{path}: cannot load model ({type(exc).__name__})")
+        else:
+            self.set_bundle(bundle)
+            self.reload_state = "succeeded"
+            self.metrics.reloads.labels("succeeded").inc()
+            log.info("serving model %s from %s", bundle.label, path)
+
+    def _reload_failed(self, message: str) -> None:
+        self.reload_state, self.last_error = "failed", message
+        self.metrics.reloads.labels("failed").inc()
+        log.warning("model reload refused, still serving %s: %s", self.bundle.label if self.bundle else None, message)
+
+    def status(self) -> S.ModelStatus:
+        b = self.current()
+        return S.ModelStatus(
+            model=b.name,
+            version=b.version,
+            path=str(b.path),
+            loaded_at=datetime.fromtimestamp(b.loaded_at, tz=timezone.utc),
+            foldin=b.foldin,
+            items=b.model.n_items,
+            customers=b.model.n_users,
+            reload_state=self.reload_state,  # type: ignore[arg-type]
+            last_error=self.last_error,
+        )
+
+
+
+# -- security (module level: FastAPI resolves these annotations in the module namespace) ---------
+
+KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False,
+                          description="API key (see retailgan.serving.security)")
+
+
+async def authenticate(request: Request, key: Annotated[str | None, Security(KEY_HEADER)]) -> ApiKey:
+    """401 without a key, 403 for a wrong one, 429 (with Retry-After) over the key's rate limit."""
+    state: ServiceState = request.app.state.service
+    if not state.settings.auth:
+        found = ANONYMOUS
+    else:
+        if not key:
+            raise HTTPException(401, "missing API key (send it in the X-API-Key header)",
+                                headers={"WWW-Authenticate": "ApiKey"})
+        found = state.keys.identify(key)
+        if found is None:
+            raise HTTPException(403, "invalid API key")
+    retry = state.limiter.check(found.name)
+    if retry:
+        raise HTTPException(429, f"rate limit exceeded for key {found.name!r}; retry in {retry} s",
+                            headers={"Retry-After": str(retry)})
+    return found
+
+
+async def require_admin(key: Annotated[ApiKey, Depends(authenticate)]) -> ApiKey:
+    if not key.is_admin:
+        raise HTTPException(403, f"key {key.name!r} is not an admin key")
+    return key
+
+
+User = Annotated[ApiKey, Depends(authenticate)]
+Admin = Annotated[ApiKey, Depends(require_admin)]
+
+
+class BodyLimit:
+    """Rejects request bodies over ``max_bytes`` with 413 (declared length or bytes received)."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared < 0 or declared > self.max_bytes:
+                    response = JSONResponse(
+                        {"detail": f"request body larger than {self.max_bytes} bytes" if declared > 0
+                         else "invalid Content-Length"},
+                        status_code=413 if declared > 0 else 400,
+                    )
+                    await response(scope, receive, send)
+                    return
+        received = 0
+
+        async def limited() -> dict[str, Any]:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise HTTPException(413, f"request body larger than {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
+    errors = []
+    for e in exc.errors():
+        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
+        errors.append({"field": loc, "message": e.get("msg", "invalid"), "type": e.get("type", "")})
+    text = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+    return f"invalid request: {text}", errors
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The service app. The model loads in the lifespan (on start-up, or entering a TestClient)."""
+    state = ServiceState(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await anyio.to_thread.run_sync(state.start)
+        try:
+            yield
+        finally:
+            task = state.reload_task
+            if task is not None and not task.done():
+                await asyncio.wait([task], timeout=30)
+            state.stop()
+
+    app = FastAPI(
+        title="retailgan recommendation service",
+        version=__version__,
+        description="Real-time product recommendations from any fitted retailgan model. "
+        "Send the API key in the `X-API-Key` header.",
+        lifespan=lifespan,
+    )
+    app.state.service = state
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+
+    # -- errors: clear 4xx messages, never a stack trace -------------------------------------
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, errors = _validation_message(exc)
+        return JSONResponse({"detail": message, "errors": errors}, status_code=422)
+
+    @app.exception_handler(RequestError)
+    async def _bad(request: Request, exc: RequestError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(UnknownIdError)
+    async def _unknown(request: Request, exc: UnknownIdError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+
+    # -- health -----------------------------------------------------------------------------
+
+    @app.get("/healthz", response_model=S.Health, tags=["health"])
+    async def healthz() -> S.Health:
+        """The process is up."""
+        return S.Health(status="ok")
+
+    @app.get("/readyz", response_model=S.Health, tags=["health"], responses={503: {"model": S.Health}})
+    async def readyz() -> Any:
+        """Ready when a model is loaded and the store is open."""
+        b = state.bundle
+        if b is None or state.store is None:
+            return JSONResponse(S.Health(status="not ready").model_dump(), status_code=503)
+        return S.Health(status="ready", model_version=b.label)
+
+    @app.get("/metrics", tags=["health"], response_class=Response)
+    async def metrics() -> Response:
+        """Prometheus text format."""
+        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    # -- recommendations --------------------------------------------------------------------
+
+    # In-memory endpoints are coroutines: their work (about a millisecond) runs on the event loop,
+    # because a hop to the thread pool cost more CPU than the work itself on a busy 2-core machine
+    # (docs/benchmarks.md, serving). Endpoints that touch the store stay in the thread pool.
+    @app.post("/v1/recommendations", response_model=S.RecommendationResponse, tags=["recommendations"])
+    async def recommendations(req: S.RecommendationRequest, key: User) -> Response:
+        """Top-k products for a customer id, or for an ad-hoc list of product ids."""
+        # Serialised here: FastAPI would validate the (already typed) response a second time.
+        return _json(_recommend(state, state.current(), req))
+
+    @app.get("/v1/products", response_model=S.ProductList, tags=["products"])
+    async def products(
+        key: User,
+        query: Annotated[str | None, Query(max_length=100, description="Case-insensitive title search.")] = None,
+        category: Annotated[str | None, Query(max_length=64)] = None,
+        limit: Annotated[int, Query(ge=1, le=200)] = 20,
+    ) -> S.ProductList:
+        """Products of the model, most bought first (title search and category filter)."""
+        b = state.current()
+        order = np.lexsort((np.arange(len(b.popularity)), -b.popularity))
+        q = query.lower() if query else None
+        out = []
+        for j in order:
+            title = b.titles[j]
+            if category is not None and b.categories[j] != category:
+                continue
+            if q is not None and (title is None or q not in str(title).lower()):
+                continue
+            out.append(_product_out(state, b, str(b.model.items.ids[j])))
+            if len(out) >= limit:
+                break
+        return S.ProductList(items=out)
+
+    @app.get("/v1/products/{product_id}", response_model=S.ProductOut, tags=["products"],
+             responses={404: {"description": "unknown product"}})
+    async def product(product_id: Annotated[str, PathParam(max_length=64)], key: User) -> S.ProductOut:
+        """One product: title, category, price, and whether the model can recommend it."""
+        b = state.current()
+        if product_id not in state.catalogue and product_id not in b.model.items:
+            raise HTTPException(404, f"unknown product id {product_id!r}")
+        return _product_out(state, b, product_id)
+
+    @app.get("/v1/products/{product_id}/similar", response_model=S.SimilarResponse, tags=["products"],
+             responses={404: {"description": "unknown product"}})
+    async def similar(
+        product_id: Annotated[str, PathParam(max_length=64)],
+        key: User,
+        k: Annotated[int, Query(ge=1, le=S.MAX_K)] = 10,
+    ) -> S.SimilarResponse:
+        """Products most like this one (the model's item-item scores where it has them)."""
+        b = state.current()
+        if product_id not in state.catalogue and product_id not in b.model.items:
+            raise HTTPException(404, f"unknown product id {product_id!r}")
+        j = int(b.item_index([product_id])[0])
+        if j < 0:
+            return S.SimilarResponse(product_id=product_id, method="none: not in the model's training data",
+                                     model_version=b.label, items=[])
+        scores, method = b.similar(j)
+        scores = np.array(scores, dtype=np.float64)
+        scores[j] = -np.inf
+        top, sc = b.top_k(scores, k)
+        items = [_rec_item(state, b, r, int(i), float(s)) for r, (i, s) in enumerate(zip(top, sc, strict=True), 1)]
+        return S.SimilarResponse(product_id=product_id, method=method, model_version=b.label, items=items)
+
+    # -- customers and events ---------------------------------------------------------------
+
+    @app.get("/v1/customers", response_model=S.CustomerList, tags=["customers"])
+    def customers(key: User, limit: Annotated[int, Query(ge=1, le=200)] = 20) -> S.CustomerList:
+        """The customers with the most distinct products (for picking one to look at)."""
+        assert state.store is not None
+        rows = state.store.top_customers(limit)
+        return S.CustomerList(items=[S.CustomerOut(customer_id=c, products=n) for c, n in rows])
+
+    @app.get("/v1/customers/{customer_id}/history", response_model=S.HistoryResponse, tags=["customers"],
+             responses={404: {"description": "unknown customer"}})
+    def history(
+        customer_id: Annotated[str, PathParam(max_length=64)],
+        key: User,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> S.HistoryResponse:
+        """The customer's latest events in the store, newest first."""
+        b = state.current()
+        assert state.store is not None
+        known = b.user_index(customer_id) >= 0
+        rows = state.store.history(customer_id, limit)
+        if not rows and not known and not state.store.has_customer(customer_id):
+            raise HTTPException(404, f"unknown customer id {customer_id!r}")
+        events = [
+            S.HistoryEvent(product_id=i, title=_title(state, b, i), event_type=t, ts=ts, quantity=q)
+            for i, t, ts, q in rows
+        ]
+        return S.HistoryResponse(customer_id=customer_id, known_to_model=known, events=events)
+
+    @app.post("/v1/events", response_model=S.EventsAccepted, status_code=201, tags=["customers"])
+    def events(batch: S.EventBatch, key: User) -> S.EventsAccepted:
+        """Store events durably (committed before the response) and fold them in at once."""
+        b = state.current()
+        assert state.store is not None
+        unknown = sorted({e.product_id for e in batch.events
+                          if e.product_id not in state.catalogue and e.product_id not in b.model.items})
+        if unknown:
+            raise RequestError(f"unknown product id(s): {', '.join(repr(u) for u in unknown[:10])}")
+        now = datetime.now(timezone.utc)
+        new = [
+            NewEvent(
+                event_id=e.event_id or uuid4().hex,
+                customer_id=e.customer_id,
+                product_id=e.product_id,
+                event_type=e.event_type,
+                ts=e.ts or now,
+                quantity=e.quantity,
+                price=e.price,
+            )
+            for e in batch.events
+        ]
+        written = state.store.write_events(new)
+        state.metrics.events.inc(written)
+        for e in new:
+            state.add_overlay(e.customer_id, e.product_id)
+        return S.EventsAccepted(accepted=len(new), written=written)
+
+    # -- admin ------------------------------------------------------------------------------
+
+    @app.get("/admin/models", response_model=S.ModelStatus, tags=["admin"])
+    async def model_status(key: Admin) -> S.ModelStatus:
+        """The model being served and the state of the last reload."""
+        return state.status()
+
+    @app.post("/admin/models/reload", response_model=S.ModelStatus, status_code=202, tags=["admin"],
+              responses={200: {"model": S.ModelStatus}, 409: {"description": "a reload is running"},
+                         422: {"description": "the new model was refused; the old one keeps serving"}})
+    async def reload(key: Admin, body: S.ReloadRequest | None = None) -> Any:
+        """Load the model directory again in the background, validate it, swap it in atomically.
+
+        Requests already running finish on the old model. A model that fails to load or to score
+        is refused and the old one keeps serving (``reload_state`` = failed, ``last_error`` says why).
+        """
+        if state.reload_task is not None and not state.reload_task.done():
+            raise HTTPException(409, "a model reload is already running")
+        state.reload_task = asyncio.create_task(state.reload())
+        if body is not None and body.wait:
+            await state.reload_task
+            code = 200 if state.reload_state == "succeeded" else 422
+            return JSONResponse(state.status().model_dump(mode="json"), status_code=code)
+        return JSONResponse(state.status().model_dump(mode="json"), status_code=202)
+
+    # -- the merchandiser page ---------------------------------------------------------------
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/ui/")
+
+    app.mount("/ui", StaticFiles(directory=STATIC, html=True), name="ui")
+    return app
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _json(model: S.Strict) -> Response:
+    return Response(model.model_dump_json(), media_type="application/json")
+
+
+def _title(state: ServiceState, b: ModelBundle, product_id: str) -> str | None:
+    p = state.catalogue.get(product_id)
+    if p is not None and p.title is not None:
+        return p.title
+    j = int(b.item_index([product_id])[0])
+    return None if j < 0 or b.titles[j] is None else str(b.titles[j])
+
+
+def _price(x: float) -> float | None:
+    return None if x != x else float(x)
+
+
+def _product_out(state: ServiceState, b: ModelBundle, product_id: str) -> S.ProductOut:
+    j = int(b.item_index([product_id])[0])
+    p = state.catalogue.get(product_id)
+    if j >= 0:
+        return S.ProductOut(
+            product_id=product_id,
+            title=p.title if p and p.title is not None else (None if b.titles[j] is None else str(b.titles[j])),
+            category=p.category if p and p.category is not None else (b.categories[j] or None),
+            price=p.price if p and p.price is not None else _price(float(b.prices[j])),
+            in_model=True,
+            customers=int(b.popularity[j]),
+        )
+    assert p is not None
+    return S.ProductOut(product_id=product_id, title=p.title, category=p.category, price=p.price,
+                        in_model=False, customers=None)
+
+
+def _rec_item(state: ServiceState, b: ModelBundle, rank: int, j: int, score: float) -> S.RecommendedProduct:
+    pid = str(b.model.items.ids[j])
+    return S.RecommendedProduct(
+        rank=rank,
+        product_id=pid,
+        title=_title(state, b, pid),
+        category=b.categories[j] or None,
+        price=_price(float(b.prices[j])),
+        score=score,
+    )
+
+
+def _check_known(state: ServiceState, b: ModelBundle, ids: list[str], what: str) -> None:
+    unknown = [p for p in ids if p not in state.catalogue and p not in b.model.items]
+    if unknown:
+        shown = ", ".join(repr(u) for u in unknown[:10])
+        raise RequestError(f"unknown product id(s) in {what}: {shown}")
+
+
+def _recommend(state: ServiceState, b: ModelBundle, req: S.RecommendationRequest) -> S.RecommendationResponse:
+    notes: list[str] = []
+    known = False
+    empty = np.zeros(0, dtype=np.int64)
+    if req.customer_id is not None:
+        u = b.user_index(req.customer_id)
+        known = u >= 0
+        new_idx = b.item_index(state.overlay(req.customer_id))
+        new_idx = new_idx[new_idx >= 0]
+        hist = np.union1d(b.seen_items(u) if known else empty, new_idx)
+        if len(new_idx) and b.foldin:
+            scores, strategy = b.score_history(hist), "fold-in"
+        elif known:
+            scores, strategy = b.score_user(u), "model"
+            if len(new_idx):
+                notes.append(f"the {b.name} model cannot fold in new events: products from them are left out "
+                             "of the list, and the scores change once the model is retrained")
+        else:
+            scores, strategy = b.popularity.copy(), "popular"
+            if len(new_idx):
+                notes.append(f"the {b.name} model cannot fold in new events: popular products shown")
+    else:
+        ids = list(req.product_ids or [])
+        _check_known(state, b, ids, "product_ids")
+        idx = b.item_index(ids)
+        if (idx < 0).any():
+            notes.append(f"{int((idx < 0).sum())} product(s) of the session are not in the model and were ignored")
+        hist = np.unique(idx[idx >= 0])
+        if len(hist) and b.foldin:
+            scores, strategy = b.score_history(hist), "session"
+        else:
+            scores, strategy = b.popularity.copy(), "popular"
+            if len(hist):
+                notes.append(f"the {b.name} model cannot score ad-hoc sessions: popular products shown")
+    scores = np.array(scores, dtype=np.float64)
+    if req.exclude_seen and len(hist):
+        scores[hist] = -np.inf
+    if req.exclude:
+        ex = b.item_index(req.exclude)
+        scores[ex[ex >= 0]] = -np.inf
+    allowed = np.ones(len(scores), dtype=bool)
+    if req.candidates is not None:
+        _check_known(state, b, req.candidates, "candidates")
+        cidx = b.item_index(req.candidates)
+        allowed[:] = False
+        allowed[cidx[cidx >= 0]] = True
+    f = req.filters
+    if f is not None and f.categories is not None:
+        unknown = [c for c in f.categories if c not in b.category_index]
+        if unknown:
+            shown = ", ".join(repr(c) for c in unknown[:10])
+            raise RequestError(f"unknown categor(ies) in filters.categories: {shown}")
+        in_cat = np.zeros(len(scores), dtype=bool)
+        for c in f.categories:
+            in_cat[b.category_index[c]] = True
+        allowed &= in_cat
+    if f is not None and f.max_price is not None:
+        with np.errstate(invalid="ignore"):
+            allowed &= b.prices <= f.max_price  # unknown prices (NaN) never pass a price filter
+    scores[~allowed] = -np.inf
+    top, sc = b.top_k(scores, req.k)
+    items = [_rec_item(state, b, r, int(i), float(s)) for r, (i, s) in enumerate(zip(top, sc, strict=True), 1)]
+    if req.explain:
+        _explain(state, b, items, top, hist, strategy)
+    return S.RecommendationResponse(
+        customer_id=req.customer_id,
+        known_customer=known,
+        strategy=strategy,  # type: ignore[arg-type]
+        history_size=len(hist),
+        model_version=b.label,
+        items=items,
+        notes=notes,
+    )
+
+
+def _explain(
+    state: ServiceState, b: ModelBundle, items: list[S.RecommendedProduct], top: np.ndarray, hist: np.ndarray,
+    strategy: str,
+) -> None:
+    """Reasons: for item-item models the history products that add most to the score; for models
+    with an ``explain(item_ids, history=...)`` method (``featgan``) the history products it names."""
+    contrib = b.contributions(hist, top) if strategy != "popular" else None
+    named: dict[str, list[tuple[str, float]]] = {}
+    explain = getattr(b.model, "explain", None)
+    if contrib is None and strategy != "popular" and callable(explain) and len(hist) and len(items):
+        try:
+            named = explain([it.product_id for it in items], history=[str(x) for x in b.model.items.ids[hist]])
+        except Exception:  # an explanation is optional: never fail the recommendation for it
+            log.exception("%s.explain failed", b.name)
+            named = {}
+    for col, item in enumerate(items):
+        j = int(top[col])
+        reasons: list[S.Reason] = []
+        if strategy == "popular" or b.name == "pop":
+            reasons.append(S.Reason(kind="popular", text=f"popular: bought by {int(b.popularity[j])} customers"))
+        elif contrib is not None:
+            c = contrib[:, col]
+            for r in np.argsort(-c, kind="stable")[:3]:
+                if c[r] <= 0:
+                    break
+                pid = str(b.model.items.ids[hist[r]])
+                title = _title(state, b, pid)
+                reasons.append(S.Reason(kind="history_item", text=f"because of {title or pid}", product_id=pid,
+                                        title=title, contribution=float(c[r])))
+        for pid, similarity in named.get(item.product_id, [])[:3]:
+            title = _title(state, b, str(pid))
+            reasons.append(S.Reason(kind="history_item", text=f"close to {title or pid}", product_id=str(pid),
+                                    title=title, contribution=float(similarity)))
+        if not reasons and contrib is not None:
+            reasons.append(S.Reason(
+                kind="model", text="no product of the history adds to its score (filler in the model's tie order)"
+            ))
+        if not reasons:
+            reasons.append(S.Reason(
+                kind="model",
+                text=f"the {b.name} model's score for this history (this model gives no per-product reasons)",
+            ))
+        item.reasons = reasons

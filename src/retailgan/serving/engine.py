@@ -1,0 +1,215 @@
+"""Scoring for the service: any fitted recommender, with fold-in of new events and explanations.
+
+A :class:`ModelBundle` is one loaded, validated model plus what the service derives from it. The
+service swaps bundles atomically (one reference assignment); a request takes the current bundle
+once at its start and uses it to the end, so a reload never changes a model under a request.
+
+How a customer is scored (``strategy`` in responses):
+
+* ``fold-in``: the model scores ad-hoc histories (``score_histories``: ``pop``, ``itemknn``,
+  ``ease``, ``cfgan`` in user mode) and the customer has events posted since the model was
+  trained: the model scores training history + new events, without retraining;
+* ``session``: the same for an anonymous list of product ids;
+* ``model``: a customer the model knows and no new events to fold in (or a model without
+  ``score_histories``: ``ials``, ``bpr``, ``cfgan`` in item mode), scored from its trained
+  profile; products from new events are still excluded from the list;
+* ``popular``: a customer the model does not know (and no history it can fold in): products
+  ranked by the number of customers who bought them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from retailgan.errors import ModelFileError, RetailganError
+from retailgan.persistence import ARRAYS_FILE, META_FILE, load_model, read_meta
+
+
+class RequestError(RetailganError):
+    """A request that cannot be served as asked (unknown ids, empty filters); a 4xx."""
+
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Product:
+    product_id: str
+    title: str | None
+    category: str | None
+    price: float | None
+
+
+def model_version(path: Path) -> str:
+    """Model name + first 12 hex digits of sha256 over model.json and arrays.safetensors."""
+    h = hashlib.sha256()
+    for name in (META_FILE, ARRAYS_FILE):
+        with (path / name).open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:12]
+
+
+@dataclass
+class ModelBundle:
+    """A loaded model and the arrays the service derives from it."""
+
+    model: Any
+    name: str
+    version: str
+    path: Path
+    loaded_at: float
+    foldin: bool
+    prices: np.ndarray
+    categories: np.ndarray
+    titles: np.ndarray
+    popularity: np.ndarray
+    category_index: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}-{self.version}"
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelBundle:
+        """Load and validate a model directory; raises :class:`ModelFileError` if it is unusable."""
+        path = Path(path)
+        meta = read_meta(path)
+        try:
+            version = model_version(path)
+        except OSError as exc:
+            raise ModelFileError(f"{path}: cannot read model files ({exc.strerror or exc})") from None
+        try:
+            model = load_model(path)
+        except RetailganError:
+            raise
+        except Exception as exc:  # a corrupt file can fail anywhere in numpy / scipy
+            raise ModelFileError(f"{path}: model files are inconsistent ({type(exc).__name__}: {exc})") from None
+        info = model.item_info
+        n = model.n_items
+        if n == 0:
+            raise ModelFileError(f"{path}: the model has no items")
+        try:
+            changed = model_version(path) != version
+        except OSError:
+            changed = True
+        if changed:
+            # `retailgan train --out` swapped the directory while we read it: the files read may
+            # come from two models. Refuse; the next reload reads the new model whole.
+            raise ModelFileError(f"{path}: the model directory changed while it was being loaded; reload again")
+        foldin = _check_scores(model, path)
+        cats = np.asarray([c if c is not None else "" for c in info.categories], dtype=object)
+        index: dict[str, list[int]] = {}
+        for j, c in enumerate(cats):
+            if c:
+                index.setdefault(c, []).append(j)
+        return cls(
+            model=model,
+            name=str(meta["model"]),
+            version=version,
+            path=path,
+            loaded_at=time.time(),
+            foldin=foldin,
+            prices=np.asarray(info.prices, dtype=np.float64),
+            categories=cats,
+            titles=np.asarray(info.titles, dtype=object),
+            popularity=np.asarray(model.popularity, dtype=np.float64),
+            category_index={c: np.asarray(v, dtype=np.int64) for c, v in index.items()},
+        )
+
+    # -- scoring ------------------------------------------------------------------------------
+
+    def history_row(self, idx: Iterable[int]) -> sp.csr_matrix:
+        cols = np.unique(np.fromiter(idx, dtype=np.int64))
+        data = np.ones(len(cols), dtype=np.float32)
+        return sp.csr_matrix((data, (np.zeros(len(cols), np.int64), cols)), shape=(1, self.model.n_items))
+
+    def score_history(self, idx: Iterable[int]) -> np.ndarray:
+        return np.asarray(self.model.score_histories(self.history_row(idx)), dtype=np.float64)[0]
+
+    def score_user(self, u: int) -> np.ndarray:
+        return np.asarray(self.model.score_users(np.asarray([u], dtype=np.int64)), dtype=np.float64)[0]
+
+    def item_index(self, ids: Sequence[str]) -> np.ndarray:
+        return self.model.items.index(ids, missing="negative")
+
+    def user_index(self, user_id: str) -> int:
+        return int(self.model.users.index([user_id], missing="negative")[0])
+
+    def seen_items(self, u: int) -> np.ndarray:
+        seen = self.model.seen
+        return seen.indices[seen.indptr[u] : seen.indptr[u + 1]].astype(np.int64)
+
+    def top_k(self, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Indices and scores of the k best finite scores, best first (ties by index)."""
+        finite = np.flatnonzero(np.isfinite(scores))
+        if len(finite) == 0:
+            return finite, scores[finite]
+        kk = min(k, len(finite))
+        sub = scores[finite]
+        part = np.argpartition(-sub, kk - 1)[:kk] if kk < len(sub) else np.arange(len(sub))
+        top = finite[part]
+        order = np.lexsort((top, -scores[top]))
+        top = top[order]
+        return top, scores[top]
+
+    def similar(self, j: int) -> tuple[np.ndarray, str]:
+        """Scores of every item as "similar to item j", and how they were computed."""
+        m = self.model
+        if self.foldin and self.name != "pop":
+            return self.score_history([j]), "model"
+        factors = getattr(m, "item_factors", None)
+        if isinstance(factors, np.ndarray) and factors.shape[0] == m.n_items:
+            f = factors.astype(np.float64)
+            norms = np.linalg.norm(f, axis=1) + 1e-12
+            return (f @ f[j]) / (norms * norms[j]), "item-factor cosine"
+        # Co-occurrence cosine over the training customers: defined for every model.
+        seen = m.seen.tocsc()
+        col = seen[:, j]
+        co = np.asarray((seen.T @ col).toarray()).ravel()
+        counts = np.asarray(seen.getnnz(axis=0), dtype=np.float64)
+        return co / (np.sqrt(counts * counts[j]) + 1e-12), "co-purchase cosine"
+
+    def contributions(self, hist: np.ndarray, rec: np.ndarray) -> np.ndarray | None:
+        """(len(hist), len(rec)) contribution of each history item to each recommended item's score
+        for item-item models (score = history @ W); None for other models."""
+        W = getattr(self.model, "W", None)
+        if W is None or len(hist) == 0 or len(rec) == 0:
+            return None
+        if sp.issparse(W):
+            return np.asarray(W[hist][:, rec].toarray(), dtype=np.float64)
+        return np.asarray(W[np.ix_(hist, rec)], dtype=np.float64)
+
+
+def _check_scores(model: Any, path: Path) -> bool:
+    """Score one known user (and an ad-hoc history where supported); refuse non-finite scores.
+
+    Returns whether the model folds in ad-hoc histories.
+    """
+    n = model.n_items
+    try:
+        if model.n_users:
+            s = np.asarray(model.score_users(np.asarray([0], dtype=np.int64)))
+            if s.shape != (1, n) or not np.isfinite(s).all():
+                raise ModelFileError(f"{path}: the model's scores are not finite (corrupt weights?)")
+        row = sp.csr_matrix((np.ones(1, np.float32), ([0], [0])), shape=(1, n))
+        try:
+            h = np.asarray(model.score_histories(row))
+        except NotImplementedError:
+            return False
+        if h.shape != (1, n) or not np.isfinite(h).all():
+            raise ModelFileError(f"{path}: the model's fold-in scores are not finite (corrupt weights?)")
+        return True
+    except RetailganError:
+        raise
+    except Exception as exc:
+        raise ModelFileError(f"{path}: the model fails to score ({type(exc).__name__}: {exc})") from None

@@ -1,0 +1,184 @@
+"""Request and response bodies of the HTTP API (strict: unknown fields are rejected)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_K = 100
+MAX_LIST = 1000
+"""Longest exclude / candidate list."""
+MAX_SESSION = 200
+"""Longest ad-hoc product list."""
+MAX_EVENTS = 100
+"""Most events per ``POST /v1/events``."""
+
+Id = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class Filters(Strict):
+    categories: list[Id] | None = Field(
+        default=None, max_length=50, description="Keep only products in one of these categories."
+    )
+    max_price: float | None = Field(default=None, ge=0, description="Keep only products priced at most this.")
+
+
+class RecommendationRequest(Strict):
+    customer_id: Id | None = Field(default=None, description="A customer id (known or not).")
+    product_ids: list[Id] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_SESSION,
+        description="An ad-hoc session (products viewed or bought) for a customer without an id.",
+    )
+    k: int = Field(default=10, ge=1, le=MAX_K)
+    exclude: list[Id] = Field(default_factory=list, max_length=MAX_LIST, description="Never recommend these.")
+    candidates: list[Id] | None = Field(
+        default=None, min_length=1, max_length=MAX_LIST, description="Recommend only among these."
+    )
+    filters: Filters | None = None
+    exclude_seen: bool = Field(default=True, description="Leave out products already in the history.")
+    explain: bool = Field(default=False, description="Add the reasons for each product.")
+
+    @model_validator(mode="after")
+    def _one_subject(self) -> RecommendationRequest:
+        if (self.customer_id is None) == (self.product_ids is None):
+            raise ValueError("give exactly one of customer_id or product_ids")
+        return self
+
+
+class Reason(Strict):
+    kind: Literal["history_item", "popular", "model"]
+    text: str
+    product_id: str | None = None
+    title: str | None = None
+    contribution: float | None = None
+
+
+class RecommendedProduct(Strict):
+    rank: int
+    product_id: str
+    title: str | None
+    category: str | None
+    price: float | None
+    score: float
+    image_url: str | None = Field(default=None, description="Product photo, when the catalogue has one.")
+    reasons: list[Reason] | None = None
+
+
+class RecommendationResponse(Strict):
+    customer_id: str | None
+    known_customer: bool
+    strategy: Literal["model", "fold-in", "session", "popular"]
+    history_size: int
+    model_version: str
+    items: list[RecommendedProduct]
+    notes: list[str] = Field(default_factory=list)
+
+
+class ProductOut(Strict):
+    product_id: str
+    title: str | None
+    category: str | None
+    price: float | None
+    in_model: bool
+    customers: int | None = Field(description="Customers who bought it in the model's training data.")
+    image_url: str | None = Field(default=None, description="Product photo, when the catalogue has one.")
+
+
+class ProductList(Strict):
+    items: list[ProductOut]
+
+
+class SimilarResponse(Strict):
+    product_id: str
+    method: str
+    model_version: str
+    items: list[RecommendedProduct]
+
+
+class HistoryEvent(Strict):
+    product_id: str
+    title: str | None
+    event_type: str
+    ts: datetime | None
+    quantity: float | None
+
+
+class HistoryResponse(Strict):
+    customer_id: str
+    known_to_model: bool
+    events: list[HistoryEvent]
+
+
+class CustomerOut(Strict):
+    customer_id: str
+    products: int
+
+
+class CustomerList(Strict):
+    items: list[CustomerOut]
+
+
+class EventIn(Strict):
+    event_id: Annotated[str, Field(min_length=1, max_length=64)] | None = Field(
+        default=None, description="Idempotency key: an event re-sent with the same id is stored once."
+    )
+    customer_id: Id
+    product_id: Id
+    event_type: Literal["view", "cart", "purchase"]
+    ts: datetime | None = Field(
+        default=None, description="When it happened (default: now; times without a zone are UTC)."
+    )
+    quantity: float | None = Field(default=None, gt=0, le=1e6)
+    price: float | None = Field(default=None, ge=0, le=1e7)
+
+
+    @field_validator("ts")
+    @classmethod
+    def _sane_time(cls, ts: datetime | None) -> datetime | None:
+        if ts is None:
+            return None
+        try:
+            utc = ts.astimezone(timezone.utc).replace(tzinfo=None) if ts.tzinfo else ts
+        except (OverflowError, ValueError):
+            raise ValueError("time out of range") from None
+        if not 1970 <= utc.year <= 2100:
+            raise ValueError("time must be between 1970 and 2100")
+        return utc
+
+
+class EventBatch(Strict):
+    events: list[EventIn] = Field(min_length=1, max_length=MAX_EVENTS)
+
+
+class EventsAccepted(Strict):
+    accepted: int
+    written: int = Field(description="New rows (re-sent event ids are not written twice).")
+
+
+class ModelStatus(Strict):
+    model: str
+    version: str
+    path: str
+    loaded_at: datetime
+    foldin: bool
+    items: int
+    customers: int
+    reload_state: Literal["idle", "loading", "failed", "succeeded"]
+    last_error: str | None
+
+
+class ReloadRequest(Strict):
+    wait: bool = Field(default=False, description="Answer when the reload has finished (else 202 at once).")
+
+
+class Health(Strict):
+    status: str
+    model_version: str | None = None

@@ -1,0 +1,51 @@
+"""Run the service under uvicorn (``retailgan serve``)."""
+
+from __future__ import annotations
+
+import logging
+
+from retailgan.errors import ConfigError
+from retailgan.serving.settings import Settings
+
+log = logging.getLogger("retailgan.serving")
+
+
+def check_serving_extra() -> None:
+    try:
+        import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(f"serving needs the 'serve' extra: pip install 'retailgan[serve]' ({exc})") from None
+
+
+def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+    """Validate the settings up front (clear errors before binding), then run uvicorn."""
+    check_serving_extra()
+    import uvicorn
+
+    from retailgan.data.store import Store
+    from retailgan.persistence import read_meta
+    from retailgan.serving.app import create_app
+    from retailgan.serving.security import load_keys
+
+    if workers != 1:
+        # DuckDB admits one process with a store open for writing, and events are written to it.
+        raise ConfigError(
+            f"--workers {workers}: the service writes events to the DuckDB store, which one process at a "
+            "time can open for writing; run one worker per store (scale out with replicas behind a load balancer)"
+        )
+    if not 0 < port < 65536:
+        raise ConfigError(f"--port must be in 1..65535, got {port}")
+    read_meta(settings.model_dir)
+    Store.open(settings.store, create=False).close()
+    if settings.auth and not load_keys(settings.keys_file, settings.api_keys):
+        raise ConfigError(
+            "no API keys configured: pass --keys FILE or set RETAILGAN_API_KEYS "
+            "(make one with `python -m retailgan.serving.security --name NAME --role admin`), "
+            "or serve without keys with --no-auth"
+        )
+    if not settings.auth:
+        log.warning("serving WITHOUT API keys (--no-auth): anyone who can reach %s:%d can call every endpoint",
+                    host, port)
+    uvicorn.run(create_app(settings), host=host, port=port, workers=1, log_level="warning", access_log=False)

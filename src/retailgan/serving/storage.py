@@ -1,0 +1,119 @@
+"""The service's use of the DuckDB store: catalogue, customer histories, durable event writes.
+
+Events posted to ``POST /v1/events`` go to the ``events`` table with ``ingest_id`` =
+:data:`API_INGEST_ID` (0; file ingests number from 1), in one transaction per request, committed
+before the response is sent: a crash after a 2xx loses nothing. Their ``event_key`` is the md5 of
+the JSON list [``api``, customer, ``event_id``] (client-supplied, else generated), so a retried
+request with the same event ids writes nothing twice.
+
+DuckDB lets one process open a store for writing; the service therefore runs as one process
+and serialises its store access with a lock (reads are a few milliseconds on Online Retail).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from retailgan.data.store import Store, fetch1
+from retailgan.serving.engine import Product
+
+API_INGEST_ID = 0
+"""``events.ingest_id`` of events written by the service."""
+API_SOURCE = "api"
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    event_id: str
+    customer_id: str
+    product_id: str
+    event_type: str
+    ts: datetime
+    quantity: float | None
+    price: float | None
+
+
+class ServiceStore:
+    """A store connection shared by the service's threads (access is serialised)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.store = Store.open(self.path, create=False)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self.store.close()
+
+    def catalogue(self) -> dict[str, Product]:
+        with self._lock:
+            rows = self.store.con.execute("SELECT item_id, title, category, price FROM items").fetchall()
+        return {
+            str(i): Product(str(i), t, c, None if p is None or p != p else float(p)) for i, t, c, p in rows
+        }
+
+    def api_events(self) -> list[tuple[str, str, str]]:
+        """(customer, product, event type) of every event written by the service."""
+        with self._lock:
+            return [
+                (str(u), str(i), str(t))
+                for u, i, t in self.store.con.execute(
+                    "SELECT user_id, item_id, event_type FROM events WHERE ingest_id = ? ORDER BY ts",
+                    [API_INGEST_ID],
+                ).fetchall()
+            ]
+
+    def has_customer(self, customer_id: str) -> bool:
+        with self._lock:
+            row = fetch1(self.store.con.execute("SELECT 1 FROM users WHERE user_id = ?", [customer_id]))
+        return row is not None
+
+    def history(self, customer_id: str, limit: int) -> list[tuple[str, str, datetime | None, float | None]]:
+        """The customer's latest events (product, type, time, quantity), newest first."""
+        with self._lock:
+            rows = self.store.con.execute(
+                "SELECT item_id, event_type, ts, quantity FROM events WHERE user_id = ? "
+                "ORDER BY ts DESC NULLS LAST, item_id LIMIT ?",
+                [customer_id, int(limit)],
+            ).fetchall()
+        return [(str(i), str(t), ts, q) for i, t, ts, q in rows]
+
+    def top_customers(self, limit: int) -> list[tuple[str, int]]:
+        """Customers with the most distinct products (for the merchandiser page)."""
+        with self._lock:
+            rows = self.store.con.execute(
+                "SELECT user_id, count(DISTINCT item_id) AS n FROM events GROUP BY user_id "
+                "ORDER BY n DESC, user_id LIMIT ?",
+                [int(limit)],
+            ).fetchall()
+        return [(str(u), int(n)) for u, n in rows]
+
+    def write_events(self, events: Sequence[NewEvent]) -> int:
+        """Insert the events in one committed transaction; returns how many were new."""
+        written = 0
+        with self._lock, self.store.transaction() as con:
+            for e in events:
+                ts = e.ts.astimezone(timezone.utc).replace(tzinfo=None) if e.ts.tzinfo else e.ts
+                # The key depends on the event id only, so a retry (even with another timestamp) is a no-op.
+                # JSON keeps the parts apart whatever characters the ids hold.
+                payload = json.dumps([API_SOURCE, e.customer_id, e.event_id])
+                row = fetch1(con.execute(
+                    """
+                    INSERT INTO events
+                    SELECT md5_number(?), ?, ?, ?, ?, ?, ?, NULL, ?
+                    WHERE NOT EXISTS (
+                        SELECT 1 FROM events WHERE ingest_id = ? AND event_key = md5_number(?)
+                    )
+                    """,
+                    [payload, e.customer_id, e.product_id, ts, e.event_type, e.quantity, e.price,
+                     API_INGEST_ID, API_INGEST_ID, payload],
+                ))
+                written += int(row[0]) if row else 0
+            for customer in sorted({e.customer_id for e in events}):
+                con.execute("INSERT INTO users VALUES (?, NULL) ON CONFLICT DO NOTHING", [customer])
+        return written

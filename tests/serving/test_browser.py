@@ -1,0 +1,131 @@
+"""The merchandiser page end to end in headless Chromium (Debian's chromium, driven by Playwright):
+pick a customer, build a session by clicking products, and a screenshot that shows the results."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+
+from retailgan.serving import Settings, create_app  # noqa: E402
+from tests.serving.conftest import USER_KEY  # noqa: E402
+
+CHROMIUM = os.environ.get("RETAILGAN_CHROMIUM", "/usr/bin/chromium")
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(),
+    reason=f"no Chromium at {CHROMIUM} (apt-get install chromium, or set RETAILGAN_CHROMIUM)",
+)
+
+
+@pytest.fixture(scope="module")
+def server(built, tmp_path_factory):
+    import uvicorn
+
+    root = tmp_path_factory.mktemp("browser")
+    store = root / "shop.duckdb"
+    shutil.copy(built["store"], store)
+    app = create_app(Settings(model_dir=built["models"]["ease"], store=store, keys_file=built["keys"]))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    yield base
+    srv.should_exit = True
+    thread.join(20)
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        pg = context.new_page()
+        pg.set_default_timeout(20_000)
+        pg.goto(f"{server}/")
+        pg.fill("#api-key", USER_KEY)
+        pg.dispatch_event("#api-key", "change")
+        yield pg
+        browser.close()
+
+
+def test_pick_customer_shows_recommendations_with_reasons(page):
+    page.wait_for_selector("#customer-select option[value='C0']", state="attached")
+    page.select_option("#customer-select", "C0")
+    page.wait_for_selector("[data-testid=rec]")
+    cards = page.locator("[data-testid=rec]")
+    assert cards.count() >= 3
+    first = cards.first
+    assert first.locator(".title").inner_text().startswith("1. Product 0-")
+    assert first.locator("[data-testid=price]").inner_text().startswith("£")
+    assert "because of Product 0-" in first.locator("[data-testid=reasons]").inner_text()
+    assert "generated placeholder" in first.inner_text()
+    assert first.locator("img").evaluate("i => i.complete && i.naturalWidth > 0")
+    assert "strategy: model" in page.inner_text("[data-testid=status]")
+    assert page.locator("[data-testid=history] li").count() > 0
+    assert page.inner_text("[data-testid=model]").startswith("model: ease-")
+
+
+def test_build_session_by_clicking_products(page):
+    page.fill("#search", "Product 1-")
+    page.click("#search-go")
+    page.wait_for_selector("[data-testid=search-results] li[data-product^='P1']")
+    page.locator("[data-testid=search-results] li[data-product^='P1']").nth(0).click()
+    page.locator("[data-testid=search-results] li[data-product^='P1']").nth(1).click()
+    assert page.locator("[data-testid=session] .chip").count() == 2
+    page.click("[data-testid=session-go]")
+    page.wait_for_function("document.querySelector('[data-testid=status]').textContent.includes('strategy: session')")
+    products = page.locator("[data-testid=rec]").evaluate_all("cs => cs.map(c => c.dataset.product)")
+    assert products and all(p.startswith("P1") for p in products)
+    # Clicking a recommendation adds it to the session.
+    page.locator("[data-testid=rec]").first.click()
+    assert page.locator("[data-testid=session] .chip").count() == 3
+
+
+def test_error_is_shown_not_swallowed(page):
+    page.fill("#customer-id", "C0")
+    page.fill("#k", "12")
+    page.fill("#category", "no-such-dept")
+    page.click("[data-testid=customer-go]")
+    page.wait_for_selector("[data-testid=status].error")
+    assert "unknown categor" in page.inner_text("[data-testid=status]")
+    page.fill("#category", "")
+
+
+def test_screenshot_shows_rendered_recommendations(page, tmp_path):
+    page.select_option("#customer-select", "C1")
+    page.wait_for_function("document.querySelector('[data-testid=status]').textContent.includes('strategy: model')")
+    shot = tmp_path / "merchandiser.png"
+    page.screenshot(path=str(shot), full_page=True)
+    from PIL import Image
+
+    img = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float64)
+    assert img.shape[0] >= 600 and img.shape[1] >= 1200
+    assert img.std() > 20  # not blank
+    # The results panel (right of the 340 px side panel) holds the cards: varied colours there too.
+    box = page.locator("[data-testid=results]").bounding_box()
+    assert box is not None and box["height"] > 100
+    region = img[int(box["y"]) : int(box["y"] + box["height"]), int(box["x"]) : int(box["x"] + box["width"])]
+    assert region.std() > 20
+    assert len(np.unique(region.reshape(-1, 3), axis=0)) > 50  # placeholder images, text: many colours
+    if os.environ.get("RETAILGAN_SCREENSHOT_DIR"):
+        shutil.copy(shot, Path(os.environ["RETAILGAN_SCREENSHOT_DIR"]) / "merchandiser.png")
