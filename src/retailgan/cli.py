@@ -512,6 +512,7 @@ def recommend(
     k: int = typer.Option(10, "--k", min=1, max=1000),
     include_seen: bool = typer.Option(False, "--include-seen", help="Allow items the customer already has."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    explain: bool = typer.Option(False, "--explain", help="Show the history products behind each one (featgan)."),
 ) -> None:
     """Top-k products for customers, with titles and prices."""
 
@@ -522,9 +523,12 @@ def recommend(
 
         mdl = load_model(model_dir)
         recs = mdl.recommend(user, k, exclude_seen=not include_seen)
+        if explain and not hasattr(mdl, "explain"):
+            raise ConfigError(f"--explain: a {mdl.name} model has no explanations (featgan has)")
         info = mdl.item_info
         out = []
         for r, uid in enumerate(recs.user_ids):
+            why = mdl.explain([i for i in recs.item_ids[r] if i is not None], user_id=uid) if explain else {}
             items = []
             for rank, (j, iid, score) in enumerate(
                 zip(recs.item_idx[r], recs.item_ids[r], recs.scores[r], strict=True), start=1
@@ -539,6 +543,7 @@ def recommend(
                         "title": info.titles[j],
                         "price": None if price != price else price,
                         "score": float(score),
+                        **({"because": [{"item_id": h, "similarity": v} for h, v in why[iid]]} if explain else {}),
                     }
                 )
             out.append({"user_id": uid, "known": bool(recs.known[r]), "items": items})
@@ -548,11 +553,14 @@ def recommend(
         for entry in out:
             note = "" if entry["known"] else " (unknown customer: popular products)"
             table = Table(title=f"customer {entry['user_id']}{note}")
-            for col in ("rank", "item", "title", "price", "score"):
+            for col in ("rank", "item", "title", "price", "score", *(["because of"] if explain else [])):
                 table.add_column(col)
             for it in entry["items"]:
                 price = "" if it["price"] is None else f"{it['price']:.2f}"
-                table.add_row(str(it["rank"]), it["item_id"], str(it["title"] or ""), price, f"{it['score']:.4f}")
+                row = [str(it["rank"]), it["item_id"], str(it["title"] or ""), price, f"{it['score']:.4f}"]
+                if explain:
+                    row.append("; ".join(f"{b['item_id']} {_title(info, b['item_id'], mdl)}" for b in it["because"]))
+                table.add_row(*row)
             Console().print(table)
 
     _run(go)

@@ -273,3 +273,31 @@ def test_argument_errors() -> None:
         evaluate(model, TRAIN, TEST, batch_size=0)
     with pytest.raises(ValueError, match="ks"):
         evaluate(model, TRAIN, TEST, ks=(0, 5))
+
+
+def test_users_without_training_history_get_the_fallback_ranking():
+    """A customer whose first purchase falls in the test period is ranked by popularity (as
+    ``recommend`` does), not by a model's all-equal scores for an empty history."""
+    from retailgan.data.dataset import InteractionDataset
+    from retailgan.data.splits import split
+    from retailgan.models.baselines import EASE
+
+    users, items = [], []
+    for u in range(12):  # "z_hit" (the last item id) is bought by everyone: the most popular item
+        for it in ("a", "b", "z_hit") if u % 2 else ("c", "z_hit"):
+            users.append(f"u{u:02d}")
+            items.append(it)
+    users.append("late")
+    items.append("z_hit")
+    ds = InteractionDataset.from_arrays(users, items, timestamps=np.arange(len(users)))
+    s = split(ds, "temporal", seed=0, test_fraction=0.05)
+    model = EASE(l2=1.0).fit(s.train)
+    late = s.train.users.index(["late"])[0]
+    assert s.train.matrix()[late].nnz == 0 and s.test.matrix()[late].nnz == 1
+    assert model.items.index(["z_hit"])[0] != 0  # index order would not put it first
+
+    res = evaluate(model, s.train.matrix(), s.test.matrix(), ks=(1,))
+    row = int(np.flatnonzero(res.user_idx == late)[0])
+    assert res.per_user["hitrate@1"][row] == 1.0
+    recs = model.recommend(["late"], k=1)
+    assert not recs.known[0] and recs.item_ids[0, 0] == "z_hit"

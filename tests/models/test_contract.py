@@ -24,6 +24,10 @@ FAST_CONFIGS: dict[str, dict] = {
         "mode": "user", "g_hidden": 32, "d_hidden": 16, "lr_g": 0.01, "lr_d": 0.01, "zr_alpha": 0.1,
         "batch_size": 8, "batch_size_d": 8, "epochs": 15,
     },
+    "featgan": {
+        "emb_dim": 16, "hidden": 32, "noise_dim": 4, "text_dim": 8, "collab_dim": 4, "recent": 1,
+        "temperature": 0.3, "lr_g": 0.01, "batch_size": 16, "epochs": 20,
+    },
     "resgan": {"l2": 1.0, "hidden": 16, "d_hidden": 16, "batch_size": 16, "epochs": 5, "crossfit": 2},
 }
 PERSONALISED = [m for m in FAST_CONFIGS if m != "pop"]

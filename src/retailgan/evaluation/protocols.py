@@ -209,6 +209,12 @@ def evaluate(
                 out[f"ild@{k}"] = _ild_normalised(top, features[0], features[1], k)
         return out
 
+    # Users without any training interaction get the model's fallback ranking (popularity), as
+    # they do from ``Recommender.recommend``; a model's raw scores for an empty history are often
+    # all equal, which would rank items in arbitrary (index) order.
+    fallback = getattr(model, "fallback_scores", None) if model is not None else None
+    cold_user = np.diff(train_c.indptr) == 0
+
     t0 = time.perf_counter()
     chunks: dict[str, list[np.ndarray]] = {}
     seen = np.zeros((len(ks_t), n_items), dtype=bool)
@@ -219,6 +225,9 @@ def evaluate(
                 f"scores for {u.size} users must have shape ({u.size}, {n_items}), "
                 f"got {scores.shape}"
             )
+        if fallback is not None and cold_user[u].any():
+            scores = np.array(scores, dtype=np.float64)
+            scores[cold_user[u]] = fallback()
         top, _ = topk(scores, k_max, exclude=train_c[u])
         del scores
         for j, k in enumerate(ks_t):

@@ -8,8 +8,9 @@ batch-first and users x items:
   needs;
 * ``recommend(user_ids, k, exclude_seen=..., exclude=..., candidates=...)`` for raw ids.
 
-Users unknown to the model get the popularity ranking (flagged ``known=False``): a model can only
-personalise for users it has seen (fold-in of ad-hoc histories is offered by models that support
+Users unknown to the model, and known users without any training interaction, get the popularity
+ranking (flagged ``known=False``), in ``recommend`` and in evaluation alike: a model can only
+personalise for users it has seen buy (fold-in of ad-hoc histories is offered by models that support
 ``score_histories``).
 """
 
@@ -200,7 +201,8 @@ class Recommender(ABC):
         ``exclude``: item ids never to recommend, for every user (a flat list) or per user (a list
         of lists, one per user). Unknown ids there are ignored (they cannot be recommended anyway).
         ``candidates``: restrict recommendations to these items; an unknown candidate id is an
-        error. Unknown users get the popularity ranking with ``known=False``.
+        error. Unknown users, and users without training interactions, get the popularity ranking
+        with ``known=False``.
         """
         self._check_fitted()
         assert self.users is not None and self.items is not None and self.seen is not None
@@ -209,6 +211,8 @@ class Recommender(ABC):
         user_ids = [str(u) for u in user_ids]
         uidx = self.users.index(user_ids, missing="negative")
         known = uidx >= 0
+        # A user in the vocabulary with no training interaction has nothing to personalise from.
+        known[known] = np.diff(self.seen.indptr)[uidx[known]] > 0
         n, m = len(user_ids), self.n_items
         scores = np.empty((n, m), dtype=np.float64)
         if known.any():
@@ -217,7 +221,7 @@ class Recommender(ABC):
                 raise AssertionError(f"{type(self).__name__}.score_users returned {s.shape}")
             scores[known] = s
         if (~known).any():
-            scores[~known] = self._fallback_scores()
+            scores[~known] = self.fallback_scores()
         if exclude_seen and known.any():
             seen = self.seen[uidx[known]]
             rows = np.repeat(np.flatnonzero(known), np.diff(seen.indptr))
@@ -259,8 +263,8 @@ class Recommender(ABC):
             item_idx=top,
         )
 
-    def _fallback_scores(self) -> np.ndarray:
-        """Scores for unknown users: item popularity (ties by index)."""
+    def fallback_scores(self) -> np.ndarray:
+        """Scores for users the model cannot personalise for: item popularity (ties by index)."""
         assert self.popularity is not None
         return self.popularity.astype(np.float64)
 

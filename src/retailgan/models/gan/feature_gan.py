@@ -1,0 +1,855 @@
+"""The product-feature GAN: customer history + noise -> product vector -> nearest catalogue products.
+
+Products live in one feature space (:mod:`retailgan.features`: title text, category, price band,
+collaborative block, the last imputed from text for products without interactions). A linear
+**item tower** maps that space to ``emb_dim`` unit vectors ``e_i``, the retrieval space
+(``id_embeddings=True`` adds learned per-product vectors for products with training
+interactions; off by default: it did not help on Online Retail validation, see
+docs/benchmarks-featgan.md).
+
+* **History encoder**: the mean feature vector of the customer's history and the mean of its
+  ``recent`` most recent products, plus ``log(1 + n)``, through an MLP -> ``h``.
+* **Generator** ``G(h, z)``: an MLP from ``[h, z]``, ``z ~ N(0, noise_scale^2 I)``, to a unit
+  vector in the retrieval space.
+* **Discriminator** ``D(h, e)``: a spectral-normalised MLP scoring (history, product vector)
+  pairs; real pairs are the product bought next, fake ones G's output. Hinge loss (or the
+  non-saturating BCE loss, ``loss="bce"``); two time-scale updates (``lr_d`` > ``lr_g``).
+* **Auxiliary retrieval loss** (``aux_weight``): softmax cross-entropy of the true next product
+  among the catalogue (all products, or ``max_negatives`` sampled ones) with logits
+  ``<G(h, z), e_i> / temperature``. G minimises ``aux_weight * aux + adv_weight * adversarial``;
+  ``adversarial=False`` drops D (the ablation reported in docs/benchmarks-featgan.md).
+
+Training targets come from the temporal order of the training pairs only: for each pair
+``(u, j)`` the history is the customer's products first bought strictly before ``j`` (products of
+the same basket are never each other's history); pairs with fewer than ``min_history`` earlier
+products are not targets. ``cold_dropout`` replaces, each epoch, the collaborative block of that
+share of the products by its text-imputed value, so the tower learns to place new products.
+
+Inference: the noise's mean (``z = 0``) gives one deterministic vector per customer; scores are
+cosine similarities to every product. ``recommend(..., samples=S, diversity=lam)`` draws the mean
+plus ``S - 1`` noise samples (seeded by ``sample_seed``), retrieves each one's nearest products
+through the index (exact or faiss, ``index``), and merges them greedily (maximal marginal
+relevance): relevance is the best similarity to any generated vector, and each pick is penalised by
+``lam`` times its largest similarity to the products already picked. New customers:
+:meth:`FeatureGAN.recommend_histories` takes lists of product ids; an empty history (or only
+unknown ids) falls back to the popularity ranking (distinct training customers per product),
+flagged ``known=False``, as for unknown customers. New products: :meth:`FeatureGAN.add_products`.
+Explanations: :meth:`FeatureGAN.explain` lists, per recommended product, the history products
+nearest to it in the retrieval space.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from retailgan.data.dataset import InteractionDataset, ItemInfo, Vocabulary
+from retailgan.errors import ConfigError, ModelFileError
+from retailgan.features.space import FeatureSpace, FeatureSpaceConfig
+from retailgan.index.topk import ExactIndex, TopKIndex, make_index
+from retailgan.models.base import IterativeRecommender, ModelConfig, Recommendations, TrainingOptions
+
+LOSSES = ("hinge", "bce")
+INDEXES = ("exact", "hnsw", "ivf")
+SCORE_BATCH = 1024
+
+
+@dataclass(frozen=True)
+class FeatureGANConfig(ModelConfig):
+    """Feature-GAN hyperparameters (feature space, networks, losses, inference)."""
+
+    text_dim: int = 64
+    collab_dim: int = 32
+    price_bands: int = 8
+    w_text: float = 1.0
+    w_category: float = 0.5
+    w_price: float = 0.25
+    w_collab: float = 1.0
+    emb_dim: int = 64
+    hidden: int = 256
+    noise_dim: int = 16
+    noise_scale: float = 1.0
+    recent: int = 5
+    """Most recent history products averaged separately from the whole history."""
+    min_history: int = 1
+    adversarial: bool = True
+    loss: str = "hinge"
+    adv_weight: float = 0.1
+    aux_weight: float = 1.0
+    temperature: float = 0.1
+    max_negatives: int = 8192
+    """Catalogues up to this size get the full softmax; larger ones a uniform sample of this size."""
+    id_embeddings: bool = False
+    """Learned per-product vectors on top of the features, for products with training
+    interactions (see :class:`_Nets`); False: products are placed by their features only."""
+    train_samples: int = 1
+    """Generated vectors per training example. Above 1 the auxiliary loss is the likelihood of
+    the true next product under the mixture of the K vectors' softmaxes (the noise's mean plus
+    K - 1 draws), which rewards vectors that cover different interests."""
+    cold_dropout: float = 0.2
+    lr_g: float = 1e-3
+    lr_d: float = 4e-3
+    d_steps: int = 1
+    weight_decay: float = 1e-6
+    batch_size: int = 512
+    epochs: int = 30
+    patience: int = 3
+    eval_every: int = 1
+    samples: int = 1
+    """Default number of generated vectors merged by ``recommend``."""
+    diversity: float = 0.0
+    """Default MMR diversity weight of the merge (0: plain relevance)."""
+    sample_seed: int = 0
+    index: str = "exact"
+
+    def validate(self) -> None:
+        checks = [
+            (self.loss in LOSSES, f"loss must be one of {LOSSES}"),
+            (self.index in INDEXES, f"index must be one of {INDEXES}"),
+            (min(self.emb_dim, self.hidden, self.recent, self.min_history, self.batch_size) >= 1, "sizes >= 1"),
+            (self.noise_dim >= 0 and self.noise_scale >= 0, "noise_dim, noise_scale >= 0"),
+            (self.adv_weight >= 0 and self.aux_weight >= 0, "adv_weight, aux_weight >= 0"),
+            (self.aux_weight > 0 or self.adversarial, "aux_weight=0 needs adversarial=True"),
+            (self.temperature > 0 and self.max_negatives >= 1, "temperature > 0, max_negatives >= 1"),
+            (0.0 <= self.cold_dropout <= 1.0, "cold_dropout in [0, 1]"),
+            (self.lr_g > 0 and self.lr_d > 0 and self.weight_decay >= 0, "lr > 0, weight_decay >= 0"),
+            (self.d_steps >= 1 and self.train_samples >= 1, "d_steps, train_samples >= 1"),
+            (self.train_samples == 1 or self.noise_dim > 0, "train_samples > 1 needs noise_dim > 0"),
+            (self.epochs >= 1 and self.patience >= 1 and self.eval_every >= 1, "epochs, patience, eval_every >= 1"),
+            (self.samples >= 1 and 0.0 <= self.diversity <= 1.0, "samples >= 1, diversity in [0, 1]"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"featgan: {message}")
+
+    def feature_config(self) -> FeatureSpaceConfig:
+        return FeatureSpaceConfig(
+            text_dim=self.text_dim,
+            collab_dim=self.collab_dim,
+            price_bands=self.price_bands,
+            w_text=self.w_text,
+            w_category=self.w_category,
+            w_price=self.w_price,
+            w_collab=self.w_collab,
+        )
+
+
+class _Nets(nn.Module):
+    """Item tower, history encoder and generator (what inference needs).
+
+    With ``id_embeddings`` the tower adds a learned per-product vector to the projection of the
+    features (kept at zero, by ``id_mask``, for products without training interactions, so new
+    products are placed by their features alone), and the encoder adds learned per-product
+    vectors averaged over the history and over its recent part (zero for new products)."""
+
+    def __init__(self, d_feat: int, n_items: int, cfg: FeatureGANConfig) -> None:
+        super().__init__()
+        self.tower = nn.Linear(d_feat, cfg.emb_dim)
+        self.encoder = nn.Linear(2 * d_feat + 1, cfg.hidden)
+        self.generator = nn.Sequential(
+            nn.Linear(cfg.hidden + cfg.noise_dim, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, cfg.emb_dim)
+        )
+        self.noise_dim = cfg.noise_dim
+        self.ids = cfg.id_embeddings
+        if self.ids:
+            self.item_id = nn.Parameter(torch.zeros(n_items, cfg.emb_dim))
+            self.hist_all = nn.EmbeddingBag(n_items, cfg.hidden, mode="mean", _weight=torch.zeros(n_items, cfg.hidden))
+            self.hist_recent = nn.EmbeddingBag(
+                n_items, cfg.hidden, mode="mean", _weight=torch.zeros(n_items, cfg.hidden)
+            )
+            self.register_buffer("id_mask", torch.zeros(n_items))
+
+    def embed(self, x: torch.Tensor, idx: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Unit vectors of products with features ``x`` (rows: products ``idx``, default all)."""
+        out = self.tower(x)
+        if self.ids:
+            idx = torch.arange(len(x)) if idx is None else idx
+            m = (self.id_mask if mask is None else mask)[idx]
+            out = out + self.item_id[idx] * m[:, None]
+        return F.normalize(out, dim=-1)
+
+    def encode(self, hist: torch.Tensor, bags: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+        pre = self.encoder(hist)
+        if self.ids and bags is not None:
+            flat_all, off_all, flat_recent, off_recent = bags
+            pre = pre + self.hist_all(flat_all, off_all) + self.hist_recent(flat_recent, off_recent)
+        return F.relu(pre)
+
+    def generate(self, h: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        if self.noise_dim:
+            z = h.new_zeros(len(h), self.noise_dim) if z is None else z
+            h = torch.cat([h, z], dim=1)
+        return F.normalize(self.generator(h), dim=-1)
+
+
+def _bags(items: np.ndarray, start: np.ndarray, cut: np.ndarray, recent: int) -> tuple[torch.Tensor, ...]:
+    """EmbeddingBag inputs of histories ``items[start : start + cut]`` and of their last
+    ``recent`` products: ``(flat_all, offsets_all, flat_recent, offsets_recent)``."""
+
+    def flat(s: np.ndarray, n: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        offsets = np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64)
+        pos = np.repeat(s - offsets, n) + np.arange(int(n.sum()))
+        return torch.from_numpy(items[pos].astype(np.int64)), torch.from_numpy(offsets)
+
+    n_recent = np.minimum(cut, recent)
+    return (*flat(start, cut), *flat(start + cut - n_recent, n_recent))
+
+
+def _discriminator(hidden: int, emb_dim: int, generator: torch.Generator) -> nn.Sequential:
+    layers = [nn.Linear(hidden + emb_dim, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, hidden // 2), nn.LeakyReLU(0.2)]
+    layers.append(nn.Linear(hidden // 2, 1))
+    net = nn.Sequential(*layers)
+    _init(net, generator)  # before spectral_norm: afterwards ``weight`` is a computed tensor
+    # spectral_norm draws its power-iteration vectors from the global RNG: seed a fork.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        for i, layer in enumerate(net):
+            if isinstance(layer, nn.Linear):
+                net[i] = nn.utils.parametrizations.spectral_norm(layer)
+    return net
+
+
+def _init(module: nn.Module, generator: torch.Generator) -> None:
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.xavier_uniform_(layer.weight, generator=generator)
+            nn.init.zeros_(layer.bias)
+
+
+def _ordered_histories(dataset: InteractionDataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-user product lists in time order: ``(indptr, items, timestamps)`` (ties by item index)."""
+    order = np.lexsort((dataset.item_idx, dataset.timestamp, dataset.user_idx))
+    counts = np.bincount(dataset.user_idx, minlength=dataset.n_users)
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return indptr, dataset.item_idx[order].astype(np.int64), dataset.timestamp[order].astype(np.int64)
+
+
+class FeatureGAN(IterativeRecommender):
+    """Feature-space conditional GAN recommender (see the module docstring)."""
+
+    name = "featgan"
+    config_class = FeatureGANConfig
+
+    nets: _Nets | None = None
+    space: FeatureSpace | None = None
+    X: np.ndarray | None = None
+    """(n_items, d_feat) product features."""
+
+    @staticmethod
+    def search_space(trial: Any) -> dict[str, Any]:
+        return {
+            "emb_dim": trial.suggest_categorical("emb_dim", [32, 64, 128]),
+            "hidden": trial.suggest_categorical("hidden", [128, 256, 512]),
+            "temperature": trial.suggest_float("temperature", 0.03, 0.3, log=True),
+            "lr_g": trial.suggest_float("lr_g", 3e-4, 3e-3, log=True),
+            "adv_weight": trial.suggest_float("adv_weight", 0.01, 1.0, log=True),
+            "w_collab": trial.suggest_float("w_collab", 0.5, 2.0),
+            "recent": trial.suggest_int("recent", 1, 20, log=True),
+        }
+
+    @property
+    def _cfg(self) -> FeatureGANConfig:
+        return self.config  # type: ignore[return-value]
+
+    # -- training -------------------------------------------------------------------------------
+
+    def init_training(self, dataset: InteractionDataset, options: TrainingOptions) -> None:
+        cfg = self._cfg
+        cfg.validate()
+        init_gen = torch.Generator().manual_seed(options.seed)
+        self._gen = torch.Generator().manual_seed(options.seed + 1)
+        self._rng = np.random.default_rng(options.seed)
+        item_users = dataset.matrix().T.tocsr()
+        info = dataset.item_info
+        self.space = FeatureSpace(cfg.feature_config())
+        self.X = self.space.fit(info.titles, info.categories, info.prices, item_users, seed=options.seed)
+        # What each product with interactions would look like were it new (for cold_dropout).
+        self._warm = np.flatnonzero(np.diff(item_users.indptr) > 0)
+        imputed = self.space.impute_collab(self.space.collab_text, exclude_self=True)
+        self._X_cold = self.X[self._warm].copy()
+        self._X_cold[:, self.space.block_slices()["collab"]] = cfg.w_collab * imputed
+        self._hist_indptr, self._hist_items, hist_ts = _ordered_histories(dataset)
+        self._build_examples(hist_ts)
+
+        self.nets = _Nets(self.X.shape[1], len(self.X), cfg)
+        _init(self.nets, init_gen)
+        if cfg.id_embeddings:
+            self.nets.id_mask[torch.from_numpy(self._warm)] = 1.0
+        self._opt_g = torch.optim.Adam(
+            self.nets.parameters(), lr=cfg.lr_g, betas=(0.5, 0.999), weight_decay=cfg.weight_decay
+        )
+        self.D = None
+        if cfg.adversarial:
+            self.D = _discriminator(cfg.hidden, cfg.emb_dim, init_gen)
+            self._opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=(0.5, 0.999))
+        self._invalidate()
+
+    def _build_examples(self, hist_ts: np.ndarray) -> None:
+        """Targets ``(position in the ordered pairs, number of earlier products)`` and the
+        per-user prefix sums of product features that give every history mean in O(1)."""
+        cfg = self._cfg
+        indptr = self._hist_indptr
+        n_users = len(indptr) - 1
+        user_of = np.repeat(np.arange(n_users), np.diff(indptr))
+        # Earlier products: those of the same user with a strictly smaller time.
+        new_group = np.ones(len(user_of), bool)
+        new_group[1:] = (user_of[1:] != user_of[:-1]) | (hist_ts[1:] != hist_ts[:-1])
+        first_same = np.maximum.accumulate(np.where(new_group, np.arange(len(user_of)), 0))
+        cut = first_same - indptr[user_of]
+        keep = cut >= cfg.min_history
+        self._ex_pos = np.flatnonzero(keep).astype(np.int64)
+        self._ex_cut = cut[keep].astype(np.int64)
+        self._ex_start = indptr[user_of[keep]].astype(np.int64)
+        feats = self.X[self._hist_items].astype(np.float64)
+        self._prefix = np.concatenate([np.zeros((1, feats.shape[1])), np.cumsum(feats, axis=0)])
+        if len(self._ex_pos) == 0:
+            raise ConfigError("featgan: no training pair has an earlier product of the same customer (min_history)")
+
+    def _history_input(self, start: np.ndarray, cut: np.ndarray) -> torch.Tensor:
+        """Encoder input of histories ``items[start : start + cut]`` (prefix sums, no loops)."""
+        w = self._cfg.recent
+        end = start + cut
+        mean_all = (self._prefix[end] - self._prefix[start]) / np.maximum(cut, 1)[:, None]
+        r0 = np.maximum(end - w, start)
+        mean_recent = (self._prefix[end] - self._prefix[r0]) / np.maximum(end - r0, 1)[:, None]
+        size = np.log1p(cut)[:, None]
+        return torch.from_numpy(np.concatenate([mean_all, mean_recent, size], axis=1).astype(np.float32))
+
+    def _noise(self, n: int) -> torch.Tensor | None:
+        cfg = self._cfg
+        if not cfg.noise_dim:
+            return None
+        return cfg.noise_scale * torch.randn(n, cfg.noise_dim, generator=self._gen)
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        cfg = self._cfg
+        assert self.nets is not None and self.X is not None
+        self._invalidate()
+        X_epoch = self.X.copy()
+        if cfg.cold_dropout > 0 and len(self._warm):
+            pick = self._rng.random(len(self._warm)) < cfg.cold_dropout
+            X_epoch[self._warm[pick]] = self._X_cold[pick]
+        X_t = torch.from_numpy(X_epoch)
+        n_items = len(X_epoch)
+        id_mask = None
+        if cfg.id_embeddings:
+            id_mask = self.nets.id_mask.clone()
+            if cfg.cold_dropout > 0 and len(self._warm):
+                id_mask[torch.from_numpy(self._warm[pick])] = 0.0
+        targets_all = torch.from_numpy(self._hist_items[self._ex_pos])
+        logged: dict[str, list[float]] = {"loss_aux": [], "loss_g_adv": [], "loss_d": []}
+        self.nets.train()
+        for idx in torch.randperm(len(self._ex_pos), generator=self._gen).split(cfg.batch_size):
+            i = idx.numpy()
+            hist = self._history_input(self._ex_start[i], self._ex_cut[i])
+            target = targets_all[idx]
+            if n_items <= cfg.max_negatives:
+                cand, labels = None, target
+            else:  # uniform negatives plus the batch's own targets
+                neg = torch.randint(0, n_items, (cfg.max_negatives,), generator=self._gen)
+                cand, labels = torch.unique(torch.cat([target, neg]), return_inverse=True)
+                labels = labels[: len(target)]
+            bags = (
+                _bags(self._hist_items, self._ex_start[i], self._ex_cut[i], cfg.recent) if cfg.id_embeddings else None
+            )
+            h = self.nets.encode(hist, bags)
+            E = self.nets.embed(X_t, None, id_mask) if cand is None else self.nets.embed(X_t[cand], cand, id_mask)
+            K = cfg.train_samples
+            if K == 1:
+                g = self.nets.generate(h, self._noise(len(h)))
+                loss = cfg.aux_weight * F.cross_entropy(g @ E.T / cfg.temperature, labels)
+            else:  # mixture of K generated vectors: the noise's mean and K - 1 draws
+                hk = h.repeat_interleave(K, dim=0)
+                z = self._noise(len(hk))
+                assert z is not None
+                z.view(len(h), K, -1)[:, 0] = 0.0
+                g = self.nets.generate(hk, z)
+                logp = F.log_softmax(g @ E.T / cfg.temperature, dim=1)
+                logp = logp.gather(1, labels.repeat_interleave(K)[:, None]).view(len(h), K)
+                loss = -cfg.aux_weight * (torch.logsumexp(logp, dim=1) - math.log(K)).mean()
+                h = hk
+                labels = labels.repeat_interleave(K)
+            logged["loss_aux"].append(float(loss.detach()))
+            if self.D is not None:
+                real = E[labels].detach()
+                hd = h.detach()
+                self.D.requires_grad_(True)
+                for _ in range(cfg.d_steps):
+                    d_real = self.D(torch.cat([hd, real], dim=1))
+                    d_fake = self.D(torch.cat([hd, g.detach()], dim=1))
+                    if cfg.loss == "hinge":
+                        loss_d = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+                    else:
+                        loss_d = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+                    self._opt_d.zero_grad(set_to_none=True)
+                    loss_d.backward()
+                    self._opt_d.step()
+                logged["loss_d"].append(float(loss_d.detach()))
+                self.D.requires_grad_(False)
+                d_gen = self.D(torch.cat([hd, g], dim=1))
+                adv = -d_gen.mean() if cfg.loss == "hinge" else F.softplus(-d_gen).mean()
+                logged["loss_g_adv"].append(float(adv.detach()))
+                loss = loss + cfg.adv_weight * adv
+            self._opt_g.zero_grad(set_to_none=True)
+            loss.backward()
+            self._opt_g.step()
+        self.nets.eval()
+        return {k: float(np.mean(v)) for k, v in logged.items() if v}
+
+    def finish_training(self) -> None:
+        self.D = None
+        self._opt_g = self._opt_d = None
+        self._prefix = self._X_cold = None
+        self._ex_pos = self._ex_cut = self._ex_start = None
+        self._gen = self._rng = None
+        self._invalidate()
+
+    # -- retrieval space ------------------------------------------------------------------------
+
+    _E: np.ndarray | None = None
+    _index: TopKIndex | None = None
+
+    def _invalidate(self) -> None:
+        self._E = None
+        self._index = None
+
+    @property
+    def item_vectors(self) -> np.ndarray:
+        """(n_items, emb_dim) unit vectors of the products in the retrieval space."""
+        if self._E is None:
+            assert self.nets is not None and self.X is not None
+            with torch.no_grad():
+                self._E = self.nets.embed(torch.from_numpy(self.X)).numpy().astype(np.float32)
+        return self._E
+
+    @property
+    def index(self) -> TopKIndex:
+        """The product index generated vectors are searched in (built on first use)."""
+        if self._index is None:
+            kind = self._cfg.index
+            self._index = (
+                ExactIndex(self._cfg.emb_dim, self.item_vectors)
+                if kind == "exact"
+                else make_index(kind, self.item_vectors)
+            )
+        return self._index
+
+    # -- scoring --------------------------------------------------------------------------------
+
+    def _encode_rows(self, indptr: np.ndarray, items: np.ndarray) -> torch.Tensor:
+        """History encodings of time-ordered product lists (CSR-like ``indptr`` / ``items``)."""
+        assert self.nets is not None and self.X is not None
+        feats = self.X[items].astype(np.float64)
+        prefix = np.concatenate([np.zeros((1, feats.shape[1])), np.cumsum(feats, axis=0)])
+        start, end = indptr[:-1], indptr[1:]
+        saved, self._prefix = getattr(self, "_prefix", None), prefix
+        try:
+            hist = self._history_input(start, end - start)
+        finally:
+            self._prefix = saved
+        bags = _bags(items, start, end - start, self._cfg.recent) if self._cfg.id_embeddings else None
+        with torch.no_grad():
+            return self.nets.encode(hist, bags)
+
+    def generate_vectors(self, indptr: np.ndarray, items: np.ndarray, samples: int = 1) -> np.ndarray:
+        """``(n, samples, emb_dim)`` generated product vectors for ordered histories: the noise's
+        mean first, then ``samples - 1`` draws seeded by ``sample_seed`` (deterministic)."""
+        assert self.nets is not None
+        cfg = self._cfg
+        h = self._encode_rows(indptr, items)
+        out = np.empty((len(h), samples, cfg.emb_dim), np.float32)
+        gen = torch.Generator().manual_seed(cfg.sample_seed)
+        with torch.no_grad():
+            out[:, 0] = self.nets.generate(h, None).numpy()
+            for s in range(1, samples):
+                z = cfg.noise_scale * torch.randn(len(h), cfg.noise_dim, generator=gen) if cfg.noise_dim else None
+                out[:, s] = self.nets.generate(h, z).numpy()
+        return out
+
+    def _user_rows(self, user_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        starts, ends = self._hist_indptr[user_idx], self._hist_indptr[user_idx + 1]
+        lens = ends - starts
+        indptr = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+        pos = np.repeat(starts - indptr[:-1], lens) + np.arange(indptr[-1])
+        return indptr, self._hist_items[pos]
+
+    def score_users(self, user_idx: np.ndarray) -> np.ndarray:
+        user_idx = np.asarray(user_idx, dtype=np.int64)
+        out = np.empty((len(user_idx), self.n_items), np.float32)
+        for s in range(0, len(user_idx), SCORE_BATCH):
+            indptr, items = self._user_rows(user_idx[s : s + SCORE_BATCH])
+            out[s : s + SCORE_BATCH] = self._scores_for(indptr, items)
+        return out
+
+    def _scores_for(self, indptr: np.ndarray, items: np.ndarray) -> np.ndarray:
+        g = self.generate_vectors(indptr, items)[:, 0]
+        scores = g @ self.item_vectors.T
+        empty = np.diff(indptr) == 0
+        if empty.any():  # no history: the popularity rule, on a scale below any cosine
+            scores[empty] = self.fallback_scores() / (1.0 + self.fallback_scores().max()) - 2.0
+        return scores
+
+    def score_histories(self, history: sp.csr_matrix) -> np.ndarray:
+        """Scores for ad-hoc histories (rows of a users x items matrix), no retraining.
+
+        Order: larger values are more recent (pass positions or timestamps); equal values keep
+        column order. An empty row gets the popularity ranking (shifted below every cosine)."""
+        history = sp.csr_matrix(history, dtype=np.float64)
+        if history.shape[1] != self.n_items:
+            raise ValueError(f"history has {history.shape[1]} item columns, model has {self.n_items}")
+        history.sort_indices()
+        items = np.empty(history.nnz, np.int64)
+        for r in range(history.shape[0]):
+            a, b = history.indptr[r], history.indptr[r + 1]
+            items[a:b] = history.indices[a:b][np.argsort(history.data[a:b], kind="stable")]
+        return self._scores_for(history.indptr.astype(np.int64), items)
+
+    # -- recommendation -------------------------------------------------------------------------
+
+    def recommend(  # type: ignore[override]
+        self,
+        user_ids: Sequence[object],
+        k: int = 10,
+        *,
+        exclude_seen: bool = True,
+        exclude: Sequence[object] | Sequence[Sequence[object]] | None = None,
+        candidates: Sequence[object] | None = None,
+        samples: int | None = None,
+        diversity: float | None = None,
+    ) -> Recommendations:
+        """Top-``k`` for known customers (see :meth:`Recommender.recommend`), with slates.
+
+        ``samples`` (default: the config's) generated vectors are merged with MMR weight
+        ``diversity`` (default: the config's); ``samples=1, diversity=0`` is the plain ranking
+        by cosine to the noise-mean vector. Scores are the merged relevance. Candidates come from
+        the config's ``index`` (with ``"hnsw"`` / ``"ivf"`` every request goes through faiss)."""
+        self._check_fitted()
+        assert self.users is not None and self.items is not None and self.seen is not None
+        samples, diversity = self._slate_params(samples, diversity)
+        if samples == 1 and diversity == 0.0 and self._cfg.index == "exact":
+            # Dense exact scores through the shared code path (what evaluation ranks by).
+            return super().recommend(user_ids, k, exclude_seen=exclude_seen, exclude=exclude, candidates=candidates)
+        if k < 1:
+            raise ConfigError(f"k must be >= 1, got {k}")
+        user_ids = [str(u) for u in user_ids]
+        uidx = self.users.index(user_ids, missing="negative")
+        known = uidx >= 0
+        banned = self._banned(len(user_ids), exclude)
+        if exclude_seen:
+            for r in np.flatnonzero(known):
+                banned[r] = np.union1d(banned[r], self.seen[uidx[r]].indices)
+        allowed = None if candidates is None else self.items.index(candidates, kind="candidate item")
+        top = np.full((len(user_ids), k), -1, np.int64)
+        scores = np.full((len(user_ids), k), -np.inf, np.float32)
+        rows = np.flatnonzero(known)
+        if len(rows):
+            indptr, items = self._user_rows(uidx[rows])
+            top[rows], scores[rows] = self._rank(
+                indptr, items, k, [banned[r] for r in rows], allowed, samples, diversity
+            )
+        for r in np.flatnonzero(~known):
+            top[r], scores[r] = self._popular(k, banned[r], allowed)
+        return self._package(user_ids, top, scores, known)
+
+    def recommend_histories(
+        self,
+        histories: Sequence[Sequence[object]],
+        k: int = 10,
+        *,
+        exclude_history: bool = True,
+        exclude: Sequence[object] | None = None,
+        candidates: Sequence[object] | None = None,
+        samples: int | None = None,
+        diversity: float | None = None,
+    ) -> Recommendations:
+        """Top-``k`` for new customers from ad-hoc histories: lists of product ids, oldest first
+        (e.g. the products seen in a session), without retraining.
+
+        Unknown product ids are ignored. A history with no known product gets the popularity
+        ranking and ``known=False``. ``user_ids`` of the result are the row numbers."""
+        self._check_fitted()
+        assert self.items is not None
+        samples, diversity = self._slate_params(samples, diversity)
+        if k < 1:
+            raise ConfigError(f"k must be >= 1, got {k}")
+        if isinstance(histories, str) or any(isinstance(h, str) for h in histories):
+            raise ConfigError("histories must be a list of lists of product ids")
+        rows_items = []
+        for h in histories:
+            idx = self.items.index(list(h), missing="negative")
+            idx = idx[idx >= 0]
+            # Keep each product once, at its latest position (the most recent view counts).
+            _, last = np.unique(idx[::-1], return_index=True)
+            rows_items.append(idx[::-1][np.sort(last)][::-1])
+        known = np.array([len(r) > 0 for r in rows_items], dtype=bool)
+        banned = self._banned(len(histories), exclude)
+        if exclude_history:
+            banned = [np.union1d(b, r) for b, r in zip(banned, rows_items, strict=True)]
+        allowed = None if candidates is None else self.items.index(candidates, kind="candidate item")
+        n = len(histories)
+        top = np.full((n, k), -1, np.int64)
+        scores = np.full((n, k), -np.inf, np.float32)
+        rows = np.flatnonzero(known)
+        if len(rows):
+            lens = [len(rows_items[r]) for r in rows]
+            indptr = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+            items = np.concatenate([rows_items[r] for r in rows]).astype(np.int64)
+            top[rows], scores[rows] = self._rank(
+                indptr, items, k, [banned[r] for r in rows], allowed, samples, diversity
+            )
+        for r in np.flatnonzero(~known):
+            top[r], scores[r] = self._popular(k, banned[r], allowed)
+        return self._package([str(r) for r in range(n)], top, scores, known)
+
+    def _banned(self, n: int, exclude: Sequence[object] | Sequence[Sequence[object]] | None) -> list[np.ndarray]:
+        """Per-row item indices never to recommend (unknown ids ignored), as in the base class."""
+        assert self.items is not None
+        empty = np.zeros(0, np.int64)
+        if exclude is None or len(exclude) == 0:
+            return [empty] * n
+        if all(isinstance(e, list | tuple | np.ndarray) for e in exclude):
+            if len(exclude) != n:
+                raise ConfigError(f"per-user exclude has {len(exclude)} lists for {n} users")
+            out = []
+            for ex in exclude:
+                idx = self.items.index(ex, missing="negative")  # type: ignore[arg-type]
+                out.append(np.unique(idx[idx >= 0]))
+            return out
+        idx = self.items.index(exclude, missing="negative")
+        return [np.unique(idx[idx >= 0])] * n
+
+    def _popular(self, k: int, banned: np.ndarray, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """The popularity fallback (distinct training customers; ties by index) for one row."""
+        pop = self.fallback_scores().astype(np.float64).copy()
+        pop[banned] = -np.inf
+        if allowed is not None:
+            mask = np.full(len(pop), -np.inf)
+            mask[allowed] = 0.0
+            pop += mask
+        order = np.lexsort((np.arange(len(pop)), -pop))[:k]
+        order = order[np.isfinite(pop[order])]
+        top = np.full(k, -1, np.int64)
+        scores = np.full(k, -np.inf, np.float32)
+        top[: len(order)], scores[: len(order)] = order, pop[order]
+        return top, scores
+
+    def _rank(
+        self,
+        indptr: np.ndarray,
+        items: np.ndarray,
+        k: int,
+        banned: list[np.ndarray],
+        allowed: np.ndarray | None,
+        samples: int,
+        diversity: float,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Slates for non-empty ordered histories: retrieve each generated vector's nearest
+        products (index, or exact over ``allowed``), then merge greedily by MMR."""
+        G = self.generate_vectors(indptr, items, samples)
+        E = self.item_vectors
+        n = len(G)
+        top = np.full((n, k), -1, np.int64)
+        scores = np.full((n, k), -np.inf, np.float32)
+        pool_size = k if (samples == 1 and diversity == 0.0) else 3 * k
+        if allowed is None:
+            extra = max((len(b) for b in banned), default=0)
+            _, found = self.index.search(G.reshape(n * samples, -1), min(pool_size + extra, self.n_items))
+            found = found.reshape(n, -1)
+        for r in range(n):
+            if allowed is None:
+                pool = np.unique(found[r][found[r] >= 0])
+                pool = np.setdiff1d(pool, banned[r], assume_unique=True)
+            else:
+                pool = np.setdiff1d(np.unique(allowed), banned[r])
+            if len(pool) == 0:
+                continue
+            rel = (G[r] @ E[pool].T).max(axis=0)
+            keep = np.lexsort((pool, -rel))[:pool_size]
+            pool, rel = pool[keep], rel[keep]
+            chosen = _mmr(rel, E[pool], min(k, len(pool)), diversity)
+            top[r, : len(chosen)] = pool[chosen]
+            scores[r, : len(chosen)] = rel[chosen]
+        return top, scores
+
+    def _package(
+        self, user_ids: Sequence[str], top: np.ndarray, scores: np.ndarray, known: np.ndarray
+    ) -> Recommendations:
+        assert self.items is not None
+        valid = top >= 0
+        ids = np.full(top.shape, None, dtype=object)
+        ids[valid] = self.items.decode(top[valid])
+        return Recommendations(
+            user_ids=np.asarray(list(user_ids), dtype=object),
+            item_ids=ids,
+            scores=np.where(valid, scores, -np.inf).astype(np.float32),
+            known=known,
+            item_idx=top,
+        )
+
+    def _slate_params(self, samples: int | None, diversity: float | None) -> tuple[int, float]:
+        samples = self._cfg.samples if samples is None else int(samples)
+        diversity = self._cfg.diversity if diversity is None else float(diversity)
+        if samples < 1 or not 0.0 <= diversity <= 1.0:
+            raise ConfigError(f"samples must be >= 1 and diversity in [0, 1], got {samples}, {diversity}")
+        return samples, diversity
+
+    # -- explanations ---------------------------------------------------------------------------
+
+    def explain(
+        self,
+        item_ids: Sequence[object],
+        *,
+        user_id: object | None = None,
+        history: Sequence[object] | None = None,
+        n: int = 3,
+    ) -> dict[str, list[tuple[str, float]]]:
+        """For each product in ``item_ids``, the ``n`` products of the customer's history nearest
+        to it in the retrieval space (cosine, best first): the purchases that drove it.
+
+        Give a known ``user_id`` (their training history) or an ad-hoc ``history`` of product ids
+        (unknown ids ignored). An empty history explains nothing (empty lists: the popularity
+        rule drove those products)."""
+        self._check_fitted()
+        assert self.users is not None and self.items is not None
+        if (user_id is None) == (history is None):
+            raise ConfigError("explain needs exactly one of user_id or history")
+        if user_id is not None:
+            u = self.users.index([user_id], missing="negative")[0]
+            hist = self._user_rows(np.array([u]))[1] if u >= 0 else np.zeros(0, np.int64)
+        else:
+            idx = self.items.index(list(history or []), missing="negative")
+            hist = np.unique(idx[idx >= 0])
+        targets = self.items.index(item_ids, kind="item")
+        E = self.item_vectors
+        out: dict[str, list[tuple[str, float]]] = {}
+        hist = np.unique(hist)
+        for raw, t in zip(item_ids, targets, strict=True):
+            if len(hist) == 0:
+                out[str(raw)] = []
+                continue
+            sim = E[hist] @ E[t]
+            order = np.lexsort((hist, -sim))[:n]
+            out[str(raw)] = [(str(self.items.decode([hist[o]])[0]), float(sim[o])) for o in order]
+        return out
+
+    # -- new products ---------------------------------------------------------------------------
+
+    def add_products(
+        self,
+        item_ids: Sequence[object],
+        titles: Sequence[object],
+        categories: Sequence[object] | None = None,
+        prices: Sequence[float | None] | None = None,
+    ) -> None:
+        """Add products to the catalogue without retraining: their features come from their
+        records (collaborative block imputed from text), and they are recommendable at once."""
+        self._check_fitted()
+        assert self.space is not None and self.X is not None and self.items is not None
+        assert self.item_info is not None and self.seen is not None and self.popularity is not None
+        ids = [str(i) for i in item_ids]
+        n = len(ids)
+        cats = np.asarray([None] * n if categories is None else list(categories), dtype=object)
+        pr = np.asarray([np.nan if p is None else float(p) for p in (prices if prices is not None else [None] * n)])
+        tit = np.asarray(list(titles), dtype=object)
+        if not (len(tit) == len(cats) == len(pr) == n):
+            raise ConfigError(f"add_products: {n} ids, {len(tit)} titles, {len(cats)} categories, {len(pr)} prices")
+        dup = [i for i in ids if i in self.items] + [i for i in set(ids) if ids.count(i) > 1]
+        if dup:
+            raise ConfigError(
+                f"add_products: product id(s) already in the catalogue or repeated: {sorted(set(dup))[:10]}"
+            )
+        feats = self.space.transform(tit, cats, pr)
+        self.X = np.concatenate([self.X, feats]).astype(np.float32)
+        self.items = Vocabulary(list(self.items.ids) + ids)
+        info = self.item_info
+        self.item_info = ItemInfo(
+            np.concatenate([info.titles, tit]),
+            np.concatenate([info.categories, cats]),
+            np.concatenate([info.prices, pr]),
+        )
+        self.seen = sp.csr_matrix(
+            (self.seen.data, self.seen.indices, self.seen.indptr), shape=(self.n_users, len(self.X))
+        )
+        self.popularity = np.concatenate([self.popularity, np.zeros(n, np.float32)])
+        if self._cfg.id_embeddings:
+            # New products have no learned vectors: zero rows, masked out of the tower.
+            assert self.nets is not None
+            state = self.nets.state_dict()
+            grown = _Nets(self.X.shape[1], len(self.X), self._cfg)
+            for key, value in grown.state_dict().items():
+                old = state[key]
+                if old.shape != value.shape:
+                    value.zero_()
+                    value[: len(old)] = old
+                    state[key] = value
+            grown.load_state_dict(state)
+            grown.eval()
+            self.nets = grown
+        self._invalidate()
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    def _extra_meta(self) -> dict[str, Any]:
+        assert self.space is not None
+        return {"feature_space": self.space.meta()}
+
+    def _load_extra_meta(self, extra: dict[str, Any]) -> None:
+        self._space_meta = extra.get("feature_space")
+
+    def _state(self) -> dict[str, np.ndarray]:
+        assert self.nets is not None and self.X is not None and self.space is not None
+        state = {f"nets.{k}": v.detach().cpu().numpy().copy() for k, v in self.nets.state_dict().items()}
+        state.update(self.space.arrays("features"))
+        state["X"] = self.X.copy()
+        state["hist.indptr"] = self._hist_indptr.copy()
+        state["hist.items"] = self._hist_items.copy()
+        return state
+
+    def _load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        cfg = self._cfg
+        cfg.validate()
+        meta = getattr(self, "_space_meta", None)
+        if meta is not None:  # loading from files; during training the fitted space is kept
+            self.space = FeatureSpace.restore(meta, arrays, "features")
+        try:
+            self.X = np.asarray(arrays["X"], np.float32)
+            self._hist_indptr = np.asarray(arrays["hist.indptr"], np.int64)
+            self._hist_items = np.asarray(arrays["hist.items"], np.int64)
+        except KeyError as exc:
+            raise ModelFileError(f"featgan: missing array {exc}") from None
+        nets = _Nets(self.X.shape[1], len(self.X), cfg)
+        state = {k[5:]: torch.tensor(np.asarray(v)) for k, v in arrays.items() if k.startswith("nets.")}
+        try:
+            nets.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise ModelFileError(f"featgan: saved networks do not match the config ({exc})") from None
+        nets.eval()
+        self.nets = nets
+        self._invalidate()
+
+
+def _mmr(rel: np.ndarray, vectors: np.ndarray, k: int, diversity: float) -> np.ndarray:
+    """Greedy maximal marginal relevance: each step picks the candidate maximising
+    ``(1 - diversity) * rel - diversity * (max cosine to those already picked)``."""
+    if diversity == 0.0:
+        return np.arange(k)  # candidates arrive sorted by relevance
+    sim = vectors @ vectors.T
+    chosen: list[int] = []
+    max_sim = np.full(len(rel), -np.inf)
+    available = np.ones(len(rel), bool)
+    for _ in range(k):
+        penalty = np.where(np.isfinite(max_sim), max_sim, 0.0)
+        value = np.where(available, (1 - diversity) * rel - diversity * penalty, -np.inf)
+        j = int(np.argmax(value))
+        chosen.append(j)
+        available[j] = False
+        max_sim = np.maximum(max_sim, sim[j])
+    return np.asarray(chosen, np.int64)

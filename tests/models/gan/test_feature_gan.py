@@ -1,0 +1,226 @@
+"""The product-feature GAN: targets, new customers and products, slates, explanations, files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from retailgan.data.dataset import InteractionDataset
+from retailgan.errors import ConfigError, UnknownIdError
+from retailgan.index import faiss_available
+from retailgan.models.base import TrainingOptions
+from retailgan.models.gan.feature_gan import FeatureGAN, _mmr
+from retailgan.persistence import load_model
+from tests.conftest import oracle_dataset
+from tests.models.test_contract import FAST_CONFIGS
+
+FAST = FAST_CONFIGS["featgan"]
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    ds, answer = oracle_dataset()
+    return FeatureGAN(**FAST).fit(ds, TrainingOptions(seed=0)), ds, answer
+
+
+def test_targets_use_strictly_earlier_products_only():
+    # One customer: a at t=1, b and c together at t=2 (one basket), d at t=3.
+    ds = InteractionDataset.from_arrays(
+        ["u"] * 4 + ["v"] * 2, ["a", "b", "c", "d", "a", "b"], timestamps=[1, 2, 2, 3, 5, 6]
+    )
+    model = FeatureGAN(**{**FAST, "epochs": 1, "text_dim": 2, "collab_dim": 1})
+    model.fit(ds, TrainingOptions(seed=0))
+    model.init_training(ds, TrainingOptions(seed=0))
+    items = model.items.decode(model._hist_items[model._ex_pos])
+    got = sorted((str(i), int(c)) for i, c in zip(items, model._ex_cut, strict=True))
+    # a never a target (no history); b and c each see only a; d sees a, b, c; v's b sees a.
+    assert got == [("b", 1), ("b", 1), ("c", 1), ("d", 3)]
+
+
+def test_new_customer_history(fitted):
+    model, ds, answer = fitted
+    recs = model.recommend_histories(
+        [["i0_0", "i0_1", "i0_2", "i0_3", "i0_4"], ["i1_0", "i1_1", "i1_2", "i1_4", "i1_5"]], k=1
+    )
+    assert recs.known.tolist() == [True, True]
+    # (Each history is a training customer's minus one product; the first product of the time
+    # order, never a "next purchase" target, is not asked for.)
+    assert recs.item_ids[:, 0].tolist() == ["i0_5", "i1_3"]
+    # The history is excluded by default, and can be allowed back.
+    recs = model.recommend_histories([["i0_1"]], k=12)
+    assert "i0_1" not in recs.item_ids[0]
+    recs = model.recommend_histories([["i0_1"]], k=12, exclude_history=False)
+    assert "i0_1" in recs.item_ids[0]
+
+
+def test_empty_or_unknown_history_falls_back_to_popularity(fitted):
+    model, ds, answer = fitted
+    recs = model.recommend_histories([[], ["no-such-product"], ["no-such-product", "i0_1"]], k=4)
+    assert recs.known.tolist() == [False, False, True]
+    order = np.lexsort((np.arange(model.n_items), -model.popularity))[:4]
+    assert list(recs.item_idx[0]) == list(order) == list(recs.item_idx[1])
+    assert np.all(np.isfinite(recs.scores))
+    with pytest.raises(ConfigError, match="list of lists"):
+        model.recommend_histories(["i0_1"], k=2)
+
+
+def test_score_histories_matches_known_customers(fitted):
+    model, ds, answer = fitted
+    u = next(iter(answer))
+    row = model.seen[model.users.index([u])]
+    # Ordered values (positions) reproduce the customer's time order.
+    order = model._user_rows(model.users.index([u]))[1]
+    hist = row.copy().astype(np.float64)
+    ranks = {int(i): r for r, i in enumerate(order)}
+    hist.data = np.array([ranks[int(i)] + 1.0 for i in hist.indices])
+    np.testing.assert_allclose(model.score_histories(hist), model.score_users(model.users.index([u])), rtol=1e-5)
+    empty = model.score_histories(sp.csr_matrix((1, model.n_items)))
+    assert np.argmax(empty[0]) == np.argmax(model.popularity)
+
+
+def test_unknown_ids(fitted):
+    model, ds, answer = fitted
+    with pytest.raises(UnknownIdError, match="nope"):
+        model.explain(["nope"], user_id=next(iter(answer)))
+    with pytest.raises(UnknownIdError, match="nope"):
+        model.recommend_histories([["i0_1"]], k=2, candidates=["nope"])
+    recs = model.recommend(["ghost"], k=3, samples=3, diversity=0.2)
+    assert not recs.known[0]
+    with pytest.raises(ConfigError, match="exactly one"):
+        model.explain(["i0_0"])
+
+
+def test_explanations_name_history_products(fitted):
+    model, ds, answer = fitted
+    u = next(iter(answer))
+    history = set(model.items.decode(model.seen[model.users.index([u])[0]].indices))
+    recs = model.recommend([u], k=3)
+    expl = model.explain(list(recs.item_ids[0]), user_id=u, n=2)
+    assert list(expl) == list(recs.item_ids[0])
+    for drivers in expl.values():
+        assert len(drivers) == 2
+        assert {d for d, _ in drivers} <= history
+        assert drivers[0][1] >= drivers[1][1]
+    # Ad-hoc history: drivers come from it; an empty history explains nothing.
+    expl = model.explain(["i0_0"], history=["i0_3", "i1_2", "unknown"], n=5)
+    assert {d for d, _ in expl["i0_0"]} == {"i0_3", "i1_2"}
+    assert expl["i0_0"][0][0] == "i0_3"  # same family first
+    assert model.explain(["i0_0"], history=[]) == {"i0_0": []}
+
+
+@pytest.mark.parametrize("id_embeddings", [False, True])
+def test_new_products_are_recommendable_without_retraining(id_embeddings, tmp_path):
+    ds, answer = oracle_dataset()
+    model = FeatureGAN(**FAST, id_embeddings=id_embeddings).fit(ds, TrainingOptions(seed=0))
+    n = model.n_items
+    model.add_products(["new0", "new1"], ["Product 0-9", "Product 1-9"], ["cat0", "cat1"], [2.0, None])
+    assert model.n_items == n + 2 and model.popularity[-1] == 0
+    u0 = next(u for u in answer if u.startswith("u0_"))
+    recs = model.recommend([u0], k=2, candidates=["new0", "new1"])
+    assert recs.item_ids[0].tolist() == ["new0", "new1"]
+    recs = model.recommend_histories([["i1_0", "i1_1"]], k=2, candidates=["new0", "new1"], samples=3, diversity=0.1)
+    assert recs.item_ids[0, 0] == "new1"
+    with pytest.raises(ConfigError, match="already in the catalogue"):
+        model.add_products(["new0"], ["x"])
+    loaded = load_model(model.save(tmp_path / "m"))
+    assert "new1" in loaded.items
+    np.testing.assert_array_equal(loaded.score_users(np.arange(5)), model.score_users(np.arange(5)))
+
+
+def test_slates_diverse_deterministic_and_plain_when_s1(fitted):
+    model, ds, answer = fitted
+    users = list(answer)[:6]
+    plain = model.recommend(users, k=4)
+    via_merge = model.recommend(users, k=4, samples=1, diversity=0.0)
+    np.testing.assert_array_equal(plain.item_ids, via_merge.item_ids)
+    a = model.recommend(users, k=4, samples=5, diversity=0.5, exclude=["i1_0"])
+    b = model.recommend(users, k=4, samples=5, diversity=0.5, exclude=["i1_0"])
+    np.testing.assert_array_equal(a.item_ids, b.item_ids)
+    for r, u in enumerate(users):
+        got = [i for i in a.item_ids[r] if i is not None]
+        owned = set(model.items.decode(model.seen[model.users.index([u])[0]].indices))
+        assert len(set(got)) == len(got) == 4 and not owned & set(got) and "i1_0" not in got
+    with pytest.raises(ConfigError, match="samples"):
+        model.recommend(users, k=4, samples=0)
+
+
+def test_mmr_trades_relevance_for_spread():
+    vecs = np.array([[1.0, 0.0], [0.99, 0.14], [0.0, 1.0]], np.float32)
+    rel = np.array([0.9, 0.89, 0.5])
+    assert _mmr(rel, vecs, 2, 0.0).tolist() == [0, 1]
+    assert _mmr(rel, vecs, 2, 0.5).tolist() == [0, 2]
+
+
+def test_save_load_keeps_every_path(fitted, tmp_path):
+    model, ds, answer = fitted
+    loaded = load_model(model.save(tmp_path / "fg"))
+    users = list(answer)[:5]
+    for kw in ({}, {"samples": 4, "diversity": 0.3}):
+        np.testing.assert_array_equal(
+            model.recommend(users, k=5, **kw).item_ids, loaded.recommend(users, k=5, **kw).item_ids
+        )
+    h = [["i0_1", "i0_2"], []]
+    np.testing.assert_array_equal(
+        model.recommend_histories(h, k=3).item_ids, loaded.recommend_histories(h, k=3).item_ids
+    )
+    assert loaded.explain(["i0_0"], user_id=users[0]) == model.explain(["i0_0"], user_id=users[0])
+
+
+def test_determinism_of_slates_under_seed(fitted):
+    model, ds, answer = fitted
+    again = FeatureGAN(**FAST).fit(ds, TrainingOptions(seed=0))
+    users = list(answer)
+    np.testing.assert_array_equal(
+        again.recommend(users, k=5, samples=3, diversity=0.2).item_ids,
+        model.recommend(users, k=5, samples=3, diversity=0.2).item_ids,
+    )
+    other = FeatureGAN(**FAST).fit(ds, TrainingOptions(seed=1))
+    assert not np.array_equal(other.score_users(np.arange(4)), model.score_users(np.arange(4)))
+
+
+def test_ablation_without_adversary_and_config_checks(fitted):
+    ds, answer = oracle_dataset()
+    model = FeatureGAN(**{**FAST, "adversarial": False, "epochs": 2}).fit(ds, TrainingOptions(seed=0))
+    assert "loss_d" not in model.history[-1] and "loss_aux" in model.history[-1]
+    with pytest.raises(ConfigError, match="loss"):
+        FeatureGAN(**{**FAST, "loss": "wgan"}).fit(ds)
+    with pytest.raises(ConfigError, match="aux_weight=0"):
+        FeatureGAN(**{**FAST, "aux_weight": 0.0, "adversarial": False}).fit(ds)
+
+
+def test_cli_recommend_explain(fitted, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from retailgan.cli import app
+    from retailgan.models.baselines import EASE
+
+    model, ds, answer = fitted
+    path = model.save(tmp_path / "fg")
+    runner = CliRunner()
+    u = next(iter(answer))
+    res = runner.invoke(app, ["recommend", "--model-dir", str(path), "--user", u, "--k", "2", "--explain", "--json"])
+    assert res.exit_code == 0, res.output
+    items = json.loads(res.output)[0]["items"]
+    history = set(model.items.decode(model.seen[model.users.index([u])[0]].indices))
+    assert len(items) == 2 and all(1 <= len(it["because"]) <= 3 for it in items)
+    assert {b["item_id"] for it in items for b in it["because"]} <= history
+    res = runner.invoke(app, ["recommend", "--model-dir", str(path), "--user", u, "--k", "2", "--explain"])
+    assert res.exit_code == 0 and "because of" in res.output and "Product" in res.output
+    ease = EASE(l2=1.0).fit(ds).save(tmp_path / "ease")
+    res = runner.invoke(app, ["recommend", "--model-dir", str(ease), "--user", u, "--explain"])
+    assert res.exit_code == 2 and "no explanations" in res.output
+
+
+@pytest.mark.skipif(not faiss_available(), reason="faiss-cpu not installed (extra 'ann')")
+def test_faiss_index_gives_the_exact_lists_on_a_small_catalogue(fitted, tmp_path):
+    model, ds, answer = fitted
+    cfg = {**model.config.to_dict(), "index": "hnsw"}
+    ann = FeatureGAN(**cfg).fit(ds, TrainingOptions(seed=0))
+    users = list(answer)
+    for kw in ({}, {"samples": 3, "diversity": 0.2}):
+        np.testing.assert_array_equal(
+            ann.recommend(users, k=3, **kw).item_ids, model.recommend(users, k=3, **kw).item_ids
+        )
