@@ -653,6 +653,11 @@ def demo(
     )
 
 
+from retailgan.imagegen.cli import images_app  # noqa: E402  (the sub-app is defined after the main app)
+
+app.add_typer(images_app, name="images")
+
+
 def main() -> None:  # pragma: no cover - console-script entry point
     app()
 
