@@ -7,11 +7,13 @@ crash never leaves a half-written model where a server might load it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,11 +77,21 @@ def save_model(model: Any, path: str | Path) -> Path:
             "prices": [_json_nan(float(p)) for p in info.prices],
         },
     }
+    with atomic_directory(path) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp / ARRAYS_FILE))
+        (tmp / META_FILE).write_text(json.dumps(meta), encoding="utf-8")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_directory(path: Path) -> Iterator[Path]:
+    """Write a directory's files into the yielded temporary directory; on success it replaces
+    ``path`` in one rename (readers never see a half-written directory), on error it is removed
+    and ``path`` is left as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp / ARRAYS_FILE))
-        (tmp / META_FILE).write_text(json.dumps(meta), encoding="utf-8")
+        yield tmp
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)
@@ -90,7 +102,6 @@ def save_model(model: Any, path: str | Path) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return path
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:

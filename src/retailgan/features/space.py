@@ -26,9 +26,6 @@ The fitted space and the product vectors are cached with the model that uses the
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -250,23 +247,13 @@ class FeatureSpace:
         path = Path(path)
         if len(item_ids) != len(features):
             raise ConfigError(f"{len(item_ids)} item ids for {len(features)} feature rows")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        from retailgan.persistence import atomic_directory
+
+        with atomic_directory(path) as tmp:
             arrays = {**self.arrays(), "matrix": np.ascontiguousarray(features, np.float32)}
             save_file(arrays, str(tmp / "features.safetensors"))
             meta = {**self.meta(), "item_ids": [str(i) for i in item_ids]}
             (tmp / "features.json").write_text(json.dumps(meta), encoding="utf-8")
-            if path.exists():
-                old = path.with_name(f".{path.name}.old-{os.getpid()}")
-                os.replace(path, old)
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return path
 
     @classmethod
