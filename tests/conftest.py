@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -51,3 +53,42 @@ def oracle_dataset(n_per_cluster: int = 20, items_per_cluster: int = 6) -> tuple
 @pytest.fixture
 def oracle():
     return oracle_dataset()
+
+
+def write_shop_logs(
+    root: Path,
+    *,
+    customers: int,
+    events: int,
+    products: int,
+    step_s: int = 60,
+    customer_id: Callable[[int], str] = lambda c: f"C{c}",
+    title: Callable[[int, int], str] = lambda b, j: f"Product {b}-{j}",
+    catalogue_only: bool = False,
+) -> tuple[Path, Path]:
+    """An event log and a catalogue for two customer groups buying from two product blocks.
+
+    Customer c buys only from block c % 2 (products ``P<block><j>``); events are views, carts and
+    purchases, ``step_s`` seconds apart. ``catalogue_only`` adds one never-bought product per block.
+    Returns (events.csv, products.csv) with columns customer, sku, ts, action / sku, name, dept, price.
+    """
+    rng = np.random.default_rng(0)
+    events_path = root / "events.csv"
+    with events_path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["customer", "sku", "ts", "action"])
+        t = 1_600_000_000
+        for step in range(events):
+            c = int(rng.integers(0, customers))
+            sku = f"P{c % 2}{int(rng.integers(0, products)):02d}"
+            w.writerow([customer_id(c), sku, t + step * step_s, rng.choice(["view", "cart", "purchase"])])
+    products_path = root / "products.csv"
+    with products_path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["sku", "name", "dept", "price"])
+        for b in range(2):
+            for j in range(products):
+                w.writerow([f"P{b}{j:02d}", title(b, j), f"dept{b}", 2.5 + j])
+            if catalogue_only:
+                w.writerow([f"P{b}99", f"Never bought {b}", f"dept{b}", 1.0])
+    return events_path, products_path

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import json
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from retailgan.cli import app
+from tests.conftest import write_shop_logs
 
 runner = CliRunner()
 
@@ -18,24 +17,7 @@ runner = CliRunner()
 def store(tmp_path_factory):
     """A store with two customer groups buying from two product blocks over time."""
     root = tmp_path_factory.mktemp("cli")
-    rng = np.random.default_rng(0)
-    events = root / "events.csv"
-    with events.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["customer", "sku", "ts", "action"])
-        t = 1_600_000_000
-        for step in range(1500):
-            c = int(rng.integers(0, 60))
-            block = c % 2
-            sku = f"P{block}{int(rng.integers(0, 15)):02d}"
-            w.writerow([f"C{c}", sku, t + step * 60, rng.choice(["view", "cart", "purchase"])])
-    products = root / "products.csv"
-    with products.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["sku", "name", "dept", "price"])
-        for b in range(2):
-            for j in range(15):
-                w.writerow([f"P{b}{j:02d}", f"Product {b}-{j}", f"dept{b}", 2.5 + j])
+    events, products = write_shop_logs(root, customers=60, events=1500, products=15)
     path = root / "shop.duckdb"
     res = runner.invoke(app, [
         "ingest", str(events), "--format", "events", "--store", str(path),

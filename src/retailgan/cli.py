@@ -443,12 +443,13 @@ def train(
             _load(store, event_weights, rating_threshold, min_user, min_item)  # fail fast, before spawning
             distributed.launch(nproc, _train_job, job)
         elif under_torchrun:
+            import torch.distributed as dist
+
             distributed.init_from_env()
             try:
                 _train_job(job)
+                dist.barrier()  # leave together (see distributed._worker)
             finally:
-                import torch.distributed as dist
-
                 dist.destroy_process_group()
         else:
             _train_job(job)
@@ -656,6 +657,10 @@ def demo(
 from retailgan.imagegen.cli import images_app  # noqa: E402  (the sub-app is defined after the main app)
 
 app.add_typer(images_app, name="images")
+
+from retailgan.campaign.cli import campaign_app  # noqa: E402
+
+app.add_typer(campaign_app, name="campaign")
 
 
 def main() -> None:  # pragma: no cover - console-script entry point

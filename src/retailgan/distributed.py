@@ -20,6 +20,7 @@ broadcast, so early-stopping decisions agree on every rank.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import Callable, Sequence
@@ -116,6 +117,11 @@ def _worker(local_rank: int, world: int, port: int, fn: Callable[..., Any], args
     dist.init_process_group("gloo", init_method="env://")
     try:
         fn(*args)
+        # Leave together: a process that tears down its connections while a peer is still
+        # working (rank 0 saving the model) can make gloo abort that peer.
+        # If a peer failed, the barrier fails too; the peer's own error is what launch() reports.
+        with contextlib.suppress(RuntimeError):
+            dist.barrier()
     finally:
         dist.destroy_process_group()
 

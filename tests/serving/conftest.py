@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
@@ -15,6 +13,7 @@ from retailgan.data.ingest import ingest
 from retailgan.models.base import TrainingOptions
 from retailgan.models.registry import get_model_class
 from retailgan.serving.security import hash_key
+from tests.conftest import write_shop_logs
 
 
 def pytest_configure(config):
@@ -28,24 +27,7 @@ ADMIN_KEY = "admin-key-0123456789"
 
 def make_store(root: Path) -> Path:
     """60 customers; even ones buy products P0xx, odd ones P1xx; 30 products with titles and prices."""
-    rng = np.random.default_rng(0)
-    events = root / "events.csv"
-    with events.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["customer", "sku", "ts", "action"])
-        t = 1_600_000_000
-        for step in range(1500):
-            c = int(rng.integers(0, 60))
-            w.writerow([f"C{c}", f"P{c % 2}{int(rng.integers(0, 15)):02d}", t + step * 60,
-                        rng.choice(["view", "cart", "purchase"])])
-    products = root / "products.csv"
-    with products.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["sku", "name", "dept", "price"])
-        for b in range(2):
-            for j in range(15):
-                w.writerow([f"P{b}{j:02d}", f"Product {b}-{j}", f"dept{b}", 2.5 + j])
-            w.writerow([f"P{b}99", f"Never bought {b}", f"dept{b}", 1.0])  # catalogue only
+    events, products = write_shop_logs(root, customers=60, events=1500, products=15, catalogue_only=True)
     path = root / "shop.duckdb"
     ingest(path, events, "events",
            mapping={"user": "customer", "item": "sku", "timestamp": "ts", "event_type": "action"},

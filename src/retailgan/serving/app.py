@@ -29,6 +29,7 @@ from fastapi.staticfiles import StaticFiles
 
 from retailgan import __version__
 from retailgan.errors import ConfigError, RetailganError, UnknownIdError
+from retailgan.explanations import explain_items
 from retailgan.serving import schemas as S
 from retailgan.serving.engine import ModelBundle, Product, RequestError
 from retailgan.serving.metrics import Metrics, MetricsMiddleware
@@ -579,42 +580,8 @@ def _explain(
     state: ServiceState, b: ModelBundle, items: list[S.RecommendedProduct], top: np.ndarray, hist: np.ndarray,
     strategy: str,
 ) -> None:
-    """Reasons: for item-item models the history products that add most to the score; for models
-    with an ``explain(item_ids, history=...)`` method (``featgan``) the history products it names."""
-    contrib = b.contributions(hist, top) if strategy != "popular" else None
-    named: dict[str, list[tuple[str, float]]] = {}
-    explain = getattr(b.model, "explain", None)
-    if contrib is None and strategy != "popular" and callable(explain) and len(hist) and len(items):
-        try:
-            named = explain([it.product_id for it in items], history=[str(x) for x in b.model.items.ids[hist]])
-        except Exception:  # an explanation is optional: never fail the recommendation for it
-            log.exception("%s.explain failed", b.name)
-            named = {}
-    for col, item in enumerate(items):
-        j = int(top[col])
-        reasons: list[S.Reason] = []
-        if strategy == "popular" or b.name == "pop":
-            reasons.append(S.Reason(kind="popular", text=f"popular: bought by {int(b.popularity[j])} customers"))
-        elif contrib is not None:
-            c = contrib[:, col]
-            for r in np.argsort(-c, kind="stable")[:3]:
-                if c[r] <= 0:
-                    break
-                pid = str(b.model.items.ids[hist[r]])
-                title = _title(state, b, pid)
-                reasons.append(S.Reason(kind="history_item", text=f"because of {title or pid}", product_id=pid,
-                                        title=title, contribution=float(c[r])))
-        for pid, similarity in named.get(item.product_id, [])[:3]:
-            title = _title(state, b, str(pid))
-            reasons.append(S.Reason(kind="history_item", text=f"close to {title or pid}", product_id=str(pid),
-                                    title=title, contribution=float(similarity)))
-        if not reasons and contrib is not None:
-            reasons.append(S.Reason(
-                kind="model", text="no product of the history adds to its score (filler in the model's tie order)"
-            ))
-        if not reasons:
-            reasons.append(S.Reason(
-                kind="model",
-                text=f"the {b.name} model's score for this history (this model gives no per-product reasons)",
-            ))
-        item.reasons = reasons
+    """Attach reasons (see :func:`retailgan.explanations.explain_items`) to each recommended product."""
+    reasons = explain_items(b.model, b.name, b.popularity, top, hist, strategy, lambda pid: _title(state, b, pid))
+    for item, rs in zip(items, reasons, strict=True):
+        item.reasons = [S.Reason(kind=r.kind, text=r.text, product_id=r.product_id, title=r.title,  # type: ignore[arg-type]
+                                 contribution=r.contribution) for r in rs]

@@ -30,6 +30,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from retailgan.errors import ModelFileError, RetailganError
+from retailgan.explanations import contributions
 from retailgan.persistence import ARRAYS_FILE, META_FILE, load_model, read_meta
 
 
@@ -180,14 +181,8 @@ class ModelBundle:
         return co / (np.sqrt(counts * counts[j]) + 1e-12), "co-purchase cosine"
 
     def contributions(self, hist: np.ndarray, rec: np.ndarray) -> np.ndarray | None:
-        """(len(hist), len(rec)) contribution of each history item to each recommended item's score
-        for item-item models (score = history @ W); None for other models."""
-        W = getattr(self.model, "W", None)
-        if W is None or len(hist) == 0 or len(rec) == 0:
-            return None
-        if sp.issparse(W):
-            return np.asarray(W[hist][:, rec].toarray(), dtype=np.float64)
-        return np.asarray(W[np.ix_(hist, rec)], dtype=np.float64)
+        """See :func:`retailgan.explanations.contributions`."""
+        return contributions(self.model, hist, rec)
 
 
 def _check_scores(model: Any, path: Path) -> bool:

@@ -1,0 +1,51 @@
+"""``retailgan campaign``: build personalised campaigns from a store and a trained model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from retailgan.campaign import DEFAULT_CHUNK_SIZE
+
+campaign_app = typer.Typer(
+    no_args_is_help=True,
+    help="Personalised campaigns: per-customer products, reasons and e-mails.",
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+
+@campaign_app.command("build")
+def build(
+    store: Path = typer.Option(..., "--store", help="The DuckDB store (customers, events, products)."),
+    model_dir: Path = typer.Option(..., "--model-dir", help="A model directory written by `retailgan train`."),
+    segment: str = typer.Option(
+        "all", "--segment", help="all | ids:ID1,ID2 | country:NAME | recent:DAYS | spend:LOW-HIGH."
+    ),
+    theme: str | None = typer.Option(
+        None, "--theme", help="category:NAME;keyword:WORD;max_price:P (any subset, joined by ';')."
+    ),
+    k: int = typer.Option(10, "--k", help="Products per customer."),
+    out: Path = typer.Option(..., "--out", help="Output directory (replaced atomically when the build ends)."),
+    recent_days: int = typer.Option(30, "--recent-days", help="Do not send products bought in the last N days."),
+    chunk_size: int = typer.Option(DEFAULT_CHUNK_SIZE, "--chunk-size", help="Customers per resumable chunk."),
+) -> None:
+    """Build campaign.parquet, one HTML + text e-mail per customer and summary.json into OUT."""
+    from retailgan.campaign.build import build_campaign
+    from retailgan.cli import _run
+
+    summary = _run(
+        build_campaign, store, model_dir, out, segment=segment, theme=theme, k=k, recent_days=recent_days,
+        chunk_size=chunk_size, progress=True,
+    )
+    if summary.customers == 0:
+        console.print(f"segment {segment!r} has no customers: wrote an empty campaign to {out}", highlight=False)
+        return
+    console.print(
+        f"wrote {summary.rows} products for {summary.customers} customers to {out} "
+        f"(coverage {summary.catalogue_coverage:.1%}, diversity {summary.diversity or 0:.1%}, "
+        f"expected revenue {summary.expected_revenue:.2f})",
+        highlight=False,
+    )
