@@ -138,3 +138,19 @@ def test_train_data_parallel_needs_a_model_that_supports_it(store, tmp_path):
     assert res.exit_code == 2
     assert "does not train data-parallel" in res.output
     assert not (tmp_path / "m").exists()
+
+
+def test_recommend_explain_names_history_products_or_popularity(store, tmp_path):
+    model_dir = tmp_path / "ease"
+    res = runner.invoke(app, ["train", "--store", str(store), "--model", "ease", "--out", str(model_dir),
+                              "--params", '{"l2": 10}'])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["recommend", "--model-dir", str(model_dir), "--user", "C0", "--user", "nobody",
+                              "--k", "3", "--explain", "--json"])
+    assert res.exit_code == 0, res.output
+    known, unknown = json.loads(res.output)
+    assert all(r.startswith("because of Product ") for it in known["items"] for r in it["reasons"][:1])
+    assert all(it["because"] for it in known["items"])
+    assert all(it["reasons"][0].startswith("popular: bought by") for it in unknown["items"])
+    res = runner.invoke(app, ["recommend", "--model-dir", str(model_dir), "--user", "C0", "--k", "3", "--explain"])
+    assert res.exit_code == 0 and "because of" in res.output

@@ -500,10 +500,18 @@ def _train_job(job: dict[str, Any]) -> None:
         )
 
 
-def _title(info, item_id: str, model) -> str:
-    """A product's title for display (empty when unknown)."""
-    j = model.items.index([item_id], missing="negative")[0]
-    return f"({info.titles[j]})" if j >= 0 and info.titles[j] else ""
+def _reasons(model, user_id: str, top, known: bool) -> list:
+    """Reasons for one customer's list (``retailgan.explanations``, as the service gives them)."""
+    import numpy as np
+
+    from retailgan.explanations import explain_items
+
+    u = model.users.index([user_id], missing="negative")[0]
+    hist = model.seen[u].indices if u >= 0 else np.empty(0, dtype=np.int64)
+    titles = dict(zip(model.items.ids, model.item_info.titles, strict=True))
+    return explain_items(
+        model, model.name, model.popularity, top, hist, "model" if known else "popular", lambda pid: titles.get(pid)
+    )
 
 
 @app.command()
@@ -513,7 +521,7 @@ def recommend(
     k: int = typer.Option(10, "--k", min=1, max=1000),
     include_seen: bool = typer.Option(False, "--include-seen", help="Allow items the customer already has."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    explain: bool = typer.Option(False, "--explain", help="Show the history products behind each one (featgan)."),
+    explain: bool = typer.Option(False, "--explain", help="Show why: the history products behind each one."),
 ) -> None:
     """Top-k products for customers, with titles and prices."""
 
@@ -524,29 +532,30 @@ def recommend(
 
         mdl = load_model(model_dir)
         recs = mdl.recommend(user, k, exclude_seen=not include_seen)
-        if explain and not hasattr(mdl, "explain"):
-            raise ConfigError(f"--explain: a {mdl.name} model has no explanations (featgan has)")
         info = mdl.item_info
         out = []
         for r, uid in enumerate(recs.user_ids):
-            why = mdl.explain([i for i in recs.item_ids[r] if i is not None], user_id=uid) if explain else {}
+            valid = recs.item_idx[r] >= 0
+            reasons = _reasons(mdl, str(uid), recs.item_idx[r][valid], bool(recs.known[r])) if explain else []
             items = []
             for rank, (j, iid, score) in enumerate(
-                zip(recs.item_idx[r], recs.item_ids[r], recs.scores[r], strict=True), start=1
+                zip(recs.item_idx[r][valid], recs.item_ids[r][valid], recs.scores[r][valid], strict=True), start=1
             ):
-                if iid is None:
-                    continue
                 price = float(info.prices[j])
-                items.append(
-                    {
-                        "rank": rank,
-                        "item_id": iid,
-                        "title": info.titles[j],
-                        "price": None if price != price else price,
-                        "score": float(score),
-                        **({"because": [{"item_id": h, "similarity": v} for h, v in why[iid]]} if explain else {}),
-                    }
-                )
+                item = {
+                    "rank": rank,
+                    "item_id": iid,
+                    "title": info.titles[j],
+                    "price": None if price != price else price,
+                    "score": float(score),
+                }
+                if explain:
+                    why = reasons[rank - 1]
+                    item["reasons"] = [w.text for w in why]
+                    item["because"] = [
+                        {"item_id": w.product_id, "weight": w.contribution} for w in why if w.kind == "history_item"
+                    ]
+                items.append(item)
             out.append({"user_id": uid, "known": bool(recs.known[r]), "items": items})
         if json_out:
             typer.echo(json.dumps(out, indent=2))
@@ -554,13 +563,13 @@ def recommend(
         for entry in out:
             note = "" if entry["known"] else " (unknown customer: popular products)"
             table = Table(title=f"customer {entry['user_id']}{note}")
-            for col in ("rank", "item", "title", "price", "score", *(["because of"] if explain else [])):
+            for col in ("rank", "item", "title", "price", "score", *(["why"] if explain else [])):
                 table.add_column(col)
             for it in entry["items"]:
                 price = "" if it["price"] is None else f"{it['price']:.2f}"
                 row = [str(it["rank"]), it["item_id"], str(it["title"] or ""), price, f"{it['score']:.4f}"]
                 if explain:
-                    row.append("; ".join(f"{b['item_id']} {_title(info, b['item_id'], mdl)}" for b in it["because"]))
+                    row.append("; ".join(it["reasons"]))
                 table.add_row(*row)
             Console().print(table)
 

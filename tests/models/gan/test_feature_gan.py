@@ -208,10 +208,14 @@ def test_cli_recommend_explain(fitted, tmp_path):
     assert len(items) == 2 and all(1 <= len(it["because"]) <= 3 for it in items)
     assert {b["item_id"] for it in items for b in it["because"]} <= history
     res = runner.invoke(app, ["recommend", "--model-dir", str(path), "--user", u, "--k", "2", "--explain"])
-    assert res.exit_code == 0 and "because of" in res.output and "Product" in res.output
+    assert res.exit_code == 0 and "close to" in res.output and "Product" in res.output
+    # Item-item models explain by contributions: the history products that add most to the score.
     ease = EASE(l2=1.0).fit(ds).save(tmp_path / "ease")
-    res = runner.invoke(app, ["recommend", "--model-dir", str(ease), "--user", u, "--explain"])
-    assert res.exit_code == 2 and "no explanations" in res.output
+    res = runner.invoke(app, ["recommend", "--model-dir", str(ease), "--user", u, "--k", "2", "--explain", "--json"])
+    assert res.exit_code == 0, res.output
+    items = json.loads(res.output)[0]["items"]
+    assert all(it["reasons"] for it in items)
+    assert {b["item_id"] for it in items for b in it["because"]} <= history
 
 
 @pytest.mark.skipif(not faiss_available(), reason="faiss-cpu not installed (extra 'ann')")
