@@ -93,9 +93,9 @@ def free_port() -> int:
 
 
 def start_server(store: Path, model: Path, port: int) -> subprocess.Popen:
-    import httpx
 
     from retailgan.serving.security import hash_key
+    from retailgan.serving.server import wait_ready
 
     env = {**os.environ, "RETAILGAN_API_KEYS": f"bench:admin:{hash_key(KEY)}"}
     proc = subprocess.Popen(
@@ -103,18 +103,11 @@ def start_server(store: Path, model: Path, port: int) -> subprocess.Popen:
          "--port", str(port), "--rate-limit", "100000", "--rate-burst", "100000"],
         env=env,
     )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("server not ready in 120 s")
+    try:
+        wait_ready(proc, port, timeout_s=120, poll_s=0.2)
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
+    return proc
 
 
 # -- client (runs in its own process) -----------------------------------------------------------

@@ -9,13 +9,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 from typer.testing import CliRunner
 
 from retailgan.cli import app
+from retailgan.serving.server import wait_ready
 from tests.serving.conftest import ADMIN_KEY, USER_KEY
 
 
@@ -29,18 +29,12 @@ def start(model_dir, store, keys, port) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "retailgan.cli", "serve", "--model-dir", str(model_dir), "--store", str(store),
            "--keys", str(keys), "--port", str(port)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited: {proc.stdout.read().decode() if proc.stdout else ''}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("server did not become ready in 60 s")
+    try:
+        wait_ready(proc, port, timeout_s=60)
+    except RuntimeError as exc:
+        output = proc.stdout.read().decode() if proc.stdout and proc.poll() is not None else ""
+        raise AssertionError(f"{exc}: {output}") from None
+    return proc
 
 
 def test_event_survives_sigkill_right_after_2xx(built, tmp_path):

@@ -68,6 +68,13 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @staticmethod
+    def require(model: str, checks: Sequence[tuple[bool, str]]) -> None:
+        """Raise :class:`ConfigError` ("<model>: <message>") for the first failed (ok, message) check."""
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"{model}: {message}")
+
 
 ProgressFn = Callable[[int, dict[str, float]], None]
 

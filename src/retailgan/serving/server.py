@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from retailgan.errors import ConfigError
 from retailgan.serving.settings import Settings
@@ -49,3 +50,27 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000, work
         log.warning("serving WITHOUT API keys (--no-auth): anyone who can reach %s:%d can call every endpoint",
                     host, port)
     uvicorn.run(create_app(settings), host=host, port=port, workers=1, log_level="warning", access_log=False)
+
+
+def wait_ready(proc: Any, port: int, timeout_s: float, poll_s: float = 0.1) -> None:
+    """Wait until a server process started on ``port`` answers ``/readyz`` with 200.
+
+    Raises :class:`RuntimeError` if the process exits first or the timeout passes (the process is
+    killed then).
+    """
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(poll_s)
+    proc.kill()
+    raise RuntimeError(f"server not ready in {timeout_s:.0f} s")

@@ -56,7 +56,6 @@ from torch import nn
 
 from retailgan import distributed
 from retailgan.data.dataset import InteractionDataset
-from retailgan.errors import ConfigError
 from retailgan.models.base import IterativeRecommender, ModelConfig, TrainingOptions
 from retailgan.models.gan.state import load_module_arrays, module_arrays
 
@@ -128,9 +127,7 @@ class CFGANConfig(ModelConfig):
             # Without D, PM or ZR, G only ever sees purchased entries and learns "all ones".
             (self.adversarial or self.use_zr or self.use_pm, "adversarial=False needs use_zr or use_pm"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(f"cfgan: {message}")
+        self.require("cfgan", checks)
 
 
 def sample_unobserved(observed: torch.Tensor, ratio: float, generator: torch.Generator) -> torch.Tensor:

@@ -126,9 +126,7 @@ class FeatureGANConfig(ModelConfig):
             (self.epochs >= 1 and self.patience >= 1 and self.eval_every >= 1, "epochs, patience, eval_every >= 1"),
             (self.samples >= 1 and 0.0 <= self.diversity <= 1.0, "samples >= 1, diversity in [0, 1]"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(f"featgan: {message}")
+        self.require("featgan", checks)
 
     def feature_config(self) -> FeatureSpaceConfig:
         return FeatureSpaceConfig(

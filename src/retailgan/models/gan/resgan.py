@@ -96,9 +96,7 @@ class ResGANConfig(ModelConfig):
             (self.crossfit == 0 or self.crossfit >= 2, "crossfit must be 0 or >= 2"),
             (self.epochs >= 1 and self.patience >= 1 and self.eval_every >= 1, "epochs, patience, eval_every >= 1"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(f"resgan: {message}")
+        self.require("resgan", checks)
 
 
 def ease_weights(X: sp.csr_matrix, l2: float) -> np.ndarray:
