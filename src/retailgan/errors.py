@@ -50,6 +50,10 @@ class ConfigError(RetailganError):
     """An invalid option or configuration value."""
 
 
+class ImageError(RetailganError):
+    """A product image file is unreadable, too large, or names no catalogue product."""
+
+
 class ModelFileError(RetailganError):
     """A model directory is missing, incomplete, corrupt or of an unknown version."""
 

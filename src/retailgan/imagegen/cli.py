@@ -276,3 +276,63 @@ def personalize_cmd(
         )
 
     _run(go)
+
+
+def _category_map(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for p in pairs:
+        cat, sep, cls = p.partition("=")
+        if not sep or not cat.strip() or not cls.strip():
+            raise ConfigError(f"--map {p!r}: expected CATALOGUE_CATEGORY=MODEL_CLASS, e.g. --map 'SHOES=Sneaker'")
+        out[cat.strip()] = cls.strip()
+    return out
+
+
+@images_app.command("attach")
+def attach_cmd(
+    store: Path = typer.Option(..., "--store", help="The DuckDB store whose catalogue gets the photos."),
+    folder: Path = typer.Option(..., "--dir", help="Photos named <product id>.png|jpg|jpeg|webp|gif|bmp."),
+    replace: bool = typer.Option(False, "--replace", help="Replace existing images (photos or generated)."),
+) -> None:
+    """Store the retailer's product photos with the catalogue (unreadable or unknown files are reported)."""
+
+    def go() -> None:
+        from retailgan.data.images import image_counts, import_photos
+        from retailgan.data.store import Store
+
+        with Store.open(store, create=False) as s:
+            res = import_photos(s, folder, replace=replace)
+            counts = image_counts(s)
+        for path, why in res.skipped:
+            typer.echo(f"skipped {path}: {why}", err=True)
+        _echo_json({"stored": res.stored, "skipped": len(res.skipped), "catalogue": counts})
+
+    _run(go)
+
+
+@images_app.command("fill")
+def fill_cmd(
+    store: Path = typer.Option(..., "--store", help="The DuckDB store whose products without an image get one."),
+    model_dir: Path = typer.Option(..., "--model-dir", help="A trained image model (retailgan images train)."),
+    mapping: list[str] = typer.Option(
+        [], "--map", help="CATALOGUE_CATEGORY=MODEL_CLASS (repeatable); categories equal to a class match as they are."
+    ),
+    seed: int = typer.Option(0, "--seed"),
+    limit: int | None = typer.Option(None, "--limit", min=0, help="Generate at most this many images."),
+) -> None:
+    """Generate an image for every catalogue product without one, stored with it and flagged as generated."""
+
+    def go() -> None:
+        from retailgan.data.images import image_counts
+        from retailgan.data.store import Store
+        from retailgan.imagegen.catalogue import fill_catalogue
+        from retailgan.imagegen.model import ConditionalGAN
+
+        model = ConditionalGAN.load(model_dir)
+        with Store.open(store, create=False) as s:
+            rep = fill_catalogue(s, model, category_map=_category_map(mapping), seed=seed, limit=limit)
+            counts = image_counts(s)
+        _echo_json({"generated": rep.generated, "per_class": rep.per_class, "without_matching_class": rep.unmatched,
+                    "model_version": rep.model_version, "catalogue": counts})
+
+    _run(go)

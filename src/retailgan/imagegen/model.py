@@ -71,6 +71,9 @@ class GANConfig(ModelConfig):
     minibatch_std: bool = True
     """Append the batch's feature standard deviation to D's last block (Karras et al., ICLR 2018), so D
     can see a lack of variety."""
+    cond_bn: bool = False
+    """Class-conditional batch norm in G (per-class gain and bias after every batch norm, as in the projection
+    cGAN of Miyato & Koyama 2018), so the class steers every layer, not only G's input."""
     epochs: int = 20
     images_per_epoch: int = 15_000
     """Training images drawn per epoch (0: the whole set, shuffled); short epochs give a grid and a
@@ -88,6 +91,21 @@ def _stages(h: int, w: int) -> int:
     return k
 
 
+class CondBatchNorm(nn.Module):
+    """Batch norm without its own affine part, followed by a per-class gain (starting at 1) and bias (at 0)."""
+
+    def __init__(self, channels: int, n_classes: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels, affine=False)
+        self.gain = nn.Embedding(n_classes, channels)
+        self.bias = nn.Embedding(n_classes, channels)
+        nn.init.ones_(self.gain.weight)
+        nn.init.zeros_(self.bias.weight)
+
+    def forward(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.bn(h) * self.gain(y)[:, :, None, None] + self.bias(y)[:, :, None, None]
+
+
 class Generator(nn.Module):
     def __init__(self, cfg: GANConfig, n_classes: int, shape: tuple[int, int, int]) -> None:
         super().__init__()
@@ -98,6 +116,17 @@ class Generator(nn.Module):
         widths = [cfg.g_channels << (k - 1 - i) for i in range(k)]  # e.g. [128, 64] for 28x28
         self.embed = nn.Embedding(n_classes, cfg.embed_dim)
         self.fc = nn.Linear(cfg.z_dim + cfg.embed_dim, widths[0] * self.start[0] * self.start[1])
+        self.cond_bn = cfg.cond_bn
+        self.width0 = widths[0]
+        if cfg.cond_bn:
+            self.cbn = nn.ModuleList(
+                [CondBatchNorm(widths[0], n_classes)] + [CondBatchNorm(widths[i + 1], n_classes) for i in range(k - 1)]
+            )
+            outs = [*widths[1:], c]
+            self.convs = nn.ModuleList(
+                [nn.ConvTranspose2d(widths[i], outs[i], 4, 2, 1, bias=i == k - 1) for i in range(k)]
+            )
+            return
         self.bn0 = nn.BatchNorm2d(widths[0])
         ups: list[nn.Module] = []
         for i in range(k):
@@ -107,11 +136,14 @@ class Generator(nn.Module):
             if not last:
                 ups += [nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
         self.ups = nn.Sequential(*ups)
-        self.width0 = widths[0]
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        h = self.fc(torch.cat([z, self.embed(y)], dim=1))
-        h = F.relu(self.bn0(h.view(len(z), self.width0, *self.start)))
+        h = self.fc(torch.cat([z, self.embed(y)], dim=1)).view(len(z), self.width0, *self.start)
+        if self.cond_bn:
+            for bn, conv in zip(self.cbn, self.convs, strict=True):
+                h = conv(F.relu(bn(h, y)))
+            return torch.tanh(h)
+        h = F.relu(self.bn0(h))
         return torch.tanh(self.ups(h))
 
 
@@ -384,6 +416,7 @@ class ConditionalGAN:
             # Files written before these options existed were trained without them.
             config.setdefault("mode_seeking", 0.0)
             config.setdefault("minibatch_std", False)
+            config.setdefault("cond_bn", False)
             model = cls(
                 GANConfig.from_dict(config),
                 tuple(meta["classes"]),
