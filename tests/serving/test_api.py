@@ -17,9 +17,11 @@ U = {"X-API-Key": USER_KEY}
 A = {"X-API-Key": ADMIN_KEY}
 
 
-def make_client(built, tmp_path, model="ease", **settings):
-    store = tmp_path / "shop.duckdb"
-    shutil.copy(built["store"], store)
+def make_client(built, tmp_path, model="ease", store_override=None, **settings):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    store = store_override or tmp_path / "shop.duckdb"
+    if store_override is None:
+        shutil.copy(built["store"], store)
     model_dir = tmp_path / "model"
     shutil.copytree(built["models"][model], model_dir)
     s = Settings(model_dir=model_dir, store=store, keys_file=built["keys"], **settings)
@@ -123,7 +125,8 @@ def test_bad_requests_get_clear_422(client, body, fragment):
 def test_product_similar_and_404s(client):
     p = client.get("/v1/products/P003", headers=U).json()
     assert p == {"product_id": "P003", "title": "Product 0-3", "category": "dept0", "price": 5.5,
-                 "in_model": True, "customers": p["customers"], "image_url": None}
+                 "in_model": True, "customers": p["customers"], "image_url": None,
+                 "image_generated": None}
     sim = client.get("/v1/products/P003/similar", params={"k": 5}, headers=U).json()
     assert sim["method"] == "model" and len(sim["items"]) == 5
     assert all(it["product_id"].startswith("P0") and it["product_id"] != "P003" for it in sim["items"])
@@ -339,3 +342,49 @@ def test_not_ready_before_the_model_is_loaded_and_one_reload_at_a_time(built, tm
                 break
             time.sleep(0.05)
         assert c.get("/admin/models", headers=A).json()["reload_state"] == "succeeded"
+
+
+def test_product_images_photo_and_generated_labelled(built, tmp_path):
+    import io
+
+    from PIL import Image
+
+    from retailgan.data.images import ItemImage, encode_png, put_images
+    from retailgan.data.store import Store
+
+    store = tmp_path / "shop.duckdb"
+    shutil.copy(built["store"], store)
+    photo = Image.new("RGB", (40, 30), (10, 120, 200))
+    gen = np.full((1, 28, 28), 90, np.uint8)
+    with Store.open(store) as s:
+        put_images(s, [
+            ItemImage("P000", encode_png(photo)[0], False, 40, 30, source="P000.jpg"),
+            ItemImage("P001", encode_png(gen, {"synthetic": "true", "generator": "retailgan-cgan"})[0], True, 28, 28,
+                      source="retailgan-cgan", model_version="v1", seed=3),
+        ])
+    c, _ = make_client(built, tmp_path / "svc", store_override=store)
+    with c:
+        p0 = c.get("/v1/products/P000", headers=U).json()
+        p1 = c.get("/v1/products/P001", headers=U).json()
+        p2 = c.get("/v1/products/P002", headers=U).json()
+        assert (p0["image_url"], p0["image_generated"]) == ("/v1/products/P000/image", False)
+        assert (p1["image_url"], p1["image_generated"]) == ("/v1/products/P001/image", True)
+        assert p2["image_url"] is None and p2["image_generated"] is None
+        # Images need no key (img tags send none); a photo comes back as stored.
+        r = c.get("/v1/products/P000/image")
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        assert r.headers["x-image-generated"] == "false"
+        assert Image.open(io.BytesIO(r.content)).size == (40, 30)
+        # A generated image is enlarged and stamped with a visible red label; its provenance stays.
+        r = c.get("/v1/products/P001/image")
+        assert r.status_code == 200 and r.headers["x-image-generated"] == "true"
+        shown = Image.open(io.BytesIO(r.content))
+        assert shown.text["synthetic"] == "true" and shown.size[0] >= 112
+        bottom = np.asarray(shown.convert("RGB"))[-3:]
+        assert (bottom[..., 0] > 150).mean() > 0.5 and (bottom[..., 1] < 80).mean() > 0.3  # the red band
+        assert c.get("/v1/products/P002/image").status_code == 404
+        assert c.get("/v1/products/nope/image").status_code == 404
+        sim = c.get("/v1/products/P003/similar", params={"k": 14}, headers=U).json()["items"]
+        by_id = {it["product_id"]: it for it in sim}
+        assert by_id["P000"]["image_generated"] is False and by_id["P000"]["image_url"].endswith("/P000/image")
+        assert by_id["P001"]["image_generated"] is True and by_id["P002"]["image_url"] is None

@@ -78,7 +78,7 @@ def test_pick_customer_shows_recommendations_with_reasons(page):
     assert first.locator(".title").inner_text().startswith("1. Product 0-")
     assert first.locator("[data-testid=price]").inner_text().startswith("£")
     assert "because of Product 0-" in first.locator("[data-testid=reasons]").inner_text()
-    assert "generated placeholder" in first.inner_text()
+    assert first.locator("[data-testid=image-kind]").inner_text() == "no image: placeholder"
     assert first.locator("img").evaluate("i => i.complete && i.naturalWidth > 0")
     assert "strategy: model" in page.inner_text("[data-testid=status]")
     assert page.locator("[data-testid=history] li").count() > 0

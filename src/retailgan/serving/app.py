@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 from uuid import uuid4
 
 import anyio
@@ -40,6 +41,24 @@ from retailgan.serving.storage import NewEvent, ServiceStore
 log = logging.getLogger("retailgan.serving")
 STATIC = Path(__file__).resolve().parent / "static"
 ANONYMOUS = ApiKey("anonymous", "admin", "")
+IMAGE_CACHE = 1024
+"""Product images kept in memory, ready to send (first in, first out)."""
+
+
+def labelled_png(png: bytes) -> bytes:
+    """A generated image as shown to people: the visible "generated" label stamped on, provenance chunks kept."""
+    import io
+
+    from PIL import Image
+
+    from retailgan.data.images import encode_png
+    from retailgan.imagegen.provenance import label_generated
+
+    with Image.open(io.BytesIO(png)) as im:
+        im.load()
+        text = dict(getattr(im, "text", {}) or {})
+        out, _, _ = encode_png(label_generated(im), text)
+    return out
 
 
 class ServiceState:
@@ -51,6 +70,9 @@ class ServiceState:
         self.bundle: ModelBundle | None = None
         self.store: ServiceStore | None = None
         self.catalogue: dict[str, Product] = {}
+        self.images: dict[str, bool] = {}
+        """Products with an image in the store -> whether it was generated (the store is ours while we run)."""
+        self._image_cache: dict[str, bytes] = {}
         self.keys = KeyRing([])
         self.limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
         self.reload_state = "idle"
@@ -73,6 +95,7 @@ class ServiceState:
         self.store = ServiceStore(s.store)
         try:
             self.catalogue = self.store.catalogue()
+            self.images = self.store.image_flags()
             for customer, product, _ in self.store.api_events():
                 self.add_overlay(customer, product)
             self.set_bundle(ModelBundle.load(s.model_dir))
@@ -95,6 +118,23 @@ class ServiceState:
     def overlay(self, customer: str) -> list[str]:
         with self._overlay_lock:
             return sorted(self._overlay.get(customer, ()))
+
+    def image_png(self, product_id: str) -> bytes | None:
+        """The PNG shown for a product: the photo as stored, a generated image with its visible label stamped."""
+        png = self._image_cache.get(product_id)
+        if png is not None or product_id not in self.images:
+            return png
+        assert self.store is not None
+        im = self.store.image(product_id)
+        if im is None:
+            return None
+        png = im.png
+        if im.generated:
+            png = labelled_png(png)
+        if len(self._image_cache) >= IMAGE_CACHE:
+            self._image_cache.pop(next(iter(self._image_cache)))
+        self._image_cache[product_id] = png
+        return png
 
     def current(self) -> ModelBundle:
         b = self.bundle
@@ -332,6 +372,19 @@ def create_app(settings: Settings) -> FastAPI:
             raise HTTPException(404, f"unknown product id {product_id!r}")
         return _product_out(state, b, product_id)
 
+    # No key: <img> tags cannot send one, and product images are what a shop shows anyone.
+    @app.get("/v1/products/{product_id}/image", tags=["products"], response_class=Response,
+             responses={200: {"content": {"image/png": {}}}, 404: {"description": "no image for this product"}})
+    def product_image(product_id: Annotated[str, PathParam(max_length=64)]) -> Response:
+        """The product's image as PNG. Generated images carry a visible "generated" label and the header
+        ``X-Image-Generated: true`` (their PNG text chunks say ``synthetic: true``); photos come as stored."""
+        png = state.image_png(product_id)
+        if png is None:
+            raise HTTPException(404, f"no image for product id {product_id!r}")
+        generated = state.images.get(product_id, False)
+        return Response(png, media_type="image/png", headers={
+            "X-Image-Generated": "true" if generated else "false", "Cache-Control": "public, max-age=3600"})
+
     @app.get("/v1/products/{product_id}/similar", response_model=S.SimilarResponse, tags=["products"],
              responses={404: {"description": "unknown product"}})
     async def similar(
@@ -465,6 +518,13 @@ def _price(x: float) -> float | None:
     return None if x != x else float(x)
 
 
+def _image(state: ServiceState, product_id: str) -> dict[str, Any]:
+    generated = state.images.get(product_id)
+    if generated is None:
+        return {}
+    return {"image_url": f"/v1/products/{quote(product_id, safe='')}/image", "image_generated": generated}
+
+
 def _product_out(state: ServiceState, b: ModelBundle, product_id: str) -> S.ProductOut:
     j = int(b.item_index([product_id])[0])
     p = state.catalogue.get(product_id)
@@ -476,10 +536,11 @@ def _product_out(state: ServiceState, b: ModelBundle, product_id: str) -> S.Prod
             price=p.price if p and p.price is not None else _price(float(b.prices[j])),
             in_model=True,
             customers=int(b.popularity[j]),
+            **_image(state, product_id),
         )
     assert p is not None
     return S.ProductOut(product_id=product_id, title=p.title, category=p.category, price=p.price,
-                        in_model=False, customers=None)
+                        in_model=False, customers=None, **_image(state, product_id))
 
 
 def _rec_item(state: ServiceState, b: ModelBundle, rank: int, j: int, score: float) -> S.RecommendedProduct:
@@ -491,6 +552,7 @@ def _rec_item(state: ServiceState, b: ModelBundle, rank: int, j: int, score: flo
         category=b.categories[j] or None,
         price=_price(float(b.prices[j])),
         score=score,
+        **_image(state, pid),
     )
 
 

@@ -68,7 +68,10 @@ class RecommendedProduct(Strict):
     category: str | None
     price: float | None
     score: float
-    image_url: str | None = Field(default=None, description="Product photo, when the catalogue has one.")
+    image_url: str | None = Field(default=None, description="The product image (GET, no key needed), if any.")
+    image_generated: bool | None = Field(
+        default=None, description="true: the image was generated (served with a visible label); false: a photo."
+    )
     reasons: list[Reason] | None = None
 
 
@@ -89,7 +92,10 @@ class ProductOut(Strict):
     price: float | None
     in_model: bool
     customers: int | None = Field(description="Customers who bought it in the model's training data.")
-    image_url: str | None = Field(default=None, description="Product photo, when the catalogue has one.")
+    image_url: str | None = Field(default=None, description="The product image (GET, no key needed), if any.")
+    image_generated: bool | None = Field(
+        default=None, description="true: the image was generated (served with a visible label); false: a photo."
+    )
 
 
 class ProductList(Strict):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from retailgan.data.images import ItemImage, get_image
 from retailgan.data.store import Store, fetch1
 from retailgan.serving.engine import Product
 
@@ -56,6 +57,17 @@ class ServiceStore:
         return {
             str(i): Product(str(i), t, c, None if p is None or p != p else float(p)) for i, t, c, p in rows
         }
+
+    def image_flags(self) -> dict[str, bool]:
+        """``product -> generated`` for catalogue products that have an image."""
+        from retailgan.data.images import image_flags
+
+        with self._lock:
+            return image_flags(self.store)
+
+    def image(self, product_id: str) -> ItemImage | None:
+        with self._lock:
+            return get_image(self.store, product_id)
 
     def api_events(self) -> list[tuple[str, str, str]]:
         """(customer, product, event type) of every event written by the service."""

@@ -85,7 +85,9 @@ function renderResults(data, title) {
     const img = el("img", { alt: item.title || item.product_id });
     img.src = item.image_url || placeholder(item.product_id, item.title);
     const body = el("div", { class: "body" });
-    body.append(el("div", { class: "label" }, item.image_url ? "photo" : "no photo: generated placeholder"));
+    // Generated images are labelled twice: stamped on the picture by the server, and here in words.
+    const kind = !item.image_url ? "no image: placeholder" : item.image_generated ? "generated image" : "photo";
+    body.append(el("div", { class: item.image_generated ? "label generated" : "label", "data-testid": "image-kind" }, kind));
     body.append(el("div", { class: "title" }, `${item.rank}. ${item.title || item.product_id}`));
     const meta = el("div", { class: "meta" });
     meta.append(el("span", { "data-testid": "price" }, money(item.price)));
