@@ -66,7 +66,7 @@ def test_no_table_means_no_images(shop_store: Path) -> None:
         assert get_images(s, ["P000"]) == {}
         assert image_flags(s) == {}
         assert image_counts(s) == {"photos": 0, "generated": 0, "without_image": 8}
-        assert [i for i, _ in items_without_image(s)][:2] == ["P000", "P001"]
+        assert items_without_image(s)[:2] == [("P000", "bag", "Product 0-0"), ("P001", "bag", "Product 0-1")]
 
 
 def test_put_and_get_round_trip_and_keep_existing(shop_store: Path) -> None:
@@ -138,6 +138,19 @@ def test_fill_generates_flagged_images_with_provenance(shop_store: Path, tiny_mo
         fill_catalogue(s, tiny_model, seed=4)
         b = np.asarray(Image.open(io.BytesIO(get_image(s, "P000").png)))
     assert np.array_equal(a, b)
+
+
+def test_fill_by_title_word_when_no_category_matches(shop_store: Path, tiny_model) -> None:
+    tiny_model.version = tiny_model.version or "retailgan-cgan-test"
+    with Store.open(shop_store) as s:
+        s.con.execute("UPDATE items SET category = NULL")
+        s.con.execute("UPDATE items SET title = 'JUMBO BAG RED' WHERE item_id = 'P000'")
+        s.con.execute("UPDATE items SET title = 'BAGUETTE TIN' WHERE item_id = 'P001'")  # not the word 'bag'
+        rep = fill_catalogue(s, tiny_model, title_map={"bag": "shoe"})
+        assert rep.generated == 1 and rep.per_class == {"shoe": 1} and rep.unmatched == {"": 7}
+        assert get_image(s, "P000").generated and get_image(s, "P001") is None
+        with pytest.raises(ConfigError, match="title map"):
+            fill_catalogue(s, tiny_model, title_map={"bag": "Sandal"})
 
 
 def test_fill_rejects_a_map_to_an_unknown_class(shop_store: Path, tiny_model) -> None:

@@ -158,14 +158,11 @@ def image_flags(store: Store, item_ids: Sequence[str] | None = None) -> dict[str
     return {str(i): bool(g) for i, g in rows}
 
 
-def items_without_image(store: Store) -> list[tuple[str, str | None]]:
-    """``(item_id, category)`` of catalogue products without an image, by item id."""
-    if not _has_table(store):
-        return [(str(i), c) for i, c in store.con.execute(
-            "SELECT item_id, category FROM items ORDER BY item_id").fetchall()]
-    return [(str(i), c) for i, c in store.con.execute(
-        f"SELECT item_id, category FROM items WHERE item_id NOT IN (SELECT item_id FROM {TABLE}) "
-        "ORDER BY item_id").fetchall()]
+def items_without_image(store: Store) -> list[tuple[str, str | None, str | None]]:
+    """``(item_id, category, title)`` of catalogue products without an image, by item id."""
+    where = f"WHERE item_id NOT IN (SELECT item_id FROM {TABLE}) " if _has_table(store) else ""
+    return [(str(i), c, t) for i, c, t in store.con.execute(
+        f"SELECT item_id, category, title FROM items {where}ORDER BY item_id").fetchall()]
 
 
 def image_counts(store: Store) -> dict[str, int]:

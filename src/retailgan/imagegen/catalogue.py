@@ -1,9 +1,11 @@
 """Generated images for catalogue products that have no photo, stored with the product and flagged.
 
 A product gets an image when its catalogue category is one of the image model's classes (compared
-case-insensitively) or is mapped to one by ``category_map`` (e.g. ``{"SHOES": "Sneaker"}``). Products
-whose category matches no class are left without an image and counted per category, so a retailer
-sees which categories the model cannot draw. Each image's noise comes from a seed derived from the
+case-insensitively) or is mapped to one by ``category_map`` (e.g. ``{"SHOES": "Sneaker"}``), or else
+when its title contains a word of ``title_map`` (e.g. ``{"BAG": "Bag"}``: whole words, case-insensitive,
+the first matching entry wins) - for catalogues without categories, such as UCI Online Retail. Products
+that match nothing are left without an image and counted per category, so a retailer sees which
+products the model cannot draw. Each image's noise comes from a seed derived from the
 product id and the run's seed, so the same product always gets the same image from the same model
 (and a rerun adds images only for products that still lack one).
 """
@@ -11,6 +13,7 @@ product id and the run's seed, so the same product always gets the same image fr
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -57,11 +60,25 @@ def class_lookup(model: ConditionalGAN, category_map: Mapping[str, str] | None) 
     return lookup
 
 
+def _title_rules(model: ConditionalGAN, title_map: Mapping[str, str] | None) -> list[tuple[re.Pattern[str], int]]:
+    classes = {c.lower(): i for i, c in enumerate(model.classes)}
+    rules = []
+    for word, cls in (title_map or {}).items():
+        if cls.lower() not in classes:
+            raise ConfigError(
+                f"title map: {word!r} -> {cls!r}, but the image model has no class {cls!r} "
+                f"(classes: {', '.join(model.classes)})"
+            )
+        rules.append((re.compile(rf"\b{re.escape(word.strip())}\b", re.IGNORECASE), classes[cls.lower()]))
+    return rules
+
+
 def fill_catalogue(
     store: Store,
     model: ConditionalGAN,
     *,
     category_map: Mapping[str, str] | None = None,
+    title_map: Mapping[str, str] | None = None,
     seed: int = 0,
     limit: int | None = None,
     batch_size: int = 256,
@@ -74,10 +91,13 @@ def fill_catalogue(
     if not model.version:
         raise ConfigError("the image model has no version; load it from a saved model directory")
     lookup = class_lookup(model, category_map)
+    rules = _title_rules(model, title_map)
     todo: list[tuple[str, int]] = []
     unmatched: Counter[str] = Counter()
-    for item, category in items_without_image(store):
+    for item, category, title in items_without_image(store):
         cls = lookup.get((category or "").strip().lower())
+        if cls is None and title:
+            cls = next((c for pattern, c in rules if pattern.search(title)), None)
         if cls is None:
             unmatched[category or ""] += 1
         else:

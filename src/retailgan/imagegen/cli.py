@@ -278,12 +278,12 @@ def personalize_cmd(
     _run(go)
 
 
-def _category_map(pairs: list[str]) -> dict[str, str]:
+def _category_map(pairs: list[str], option: str = "--map", left: str = "CATALOGUE_CATEGORY") -> dict[str, str]:
     out: dict[str, str] = {}
     for p in pairs:
         cat, sep, cls = p.partition("=")
         if not sep or not cat.strip() or not cls.strip():
-            raise ConfigError(f"--map {p!r}: expected CATALOGUE_CATEGORY=MODEL_CLASS, e.g. --map 'SHOES=Sneaker'")
+            raise ConfigError(f"{option} {p!r}: expected {left}=MODEL_CLASS, e.g. {option} 'SHOES=Sneaker'")
         out[cat.strip()] = cls.strip()
     return out
 
@@ -317,6 +317,9 @@ def fill_cmd(
     mapping: list[str] = typer.Option(
         [], "--map", help="CATALOGUE_CATEGORY=MODEL_CLASS (repeatable); categories equal to a class match as they are."
     ),
+    title_words: list[str] = typer.Option(
+        [], "--title-word", help="WORD=MODEL_CLASS (repeatable): titles with the word, where no category matches."
+    ),
     seed: int = typer.Option(0, "--seed"),
     limit: int | None = typer.Option(None, "--limit", min=0, help="Generate at most this many images."),
 ) -> None:
@@ -330,7 +333,8 @@ def fill_cmd(
 
         model = ConditionalGAN.load(model_dir)
         with Store.open(store, create=False) as s:
-            rep = fill_catalogue(s, model, category_map=_category_map(mapping), seed=seed, limit=limit)
+            rep = fill_catalogue(s, model, category_map=_category_map(mapping),
+                                 title_map=_category_map(title_words, "--title-word", "WORD"), seed=seed, limit=limit)
             counts = image_counts(s)
         _echo_json({"generated": rep.generated, "per_class": rep.per_class, "without_matching_class": rep.unmatched,
                     "model_version": rep.model_version, "catalogue": counts})
