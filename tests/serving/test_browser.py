@@ -26,6 +26,23 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+def add_images(store: Path) -> None:
+    """Block 1's products get images: P100 a photo, the others generated (block 0 keeps placeholders)."""
+    from PIL import Image
+
+    from retailgan.data.images import ItemImage, encode_png, put_images
+    from retailgan.data.store import Store
+
+    images = [ItemImage("P100", encode_png(Image.new("RGB", (60, 60), (20, 140, 60)))[0], False, 60, 60, "P100.png")]
+    for j in range(1, 15):
+        px = np.full((1, 28, 28), 40 + 10 * j, np.uint8)
+        px[0, 8:20, 8:20] = 230
+        png = encode_png(px, {"synthetic": "true", "generator": "retailgan-cgan"})[0]
+        images.append(ItemImage(f"P1{j:02d}", png, True, 28, 28, "retailgan-cgan", "v-test", j))
+    with Store.open(store) as s:
+        put_images(s, images)
+
+
 @pytest.fixture(scope="module")
 def server(built, tmp_path_factory):
     import uvicorn
@@ -33,6 +50,7 @@ def server(built, tmp_path_factory):
     root = tmp_path_factory.mktemp("browser")
     store = root / "shop.duckdb"
     shutil.copy(built["store"], store)
+    add_images(store)
     app = create_app(Settings(model_dir=built["models"]["ease"], store=store, keys_file=built["keys"]))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -109,6 +127,33 @@ def test_error_is_shown_not_swallowed(page):
     page.wait_for_selector("[data-testid=status].error")
     assert "unknown categor" in page.inner_text("[data-testid=status]")
     page.fill("#category", "")
+
+
+def test_generated_images_are_labelled_on_the_page(page):
+    page.select_option("#customer-select", "C1")
+    page.wait_for_function("document.querySelector('[data-testid=status]').textContent.includes('strategy: model')")
+    cards = page.locator("[data-testid=rec]")
+    assert cards.count() >= 3
+    kinds = {}
+    for i in range(cards.count()):
+        card = cards.nth(i)
+        pid = card.get_attribute("data-product")
+        kind = card.locator("[data-testid=image-kind]").inner_text()
+        kinds[pid] = kind
+        img = card.locator("img")
+        assert img.evaluate("i => i.complete && i.naturalWidth > 0")
+        if kind == "generated image":
+            assert img.get_attribute("src") == f"/v1/products/{pid}/image"
+            assert "generated" in (card.locator("[data-testid=image-kind]").get_attribute("class") or "")
+            # The server stamps the label on the picture itself: enlarged to >= 112 px.
+            assert img.evaluate("i => i.naturalWidth") >= 112
+    def expected(pid: str) -> str:
+        if not pid.startswith("P1") or pid == "P199":
+            return "no image: placeholder"
+        return "photo" if pid == "P100" else "generated image"
+
+    assert kinds == {pid: expected(pid) for pid in kinds}
+    assert "generated image" in kinds.values()
 
 
 def test_screenshot_shows_rendered_recommendations(page, tmp_path):
