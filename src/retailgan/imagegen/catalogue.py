@@ -24,6 +24,7 @@ import torch
 from retailgan.data.images import ItemImage, encode_png, items_without_image, put_images
 from retailgan.data.store import Store
 from retailgan.errors import ConfigError
+from retailgan.imagegen import DEFAULT_TRUNCATION
 from retailgan.imagegen.data import to_uint8
 from retailgan.imagegen.model import ConditionalGAN
 from retailgan.imagegen.provenance import provenance
@@ -82,6 +83,7 @@ def fill_catalogue(
     seed: int = 0,
     limit: int | None = None,
     batch_size: int = 256,
+    truncation: float = DEFAULT_TRUNCATION,
 ) -> FillReport:
     """Generate and store an image for every catalogue product without one whose category the model can draw.
 
@@ -109,10 +111,11 @@ def fill_catalogue(
     for start in range(0, len(todo), batch_size):
         part = todo[start : start + batch_size]
         seeds = [item_seed(item, seed) for item, _ in part]
-        z = torch.stack([model.noise(1, s)[0] for s in seeds])
+        z = truncation * torch.stack([model.noise(1, s)[0] for s in seeds])
         pixels = to_uint8(model.generate(np.array([c for _, c in part]), z=z))
         for (item, cls), s, px in zip(part, seeds, pixels, strict=True):
-            meta = provenance(model.meta()["generator"], model.version, s, category=model.classes[cls], product_id=item)
+            meta = provenance(model.meta()["generator"], model.version, s, category=model.classes[cls],
+                              product_id=item, truncation=truncation)
             png, w, h = encode_png(px, meta)
             images.append(
                 ItemImage(item, png, True, w, h, source=meta["generator"], model_version=model.version, seed=s)

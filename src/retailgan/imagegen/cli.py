@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from retailgan.errors import ConfigError
+from retailgan.imagegen import DEFAULT_TRUNCATION
 
 images_app = typer.Typer(
     add_completion=False,
@@ -121,6 +122,9 @@ def generate_cmd(
     seed: int = typer.Option(0, "--seed"),
     spread: float = typer.Option(0.5, "--spread", help="--like: noise added around the inverted latents."),
     labelled: bool = typer.Option(False, "--labelled", help="Also write a display copy with a visible label."),
+    truncation: float = typer.Option(
+        DEFAULT_TRUNCATION, "--truncation", min=0.0, help="Scale of the noise (< 1: more fidelity, less variety)."
+    ),
 ) -> None:
     """Generate product images of a category, optionally close to given images (latent inversion)."""
 
@@ -140,7 +144,8 @@ def generate_cmd(
             extra["like"] = ";".join(sources)
             report["inversion_mse"] = [round(float(e), 5) for e in err]
         else:
-            images = generate_images(model, label, n, seed)
+            images = generate_images(model, label, n, seed, truncation)
+            extra["truncation"] = truncation
         files = []
         slug = model.classes[label].lower().replace("/", "-").replace(" ", "-")
         for i, im in enumerate(images):
@@ -166,7 +171,9 @@ def evaluate_cmd(
     seed: int = typer.Option(0, "--seed"),
     gan_train_n: int | None = typer.Option(None, "--gan-train-n", help="Generated images for GAN-train."),
     threads: int = typer.Option(1, "--threads", min=1),
-    truncation: float = typer.Option(1.0, "--truncation", min=0.0, help="Scale of the noise (< 1: more fidelity)."),
+    truncation: float = typer.Option(
+        DEFAULT_TRUNCATION, "--truncation", min=0.0, help="Scale of the noise (< 1: more fidelity, less variety)."
+    ),
 ) -> None:
     """Quality metrics (FD, KID, precision/recall, GAN-test/-train, copy check) beside real and noise rows."""
 
@@ -322,6 +329,9 @@ def fill_cmd(
     ),
     seed: int = typer.Option(0, "--seed"),
     limit: int | None = typer.Option(None, "--limit", min=0, help="Generate at most this many images."),
+    truncation: float = typer.Option(
+        DEFAULT_TRUNCATION, "--truncation", min=0.0, help="Scale of the noise (< 1: more fidelity, less variety)."
+    ),
 ) -> None:
     """Generate an image for every catalogue product without one, stored with it and flagged as generated."""
 
@@ -334,7 +344,8 @@ def fill_cmd(
         model = ConditionalGAN.load(model_dir)
         with Store.open(store, create=False) as s:
             rep = fill_catalogue(s, model, category_map=_category_map(mapping),
-                                 title_map=_category_map(title_words, "--title-word", "WORD"), seed=seed, limit=limit)
+                                 title_map=_category_map(title_words, "--title-word", "WORD"), seed=seed, limit=limit,
+                                 truncation=truncation)
             counts = image_counts(s)
         _echo_json({"generated": rep.generated, "per_class": rep.per_class, "without_matching_class": rep.unmatched,
                     "model_version": rep.model_version, "catalogue": counts})

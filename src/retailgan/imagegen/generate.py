@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from retailgan.errors import ConfigError
+from retailgan.imagegen import DEFAULT_TRUNCATION
 from retailgan.imagegen.data import ImageSet, load_images, to_model_range, to_uint8
 from retailgan.imagegen.model import ConditionalGAN, GANConfig
 from retailgan.imagegen.provenance import image_grid, provenance, save_png
@@ -102,9 +103,11 @@ def train_gan(
 # -- generation ---------------------------------------------------------------------------------
 
 
-def generate_images(model: ConditionalGAN, label: int, n: int, seed: int) -> np.ndarray:
-    """``n`` uint8 images of class ``label`` from noise seeded by ``seed``."""
-    return to_uint8(model.generate(np.full(n, label), seed=seed))
+def generate_images(
+    model: ConditionalGAN, label: int, n: int, seed: int, truncation: float = DEFAULT_TRUNCATION
+) -> np.ndarray:
+    """``n`` uint8 images of class ``label`` from noise seeded by ``seed``, scaled by ``truncation``."""
+    return to_uint8(model.generate(np.full(n, label), z=truncation * model.noise(n, seed)))
 
 
 def invert(

@@ -46,7 +46,7 @@ GENERATOR_NAME = "retailgan-cgan"
 
 @dataclass(frozen=True)
 class GANConfig(ModelConfig):
-    """Hyperparameters of the conditional GAN; the defaults are run C of docs/benchmarks-images.md (28x28, one CPU
+    """Hyperparameters of the conditional GAN; the defaults are run D of docs/benchmarks-images.md (28x28, one CPU
     thread)."""
 
     z_dim: int = 64
@@ -71,7 +71,7 @@ class GANConfig(ModelConfig):
     minibatch_std: bool = True
     """Append the batch's feature standard deviation to D's last block (Karras et al., ICLR 2018), so D
     can see a lack of variety."""
-    cond_bn: bool = False
+    cond_bn: bool = True
     """Class-conditional batch norm in G (per-class gain and bias after every batch norm, as in the projection
     cGAN of Miyato & Koyama 2018), so the class steers every layer, not only G's input."""
     epochs: int = 20
