@@ -9,9 +9,10 @@ Parts (``--parts``, comma-separated):
   NDCG@10, then refitted on the whole training part for the chosen number of epochs, and
   evaluated once on test (full ranking, training items excluded), as ``retailgan compare`` does,
   on all customers with test purchases and on those with a training history.
-* ``slates``: every featgan variant, ``recommend(samples=S, diversity=lam)`` for every evaluated
-  customer: NDCG@10, intra-list diversity@10 (cosine distance over the products' training
-  buyers, as ``compare`` reports it, and over the text block of the feature space) and coverage.
+* ``slates``: every featgan variant, ``recommend(samples=S, diversity=lam, merge=m)`` for every
+  evaluated customer (``m``: ``"max"`` or ``"calibrated"``): NDCG@10, intra-list diversity@10
+  (cosine distance over the products' training buyers, as ``compare`` reports it, and over the
+  text block of the feature space) and coverage.
 * ``speed``: median wall time of ``recommend`` for one customer (exact search), S = 1 and S = 5,
   on the first variant.
 * ``cold``: a cold-start split. 20 % of the products (seeded) are declared new: all their pairs
@@ -22,9 +23,21 @@ Parts (``--parts``, comma-separated):
   evaluated customer's own purchases left out (uses test-period data: an optimistic reference no
   deployed system has on day one), and popularity among the new products in the first test week
   ("trending"), evaluated on the purchases after that week (every model is scored there too).
-  Only customers with a training history are evaluated.
+  Only customers with a training history are evaluated. Hybrids: featgan's cosine blended with
+  the same first-week sales (:func:`retailgan.models.gan.feature_gan.blend_item_prior`, weight
+  ``cold_prior``), either plain counts or counts weighted by the buyers' similarity to the
+  customer (:func:`~retailgan.models.gan.feature_gan.buyer_weighted_counts`, ``prior_kernel``).
+  ``(cold_prior, prior_kernel)`` are chosen on a grid without the evaluated purchases, on two
+  validation designs inside the first week: "time" (sales of the first ``--prior-days`` days,
+  scaled to a week; targets: the new-product purchases of the rest of the week) and "own" (the
+  whole week's sales with the customer's own purchases left out; targets: the customer's
+  new-product purchases of that week). Each design's best plain and best buyer-weighted setting
+  is then applied with the whole first week's sales and evaluated after week one. Paired tests
+  (per-customer NDCG@10: bootstrap CI, t-test, Wilcoxon) compare each hybrid with trending
+  popularity and with featgan alone.
 
 Usage: python benchmarks/featgan_retail.py [--store out/retail.duckdb] [--parts main,slates,speed,cold]
+       [--variants "featgan;label: {\"mode_seeking\": 1.0}"] [--prior-days 4]
        [--json docs/results/featgan-online-retail.json]
 """
 
@@ -47,14 +60,17 @@ from retailgan.data.dataset import InteractionDataset, load_dataset
 from retailgan.data.splits import Split, split
 from retailgan.evaluation.metrics import coverage, intra_list_diversity, rank_metrics
 from retailgan.evaluation.protocols import evaluate
+from retailgan.evaluation.stats import paired_comparison
 from retailgan.experiments import item_features_for_diversity
 from retailgan.models.base import TrainingOptions
-from retailgan.models.gan.feature_gan import FeatureGAN
+from retailgan.models.gan.feature_gan import FeatureGAN, blend_item_prior, buyer_weighted_counts
 from retailgan.models.registry import get_model_class
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINES = REPO / "docs" / "results" / "online-retail-temporal.json"
 KS = (10, 20)
+PRIOR_WEIGHTS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+PRIOR_KERNELS = (0.0, 0.05, 0.1, 0.2, 0.5)
 
 
 def ensure_store(store: Path) -> Path:
@@ -88,6 +104,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+def variant_params(label: str) -> dict[str, Any]:
+    """A named variant, or ``"label: {json parameters}"`` for an ad-hoc one."""
+    if label in VARIANTS:
+        return VARIANTS[label]
+    name, sep, spec = label.partition(":")
+    if not sep:
+        raise SystemExit(f"unknown variant {label!r}: one of {list(VARIANTS)} or 'label: {{json}}'")
+    return json.loads(spec)
+
+
 def part_main(s: Split, out: dict[str, Any], params: dict[str, Any], variants: list[str]) -> dict[str, FeatureGAN]:
     """Every model evaluated twice: on all customers with test purchases (what ``compare``
     reports; customers without a training history get each model's empty-history ranking), and
@@ -111,9 +137,19 @@ def part_main(s: Split, out: dict[str, Any], params: dict[str, Any], variants: l
         record(name, model, {"params": tuned.get(name, {}), "fit_s": model.fit_seconds})
     models = {}
     for label in variants:
-        m, info = fit_featgan(s, {**params, **VARIANTS[label]})
-        record(label, m, {"params": {**params, **VARIANTS[label]}, **info})
+        m, info = fit_featgan(s, {**params, **variant_params(label)})
+        record(label, m, {"params": {**params, **variant_params(label)}, **info})
         models[label] = m
+    return models
+
+
+def fit_variants(s: Split, out: dict[str, Any], params: dict[str, Any], variants: list[str]) -> dict[str, FeatureGAN]:
+    """The featgan variants alone (no baselines, no test evaluation): for ``slates`` without ``main``."""
+    models = {}
+    for label in variants:
+        models[label], info = fit_featgan(s, {**params, **variant_params(label)})
+        out.setdefault("fits", {})[label] = {"params": {**params, **variant_params(label)}, **info}
+        print(label, info, flush=True)
     return models
 
 
@@ -126,15 +162,22 @@ def part_slates(s: Split, model: FeatureGAN, out: dict[str, Any], label: str) ->
     buyers = item_features_for_diversity(s.train)
     text = model.X[:, model.space.block_slices()["text"]]
     rows = []
-    for samples, diversity in ((1, 0.0), (5, 0.0), (10, 0.0), (1, 0.1), (5, 0.1), (5, 0.2), (1, 0.2)):
+    settings = [(1, 0.0), (5, 0.0), (10, 0.0), (1, 0.1), (5, 0.1), (5, 0.2), (1, 0.2)]
+    settings = [(s_, d, "max") for s_, d in settings] + [
+        (5, 0.0, "calibrated"),
+        (10, 0.0, "calibrated"),
+        (5, 0.1, "calibrated"),
+    ]
+    for samples, diversity, merge in settings:
         t = time.perf_counter()
-        recs = model.recommend(ids, k=10, samples=samples, diversity=diversity)
+        recs = model.recommend(ids, k=10, samples=samples, diversity=diversity, merge=merge)
         top = recs.item_idx
         m = rank_metrics(top, rel[users], (10,))
         rows.append(
             {
                 "samples": samples,
                 "diversity": diversity,
+                "merge": merge,
                 "ndcg@10": round(float(m["ndcg@10"].mean()), 4),
                 "recall@10": round(float(m["recall@10"].mean()), 4),
                 "ild@10 (buyers)": round(float(np.nanmean(intra_list_diversity(top, buyers, 10))), 4),
@@ -144,7 +187,18 @@ def part_slates(s: Split, model: FeatureGAN, out: dict[str, Any], label: str) ->
             }
         )
         print(label, rows[-1], flush=True)
-    out.setdefault("slates", {})[label] = {"users": len(users), "rows": rows}
+    # How far the noise moves the generated vectors: cosine between the noise-mean vector and 4
+    # draws, and each vector's best cosine to a product (S = 5, as recommend draws them).
+    indptr, items = model._user_rows(users)
+    G = model.generate_vectors(indptr, items, samples=5)
+    best = (G @ model.item_vectors.T).max(axis=2)
+    spread = {
+        "cos(mean vector, draw)": round(float(np.einsum("nd,nsd->ns", G[:, 0], G[:, 1:]).mean()), 4),
+        "best product cosine, mean vector": round(float(best[:, 0].mean()), 4),
+        "best product cosine, draws": round(float(best[:, 1:].mean()), 4),
+    }
+    print(label, spread, flush=True)
+    out.setdefault("slates", {})[label] = {"users": len(users), "noise": spread, "rows": rows}
 
 
 def part_speed(s: Split, model: FeatureGAN, out: dict[str, Any], n: int = 300) -> None:
@@ -179,7 +233,14 @@ def cold_split(ds: InteractionDataset, s: Split, fraction: float = 0.2, seed: in
     return Split("cold", seed, warm(s.train), test, warm(s.train_inner), warm(s.validation)), new
 
 
-def part_cold(ds: InteractionDataset, s: Split, out: dict[str, Any], params: dict[str, Any]) -> None:
+def best_prior(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The best validation NDCG@10; ties go to the smaller weight and kernel."""
+    return max(rows, key=lambda r: (r["ndcg@10"], -r["cold_prior"], -r["prior_kernel"]))
+
+
+def part_cold(
+    ds: InteractionDataset, s: Split, out: dict[str, Any], params: dict[str, Any], prior_days: float = 4.0
+) -> None:
     cs, new = cold_split(ds, s)
     train, test = cs.train.matrix(), cs.test.matrix()
     with_history = np.flatnonzero(np.diff(train.indptr) > 0)
@@ -192,10 +253,88 @@ def part_cold(ds: InteractionDataset, s: Split, out: dict[str, Any], params: dic
     early = cs.test.subset(cs.test.timestamp < week_end).matrix()
     late = cs.test.subset(cs.test.timestamp >= week_end).matrix()
 
-    def restricted(score):
-        return lambda u: np.asarray(score(u), np.float32) + mask
-
     model, info = fit_featgan(cs, params)
+    temperature = model.config.temperature
+    # featgan's generated vectors for every customer with a training history (the evaluated
+    # customers and the early buyers), and the cosines of the evaluated ones, computed once.
+    indptr, items = model._user_rows(with_history)
+    G = np.zeros((ds.n_users, model.config.emb_dim), np.float32)
+    G[with_history] = model.generate_vectors(indptr, items)[:, 0]
+    cos = G[with_history] @ model.item_vectors.T
+    row_of = np.full(ds.n_users, -1, np.int64)
+    row_of[with_history] = np.arange(len(with_history))
+    has_history = np.diff(train.indptr) > 0
+
+    def featgan_scores(u: np.ndarray) -> np.ndarray:
+        return cos[row_of[u]] + mask
+
+    def hybrid(sales: sp.csr_matrix, weight: float, kernel: float, scale: float = 1.0, leave_own_out: bool = False):
+        """featgan + (buyer-weighted) sales prior; ``sales``: customers x products (binary)."""
+        buyers = np.flatnonzero(np.diff(sales.indptr) > 0)
+        sales_b = sales[buyers]
+
+        def fn(u: np.ndarray) -> np.ndarray:
+            counts = buyer_weighted_counts(G[u], G[buyers], has_history[buyers], sales_b, kernel)
+            if leave_own_out:  # a customer's own purchase weighs exp(0) = 1 for them
+                counts = np.maximum(counts - sales[u].toarray(), 0.0)
+            return blend_item_prior(cos[row_of[u]], scale * counts, weight, temperature) + mask
+
+        return fn
+
+    # The prior's weights are chosen without the evaluated purchases (after week one), on two
+    # validation designs inside the first week:
+    # * "time": sales over its first prior_days days (scaled to a week); targets: the new-product
+    #   purchases of the rest of the week (few customers);
+    # * "own": sales over the whole week with each customer's own purchases left out; targets:
+    #   the customer's new-product purchases in that week (every week-one buyer).
+    val_cut = int(cs.test.timestamp.min()) + int(prior_days * 86400)
+    prior_part = cs.test.subset(cs.test.timestamp < val_cut).matrix()
+    val_part = cs.test.subset((cs.test.timestamp >= val_cut) & (cs.test.timestamp < week_end)).matrix()
+    designs = {
+        "time": (prior_part, val_part, train + prior_part, 7.0 / prior_days, False),
+        "own": (early, early, train, 1.0, True),
+    }
+    validation: dict[str, Any] = {}
+    chosen: dict[tuple[float, float], list[str]] = {}
+    for design, (sales, targets, seen, scale, loo) in designs.items():
+
+        def val_ndcg(fn, seen=seen, targets=targets) -> tuple[float, Any]:
+            res_v = evaluate(None, seen, targets, ks=KS, scores_fn=fn, users=with_history, prefetch=False)
+            return round(float(res_v.summary()["ndcg@10"]), 4), res_v
+
+        grid = []
+        for kernel in PRIOR_KERNELS:
+            for w in PRIOR_WEIGHTS:
+                nd, res_v = val_ndcg(hybrid(sales, w, kernel, scale, loo))
+                grid.append({"prior_kernel": kernel, "cold_prior": w, "ndcg@10": nd})
+                print("validation", design, grid[-1], flush=True)
+        counts = np.asarray(sales.sum(axis=0)).ravel()
+        if loo:
+            pop_fn = lambda u, c=counts, m=sales: (c[None, :] - m[u].toarray()) + mask  # noqa: E731
+        else:
+            pop_fn = lambda u, c=counts: np.broadcast_to(c + mask, (len(u), ds.n_items))  # noqa: E731
+        plain, personal = best_prior([r for r in grid if r["prior_kernel"] == 0]), best_prior(grid)
+        for r in (plain, personal):
+            chosen.setdefault((r["cold_prior"], r["prior_kernel"]), []).append(design)
+        validation[design] = {
+            "validation_pairs": int(targets.nnz),
+            "validation_users": int(res_v.n_users),
+            "popularity_ndcg@10": val_ndcg(pop_fn)[0],
+            "featgan_ndcg@10": val_ndcg(featgan_scores)[0],
+            "grid": grid,
+            "chosen_plain": plain,
+            "chosen_buyer_weighted": personal,
+        }
+    validation["time"]["prior_days"] = prior_days
+    # The model's own API gives the same scores as the benchmark's blend.
+    (w0, k0) = max(chosen, key=lambda wk: wk[1])
+    probe_users = with_history[:50]
+    e_users, e_items = early.nonzero()
+    model.set_item_sales(ds.users.decode(e_users), ds.items.decode(e_items), w0, k0)
+    np.testing.assert_allclose(
+        model.score_users(probe_users) + mask, hybrid(early, w0, k0)(probe_users), rtol=1e-4, atol=1e-4
+    )
+    model.clear_item_prior()
     # content-kNN on the same text vectors (fitted on the warm products only, as featgan's).
     text = model.X[:, model.space.block_slices()["text"]]
     text = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
@@ -217,24 +356,44 @@ def part_cold(ds: InteractionDataset, s: Split, out: dict[str, Any], params: dic
     def first_week_popularity(u: np.ndarray) -> np.ndarray:
         return np.broadcast_to(early_counts + mask, (len(u), ds.n_items))
 
+    hybrids = {}
+    for (w, kernel), which in sorted(chosen.items(), key=lambda kv: kv[0][::-1]):
+        kind = "first-week sales prior" if kernel == 0 else "buyer-weighted first-week sales"
+        label = f"featgan + {kind} (cold_prior = {w:g}, prior_kernel = {kernel:g}; chosen on {'+'.join(which)})"
+        hybrids[label] = hybrid(early, w, kernel)
     scorers = {
-        "featgan": restricted(model.score_users),
+        "featgan": featgan_scores,
         "content-kNN (text)": content_knn,
         "popularity among new products, test period (own purchases left out; oracle)": test_popularity,
         "popularity among new products, first test week (trending)": first_week_popularity,
+        **hybrids,
     }
+    per_user: dict[str, np.ndarray] = {}
     rows = []
     for label, fn in scorers.items():
         row: dict[str, Any] = {"model": label}
-        if "first test week" not in label:
+        if "first test week" not in label and "first-week" not in label:  # no week-one data
             res = evaluate(None, train, test, ks=KS, scores_fn=fn, users=with_history, prefetch=False)
             row["metrics"] = summary(res)
         # After week one, what the customer bought in week one is known and excluded.
         res_late = evaluate(None, train + early, late, ks=KS, scores_fn=fn, users=with_history, prefetch=False)
         row["metrics_after_week1"] = summary(res_late)
+        per_user[label] = res_late.per_user["ndcg@10"]
         rows.append(row)
         print(label, row.get("metrics", {}).get("ndcg@10"), row["metrics_after_week1"]["ndcg@10"], flush=True)
     rows[0].update(info)
+    tests = {}
+    trending = "popularity among new products, first test week (trending)"
+    for a, b in [(h, trending) for h in hybrids] + [(h, "featgan") for h in hybrids]:
+        pc = paired_comparison(per_user[a], per_user[b])
+        tests[f"{a} - {b}"] = {
+            "mean_diff_ndcg@10": round(pc.mean_diff, 4),
+            "ci95": [round(pc.ci_low, 4), round(pc.ci_high, 4)],
+            "p_ttest": float(f"{pc.p_ttest:.3g}"),
+            "p_wilcoxon": float(f"{pc.p_wilcoxon:.3g}"),
+            "n": pc.n,
+        }
+        print(a, "-", b, tests[f"{a} - {b}"], flush=True)
     out["cold"] = {
         "new_products": int(new.sum()),
         "test_pairs": int(test.nnz),
@@ -242,16 +401,25 @@ def part_cold(ds: InteractionDataset, s: Split, out: dict[str, Any], params: dic
         "users_evaluated": int(res.n_users),
         "users_evaluated_after_week1": int(res_late.n_users),
         "rows": rows,
+        "prior_weight_validation": validation,
+        "paired_tests_after_week1": tests,
     }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--store", type=Path, default=REPO / "out" / "retail.duckdb")
-    ap.add_argument("--parts", default="main,slates,speed,cold", help="slates and speed need main")
+    ap.add_argument(
+        "--parts", default="main,slates,speed,cold", help="slates and speed without main fit the variants only"
+    )
     ap.add_argument("--params", default="{}", help="featgan parameters (JSON)")
-    ap.add_argument("--variants", default=";".join(VARIANTS), help="featgan variants, ';'-separated")
+    ap.add_argument(
+        "--variants",
+        default=";".join(VARIANTS),
+        help="featgan variants, ';'-separated: names of VARIANTS or 'label: {json parameters}'",
+    )
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--prior-days", type=float, default=4.0, help="cold: days of the first week that give the prior")
     args = ap.parse_args()
     torch.set_num_threads(1)
     params = {"epochs": 30, "patience": 3, **json.loads(args.params)}
@@ -264,15 +432,19 @@ def main() -> None:
         "featgan_params": params,
     }
     t = time.perf_counter()
-    if "main" in parts:
-        models = part_main(s, out, params, args.variants.split(";"))
+    if "main" in parts or "slates" in parts or "speed" in parts:
+        variants = args.variants.split(";")
+        if "main" in parts:
+            models = part_main(s, out, params, variants)
+        else:
+            models = fit_variants(s, out, params, variants)
         for label, model in models.items():
             if "slates" in parts:
                 part_slates(s, model, out, label)
         if "speed" in parts:
             part_speed(s, next(iter(models.values())), out)
     if "cold" in parts:
-        part_cold(ds, s, out, params)
+        part_cold(ds, s, out, params, args.prior_days)
     out["total_s"] = round(time.perf_counter() - t, 1)
     text = json.dumps(out, indent=2)
     print(text)

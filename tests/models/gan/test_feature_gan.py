@@ -10,7 +10,7 @@ from retailgan.data.dataset import InteractionDataset
 from retailgan.errors import ConfigError, UnknownIdError
 from retailgan.index import faiss_available
 from retailgan.models.base import TrainingOptions
-from retailgan.models.gan.feature_gan import FeatureGAN, _mmr
+from retailgan.models.gan.feature_gan import FeatureGAN, _mmr, blend_item_prior, buyer_weighted_counts
 from retailgan.persistence import load_model
 from tests.conftest import oracle_dataset
 from tests.models.test_contract import FAST_CONFIGS
@@ -228,3 +228,156 @@ def test_faiss_index_gives_the_exact_lists_on_a_small_catalogue(fitted, tmp_path
         np.testing.assert_array_equal(
             ann.recommend(users, k=3, **kw).item_ids, model.recommend(users, k=3, **kw).item_ids
         )
+
+
+def test_blend_item_prior_is_a_product_of_experts():
+    cos = np.array([[0.5, 0.4, 0.1]], np.float32)
+    counts = np.array([0.0, 3.0, 0.0])
+    np.testing.assert_array_equal(blend_item_prior(cos, counts, 0.0, 0.1), cos)
+    got = blend_item_prior(cos, counts, 2.0, 0.1)
+    np.testing.assert_allclose(got, [[0.5, 0.4 + 0.2 * np.log(4.0), 0.1]], rtol=1e-6)
+    assert got.dtype == np.float32
+    # exp(score / T) = exp(cos / T) * (1 + c) ** w
+    np.testing.assert_allclose(np.exp(got[0] / 0.1), np.exp(cos[0] / 0.1) * (1 + counts) ** 2.0, rtol=1e-4)
+    for bad in ({"counts": np.array([0.0, -1.0, 0.0])}, {"counts": np.zeros(2)}, {"weight": -1.0}):
+        kw = {"counts": counts, "weight": 1.0, **bad}
+        with pytest.raises(ConfigError):
+            blend_item_prior(cos, kw["counts"], kw["weight"], 0.1)
+
+
+def test_sales_prior_reranks_new_products_as_documented():
+    ds, answer = oracle_dataset()
+    model = FeatureGAN(**FAST).fit(ds, TrainingOptions(seed=0))
+    model.add_products(["new0", "new1"], ["Product 0-9", "Product 1-9"], ["cat0", "cat1"], [2.0, None])
+    u0 = next(u for u in answer if u.startswith("u0_"))
+    new = ["new0", "new1"]
+    assert model.recommend([u0], k=2, candidates=new).item_ids[0].tolist() == ["new0", "new1"]
+    u = model.users.index([u0])
+    before = model.score_users(u)
+    # A weak prior keeps featgan's order; a strong one lets the best seller win.
+    model.set_item_prior(["new1"], [50.0], weight=0.01)
+    assert model.recommend([u0], k=2, candidates=new).item_ids[0].tolist() == ["new0", "new1"]
+    model.set_item_prior(["new1"], [50.0], weight=20.0)
+    after = model.score_users(u)
+    t = model.config.temperature
+    expected = before.copy()
+    expected[0, model.items.index(["new1"])[0]] += 20.0 * t * np.log(51.0)
+    np.testing.assert_allclose(after, expected, rtol=1e-5)
+    assert model.recommend([u0], k=2, candidates=new).item_ids[0].tolist() == ["new1", "new0"]
+    # The slate path (index search, no candidate list) sees the boosted product too.
+    assert model.recommend([u0], k=1, samples=3, diversity=0.1).item_ids[0, 0] == "new1"
+    assert model.recommend_histories([["i0_0", "i0_1"]], k=1).item_ids[0, 0] == "new1"
+    # The config's cold_prior is the default weight; 0 switches the prior off.
+    model.set_item_prior(["new1"], [50.0])
+    np.testing.assert_allclose(model.score_users(u), before)
+    model.set_item_prior(["new1"], [50.0], weight=20.0)
+    model.clear_item_prior()
+    np.testing.assert_allclose(model.score_users(u), before)
+    # Products added later get no sales; bad inputs are refused.
+    model.set_item_prior(["new1"], [5.0], weight=1.0)
+    model.add_products(["new2"], ["Product 1-8"])
+    assert model.score_users(u).shape == (1, model.n_items)
+    with pytest.raises(UnknownIdError):
+        model.set_item_prior(["nope"], [1.0])
+    with pytest.raises(ConfigError):
+        model.set_item_prior(["new0", "new1"], [1.0])
+    with pytest.raises(ConfigError):
+        model.set_item_prior(["new0"], [-1.0])
+    with pytest.raises(ConfigError, match="cold_prior"):
+        FeatureGAN(**{**FAST, "cold_prior": -1.0}).fit(ds)
+
+
+def _sample_spread(model, users) -> float:
+    """Mean distance between a customer's generated vectors (the mean and 3 noise draws)."""
+    indptr, items = model._user_rows(model.users.index(users))
+    g = model.generate_vectors(indptr, items, samples=4)
+    return float(np.mean([np.linalg.norm(g[:, a] - g[:, b], axis=1).mean() for a in range(4) for b in range(a)]))
+
+
+def test_mode_seeking_makes_the_noise_matter_and_stays_seeded():
+    ds, answer = oracle_dataset()
+    users = list(answer)
+    plain = FeatureGAN(**FAST).fit(ds, TrainingOptions(seed=0))
+    ms = FeatureGAN(**FAST, mode_seeking=1.0).fit(ds, TrainingOptions(seed=0))
+    assert "loss_ms" in ms.history[-1] and "loss_ms" not in plain.history[-1]
+    assert _sample_spread(ms, users) > 2 * _sample_spread(plain, users)
+    # Different noise, different vectors; the same seed, the same model and slates.
+    indptr, items = ms._user_rows(ms.users.index(users[:3]))
+    g = ms.generate_vectors(indptr, items, samples=3)
+    assert np.all(np.linalg.norm(g[:, 1] - g[:, 2], axis=1) > 1e-3)
+    again = FeatureGAN(**FAST, mode_seeking=1.0).fit(ds, TrainingOptions(seed=0))
+    np.testing.assert_array_equal(again.generate_vectors(indptr, items, samples=3), g)
+    np.testing.assert_array_equal(
+        again.recommend(users, k=4, samples=3).item_ids, ms.recommend(users, k=4, samples=3).item_ids
+    )
+    mix = FeatureGAN(**{**FAST, "mode_seeking": 1.0, "train_samples": 3, "epochs": 2}).fit(ds, TrainingOptions(seed=0))
+    assert "loss_ms" in mix.history[-1]
+    with pytest.raises(ConfigError, match="mode_seeking"):
+        FeatureGAN(**{**FAST, "mode_seeking": 1.0, "noise_dim": 0}).fit(ds)
+
+
+def test_buyer_weighted_counts():
+    g_users = np.array([[1.0, 0.0]])
+    g_buyers = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    known = np.array([True, True, False])
+    sales = sp.csr_matrix(np.array([[1, 0], [1, 1], [0, 2]]))
+    np.testing.assert_allclose(buyer_weighted_counts(g_users, g_buyers, known, sales, 0.0), [[2.0, 2.0]])
+    w_far = np.exp(-1 / 0.5)
+    mean_w = (1.0 + w_far) / 2  # the unknown buyer weighs as an average known one
+    np.testing.assert_allclose(
+        buyer_weighted_counts(g_users, g_buyers, known, sales, 0.5), [[1.0 + w_far, w_far + mean_w]]
+    )
+
+
+def test_buyer_weighted_sales_prefer_what_similar_customers_bought():
+    ds, answer = oracle_dataset()
+    model = FeatureGAN(**FAST).fit(ds, TrainingOptions(seed=0))
+    model.add_products(["new0", "new1"], ["Product 0-9", "Product 1-9"], ["cat0", "cat1"], [2.0, None])
+    u0 = [u for u in answer if u.startswith("u0_")]
+    u1 = [u for u in answer if u.startswith("u1_")]
+    # new1 sold to five customers of group 1 and a stranger, new0 to two customers of group 0.
+    customers, products = [*u1[:5], "stranger", *u0[:2]], ["new1"] * 6 + ["new0"] * 2
+    new = ["new0", "new1"]
+    model.set_item_sales(customers, products, weight=20.0, kernel=0.0)  # plain counts: 6 vs 2
+    assert model.recommend(u0[5:8], k=1, candidates=new).item_ids[:, 0].tolist() == ["new1"] * 3
+    model.set_item_sales(customers, products, weight=20.0, kernel=0.05)  # similar buyers count
+    assert model.recommend(u0[5:8], k=1, candidates=new).item_ids[:, 0].tolist() == ["new0"] * 3
+    assert model.recommend(u1[5:8], k=1, candidates=new).item_ids[:, 0].tolist() == ["new1"] * 3
+    # The slate path agrees, and set_item_prior / clear_item_prior replace the sales prior.
+    assert model.recommend(u0[5:6], k=1, samples=3, diversity=0.1).item_ids[0, 0] == "new0"
+    model.set_item_prior(["new1"], [6.0], weight=20.0)
+    assert model.recommend(u0[5:6], k=1, candidates=new).item_ids[0, 0] == "new1"
+    model.clear_item_prior()
+    assert model._prior_sales is None and model._prior_counts is None
+    with pytest.raises(ConfigError, match="customers"):
+        model.set_item_sales(["a"], ["new0", "new1"])
+    with pytest.raises(ConfigError, match="prior_kernel"):
+        model.set_item_sales(["a"], ["new0"], kernel=-1.0)
+
+
+def test_calibrated_merge_gives_every_generated_vector_its_favourite():
+    ds, answer = oracle_dataset()
+    model = FeatureGAN(**{**FAST, "mode_seeking": 1.0}).fit(ds, TrainingOptions(seed=0))
+    users = list(answer)[:8]
+    rows = model.users.index(users)
+    indptr, items = model._user_rows(rows)
+    G = model.generate_vectors(indptr, items, samples=3)
+    E = model.item_vectors
+    recs = model.recommend(users, k=3, samples=3, merge="calibrated")
+    for r, u in enumerate(rows):
+        sims = G[r] @ E.T
+        sims[:, model.seen[u].indices] = -np.inf
+        favourites = set(np.argmax(sims, axis=1).tolist())
+        assert favourites <= set(recs.item_idx[r].tolist())
+        assert np.all(recs.scores[r] <= 1e-6)
+    # One vector: the same list as the plain ranking; the config default and bad names.
+    np.testing.assert_array_equal(
+        model.recommend(users, k=3, samples=1, diversity=0.0, merge="calibrated").item_ids,
+        model.recommend(users, k=3).item_ids,
+    )
+    cal = FeatureGAN(**{**FAST, "mode_seeking": 1.0, "slate_merge": "calibrated"}).fit(ds, TrainingOptions(seed=0))
+    np.testing.assert_array_equal(cal.recommend(users, k=3, samples=3).item_ids, recs.item_ids)
+    with pytest.raises(ConfigError, match="merge"):
+        model.recommend(users, k=3, samples=3, merge="mean")
+    with pytest.raises(ConfigError, match="slate_merge"):
+        FeatureGAN(**{**FAST, "slate_merge": "mean"}).fit(ds)

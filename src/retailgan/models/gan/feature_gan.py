@@ -29,13 +29,42 @@ Inference: the noise's mean (``z = 0``) gives one deterministic vector per custo
 cosine similarities to every product. ``recommend(..., samples=S, diversity=lam)`` draws the mean
 plus ``S - 1`` noise samples (seeded by ``sample_seed``), retrieves each one's nearest products
 through the index (exact or faiss, ``index``), and merges them greedily (maximal marginal
-relevance): relevance is the best similarity to any generated vector, and each pick is penalised by
-``lam`` times its largest similarity to the products already picked. New customers:
-:meth:`FeatureGAN.recommend_histories` takes lists of product ids; an empty history (or only
+relevance): relevance is the best similarity to any generated vector (``slate_merge="max"``), or
+that similarity minus the vector's own best over the candidates (``"calibrated"``: every
+vector's favourite product scores 0, so vectors far from every product still contribute), and
+each pick is penalised by ``lam`` times its largest similarity to the products already picked.
+New customers: :meth:`FeatureGAN.recommend_histories` takes lists of product ids; an empty history (or only
 unknown ids) falls back to the popularity ranking (distinct training customers per product),
 flagged ``known=False``, as for unknown customers. New products: :meth:`FeatureGAN.add_products`.
 Explanations: :meth:`FeatureGAN.explain` lists, per recommended product, the history products
 nearest to it in the retrieval space.
+
+**Noise that matters** (``mode_seeking``): with the auxiliary loss alone every noise draw is
+pulled towards the same next product, so the generator learns to ignore ``z`` and ``S`` samples
+repeat one vector. ``mode_seeking = w > 0`` adds the mode-seeking regulariser of Mao et al.
+(CVPR 2019): for two noise draws per example, ``w / (ratio + 1e-5)`` with
+``ratio = mean|G(h, z1) - G(h, z2)| / mean|z1 - z2|`` (means over the batch and coordinates), so
+G is rewarded for mapping different noise to different product vectors. On Online Retail the
+draws then land away from every product, so only the calibrated merge lets them into a slate
+(docs/benchmarks-featgan.md, section 3).
+
+**Early-sales prior for new products** (:meth:`FeatureGAN.set_item_prior`, weight
+``cold_prior``): a product launched after training has no interactions, only its catalogue
+record, and featgan places it by its features. Once it has sold for a while, its sales count
+``c_i`` is known at recommendation time. The blend (:func:`blend_item_prior`) is a product of
+experts: featgan's softmax ``p(i | h) ~ exp(cos(g, e_i) / temperature)`` times the prior
+``(1 + c_i) ** cold_prior``, i.e. the score ``cos + cold_prior * temperature * log(1 + c_i)``
+(in cosine units). ``cold_prior = 0`` is featgan alone; a large weight ranks by sales, with
+featgan breaking ties. Products without a given count get ``c = 0``.
+:meth:`FeatureGAN.set_item_sales` personalises the count: given the early sales as (customer,
+product) pairs, ``c_i(u) = sum over the buyers v of i of exp((cos(g_u, g_v) - 1) / prior_kernel)``
+(:func:`buyer_weighted_counts`), where ``g`` is featgan's generated vector of a customer's
+training history: a buyer who resembles the customer counts fully, a dissimilar one little
+(``prior_kernel = 0``: every buyer counts 1, plain sales). The weights are meant to be chosen on
+held-out purchases (benchmarks/featgan_retail.py, part ``cold``, picks them inside the sales
+window; on Online Retail the chosen blends are level with ranking the new products by their
+sales, not better: docs/benchmarks-featgan.md, section 2). The prior is runtime state, not saved
+with the model.
 """
 
 from __future__ import annotations
@@ -58,6 +87,7 @@ from retailgan.index.topk import ExactIndex, TopKIndex, make_index
 from retailgan.models.base import IterativeRecommender, ModelConfig, Recommendations, TrainingOptions
 
 LOSSES = ("hinge", "bce")
+MERGES = ("max", "calibrated")
 INDEXES = ("exact", "hnsw", "ivf")
 SCORE_BATCH = 1024
 
@@ -95,6 +125,14 @@ class FeatureGANConfig(ModelConfig):
     the true next product under the mixture of the K vectors' softmaxes (the noise's mean plus
     K - 1 draws), which rewards vectors that cover different interests."""
     cold_dropout: float = 0.2
+    mode_seeking: float = 0.0
+    """Weight of the mode-seeking regulariser (module docstring); 0: off. Needs noise_dim > 0."""
+    cold_prior: float = 0.0
+    """Exponent of the sales prior ``(1 + c_i) ** cold_prior`` set by :meth:`FeatureGAN.set_item_prior`
+    (module docstring); 0: the prior is ignored."""
+    prior_kernel: float = 0.0
+    """Temperature of the buyer-similarity kernel of :meth:`FeatureGAN.set_item_sales`; 0: every
+    buyer counts 1 (plain sales counts)."""
     lr_g: float = 1e-3
     lr_d: float = 4e-3
     d_steps: int = 1
@@ -107,6 +145,10 @@ class FeatureGANConfig(ModelConfig):
     """Default number of generated vectors merged by ``recommend``."""
     diversity: float = 0.0
     """Default MMR diversity weight of the merge (0: plain relevance)."""
+    slate_merge: str = "max"
+    """Default relevance of a product in a slate of S vectors: ``"max"``, its best cosine to any
+    of them; ``"calibrated"``, its best cosine minus that vector's best cosine over the
+    candidates, so that every vector's favourite product scores 0 (ties: by the best cosine)."""
     sample_seed: int = 0
     index: str = "exact"
 
@@ -114,12 +156,18 @@ class FeatureGANConfig(ModelConfig):
         checks = [
             (self.loss in LOSSES, f"loss must be one of {LOSSES}"),
             (self.index in INDEXES, f"index must be one of {INDEXES}"),
+            (self.slate_merge in MERGES, f"slate_merge must be one of {MERGES}"),
             (min(self.emb_dim, self.hidden, self.recent, self.min_history, self.batch_size) >= 1, "sizes >= 1"),
             (self.noise_dim >= 0 and self.noise_scale >= 0, "noise_dim, noise_scale >= 0"),
             (self.adv_weight >= 0 and self.aux_weight >= 0, "adv_weight, aux_weight >= 0"),
             (self.aux_weight > 0 or self.adversarial, "aux_weight=0 needs adversarial=True"),
             (self.temperature > 0 and self.max_negatives >= 1, "temperature > 0, max_negatives >= 1"),
             (0.0 <= self.cold_dropout <= 1.0, "cold_dropout in [0, 1]"),
+            (
+                min(self.mode_seeking, self.cold_prior, self.prior_kernel) >= 0,
+                "mode_seeking, cold_prior, prior_kernel >= 0",
+            ),
+            (self.mode_seeking == 0 or self.noise_dim > 0, "mode_seeking > 0 needs noise_dim > 0"),
             (self.lr_g > 0 and self.lr_d > 0 and self.weight_decay >= 0, "lr > 0, weight_decay >= 0"),
             (self.d_steps >= 1 and self.train_samples >= 1, "d_steps, train_samples >= 1"),
             (self.train_samples == 1 or self.noise_dim > 0, "train_samples > 1 needs noise_dim > 0"),
@@ -215,6 +263,58 @@ def _discriminator(hidden: int, emb_dim: int, generator: torch.Generator) -> nn.
     return net
 
 
+def _mode_seeking_loss(g1: torch.Tensor, g2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    """Mode-seeking term of Mao et al. (CVPR 2019): ``1 / (ratio + 1e-5)`` with
+    ``ratio = mean|g1 - g2| / mean|z1 - z2|``; minimising it spreads the outputs of different noise."""
+    ratio = (g1 - g2).abs().mean() / (z1 - z2).abs().mean().clamp_min(1e-8)
+    return 1.0 / (ratio + 1e-5)
+
+
+def blend_item_prior(scores: np.ndarray, counts: np.ndarray, weight: float, temperature: float) -> np.ndarray:
+    """featgan scores (cosines, products on the last axis) blended with a sales prior.
+
+    Product of experts: ``exp(cos / temperature) * (1 + counts) ** weight``, returned in cosine
+    units, ``scores + weight * temperature * log(1 + counts)``. ``counts`` are per product
+    (same last axis; e.g. sales since launch); ``weight = 0`` returns the scores unchanged, and
+    ``weight = inf`` is not allowed (rank by ``counts`` directly instead)."""
+    counts = np.asarray(counts, np.float64)
+    if not np.isfinite(weight) or weight < 0:
+        raise ConfigError(f"prior weight must be finite and >= 0, got {weight}")
+    if counts.shape[-1:] != np.shape(scores)[-1:] or np.any(counts < 0) or not np.all(np.isfinite(counts)):
+        raise ConfigError("counts must be finite, >= 0 and have one entry per product")
+    if weight == 0:
+        return scores
+    return (scores + (weight * temperature) * np.log1p(counts)).astype(np.asarray(scores).dtype, copy=False)
+
+
+def buyer_weighted_counts(
+    g_users: np.ndarray,
+    g_buyers: np.ndarray,
+    buyer_known: np.ndarray,
+    sales: sp.csr_matrix,
+    kernel: float,
+) -> np.ndarray:
+    """``(n_users, n_items)`` sales counts weighted by buyer similarity (see the module docstring).
+
+    ``g_users`` ``(n, d)`` and ``g_buyers`` ``(m, d)``: unit generated vectors; ``sales``: ``(m,
+    n_items)`` buyers x products (non-zero: bought). Buyer ``v`` weighs ``exp((cos(g_u, g_v) - 1) /
+    kernel)`` for customer ``u``; buyers without a vector (``buyer_known`` False, e.g. customers
+    first seen after training) weigh the mean weight of the known buyers for that customer (1 if
+    none is known). ``kernel = 0``: every buyer weighs 1."""
+    sales = sp.csr_matrix(sales, dtype=np.float64)
+    sales.data[:] = 1.0
+    if kernel < 0:
+        raise ConfigError(f"prior_kernel must be >= 0, got {kernel}")
+    if kernel == 0:
+        return np.broadcast_to(np.asarray(sales.sum(axis=0)).ravel(), (len(g_users), sales.shape[1])).copy()
+    w = np.ones((len(g_users), len(g_buyers)))
+    if buyer_known.any():
+        wk = np.exp((g_users.astype(np.float64) @ g_buyers[buyer_known].T.astype(np.float64) - 1.0) / kernel)
+        w[:, buyer_known] = wk
+        w[:, ~buyer_known] = wk.mean(axis=1, keepdims=True)
+    return np.asarray(sales.T.dot(w.T).T)
+
+
 def _init(module: nn.Module, generator: torch.Generator) -> None:
     for layer in module.modules():
         if isinstance(layer, nn.Linear):
@@ -262,6 +362,7 @@ class FeatureGAN(IterativeRecommender):
     def init_training(self, dataset: InteractionDataset, options: TrainingOptions) -> None:
         cfg = self._cfg
         cfg.validate()
+        self.clear_item_prior()
         init_gen = torch.Generator().manual_seed(options.seed)
         self._gen = torch.Generator().manual_seed(options.seed + 1)
         self._rng = np.random.default_rng(options.seed)
@@ -343,7 +444,7 @@ class FeatureGAN(IterativeRecommender):
             if cfg.cold_dropout > 0 and len(self._warm):
                 id_mask[torch.from_numpy(self._warm[pick])] = 0.0
         targets_all = torch.from_numpy(self._hist_items[self._ex_pos])
-        logged: dict[str, list[float]] = {"loss_aux": [], "loss_g_adv": [], "loss_d": []}
+        logged: dict[str, list[float]] = {"loss_aux": [], "loss_g_adv": [], "loss_d": [], "loss_ms": []}
         self.nets.train()
         for idx in torch.randperm(len(self._ex_pos), generator=self._gen).split(cfg.batch_size):
             i = idx.numpy()
@@ -376,6 +477,13 @@ class FeatureGAN(IterativeRecommender):
                 h = hk
                 labels = labels.repeat_interleave(K)
             logged["loss_aux"].append(float(loss.detach()))
+            if cfg.mode_seeking > 0:
+                h0 = h[:: cfg.train_samples] if cfg.train_samples > 1 else h
+                z1, z2 = self._noise(len(h0)), self._noise(len(h0))
+                assert z1 is not None and z2 is not None
+                loss_ms = _mode_seeking_loss(self.nets.generate(h0, z1), self.nets.generate(h0, z2), z1, z2)
+                logged["loss_ms"].append(float(loss_ms.detach()))
+                loss = loss + cfg.mode_seeking * loss_ms
             if self.D is not None:
                 real = E[labels].detach()
                 hd = h.detach()
@@ -489,7 +597,7 @@ class FeatureGAN(IterativeRecommender):
 
     def _scores_for(self, indptr: np.ndarray, items: np.ndarray) -> np.ndarray:
         g = self.generate_vectors(indptr, items)[:, 0]
-        scores = g @ self.item_vectors.T
+        scores = self._with_prior(g @ self.item_vectors.T, g)
         empty = np.diff(indptr) == 0
         if empty.any():  # no history: the popularity rule, on a scale below any cosine
             scores[empty] = self.fallback_scores() / (1.0 + self.fallback_scores().max()) - 2.0
@@ -510,6 +618,101 @@ class FeatureGAN(IterativeRecommender):
             items[a:b] = history.indices[a:b][np.argsort(history.data[a:b], kind="stable")]
         return self._scores_for(history.indptr.astype(np.int64), items)
 
+    # -- sales prior ----------------------------------------------------------------------------
+
+    _prior_counts: np.ndarray | None = None
+    _prior_weight: float = 0.0
+
+    def set_item_prior(
+        self, item_ids: Sequence[object], counts: Sequence[float] | np.ndarray, weight: float | None = None
+    ) -> None:
+        """Blend a sales prior into every later score and recommendation (module docstring):
+        ``cos + weight * temperature * log(1 + count)``, ``weight`` defaulting to the config's
+        ``cold_prior``. ``counts`` (>= 0) are per product in ``item_ids`` (e.g. distinct buyers
+        of each new product since its launch); other products count 0. Replaces any earlier
+        prior; :meth:`clear_item_prior` removes it. Not saved with the model."""
+        self._check_fitted()
+        assert self.items is not None
+        weight = self._cfg.cold_prior if weight is None else float(weight)
+        counts = np.asarray(counts, np.float64)
+        if counts.shape != (len(item_ids),):
+            raise ConfigError(f"set_item_prior: {len(item_ids)} ids but counts of shape {counts.shape}")
+        full = np.zeros(self.n_items, np.float64)
+        idx = self.items.index(item_ids, kind="item")
+        if len(np.unique(idx)) != len(idx):
+            raise ConfigError("set_item_prior: repeated product ids")
+        full[idx] = counts
+        blend_item_prior(np.zeros(self.n_items), full, weight, self._cfg.temperature)  # validates
+        self.clear_item_prior()
+        self._prior_counts, self._prior_weight = full, weight
+
+    _prior_sales: sp.csr_matrix | None = None
+    _prior_buyers: tuple[np.ndarray, np.ndarray] | None = None
+    _prior_kernel: float = 0.0
+
+    def set_item_sales(
+        self,
+        customer_ids: Sequence[object],
+        item_ids: Sequence[object],
+        weight: float | None = None,
+        kernel: float | None = None,
+    ) -> None:
+        """Like :meth:`set_item_prior`, from early sales given as (customer, product) pairs, each
+        product's count personalised by buyer similarity (:func:`buyer_weighted_counts`, kernel
+        temperature ``kernel``, default the config's ``prior_kernel``; weight default
+        ``cold_prior``). A customer counts once per product; customers unknown to the model
+        weigh as an average buyer. Replaces any earlier prior. Not saved with the model."""
+        self._check_fitted()
+        assert self.items is not None and self.users is not None
+        weight = self._cfg.cold_prior if weight is None else float(weight)
+        kernel = self._cfg.prior_kernel if kernel is None else float(kernel)
+        if len(customer_ids) != len(item_ids):
+            raise ConfigError(f"set_item_sales: {len(customer_ids)} customers but {len(item_ids)} products")
+        if not np.isfinite(kernel) or kernel < 0:
+            raise ConfigError(f"prior_kernel must be finite and >= 0, got {kernel}")
+        blend_item_prior(np.zeros(1), np.zeros(1), weight, self._cfg.temperature)  # validates the weight
+        idx = self.items.index(item_ids, kind="item")
+        buyers, row = np.unique(np.asarray([str(c) for c in customer_ids], dtype=object), return_inverse=True)
+        sales = sp.csr_matrix((np.ones(len(idx)), (row, idx)), shape=(len(buyers), self.n_items))
+        sales.data[:] = 1.0  # repeated pairs count once
+        uidx = self.users.index(list(buyers), missing="negative") if len(buyers) else np.zeros(0, np.int64)
+        known = uidx >= 0
+        vecs = np.zeros((len(buyers), self._cfg.emb_dim), np.float32)
+        if known.any() and kernel > 0:
+            indptr, items = self._user_rows(uidx[known])
+            vecs[known] = self.generate_vectors(indptr, items)[:, 0]
+            known[known] = np.diff(indptr) > 0  # no training history: an average buyer
+        self.clear_item_prior()
+        self._prior_sales, self._prior_buyers = sales, (vecs, known)
+        self._prior_weight, self._prior_kernel = weight, kernel
+
+    def clear_item_prior(self) -> None:
+        """Remove the prior of :meth:`set_item_prior` / :meth:`set_item_sales`."""
+        self._prior_counts, self._prior_weight = None, 0.0
+        self._prior_sales = self._prior_buyers = None
+        self._prior_kernel = 0.0
+
+    def _boosted(self) -> np.ndarray | None:
+        """Products with a non-zero prior (they may rank high far from every generated vector)."""
+        if self._prior_counts is not None:
+            return np.flatnonzero(self._prior_counts > 0)
+        if self._prior_sales is not None:
+            return np.unique(self._prior_sales.indices)
+        return None
+
+    def _with_prior(self, scores: np.ndarray, g: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
+        """``scores`` (rows: customers with generated vectors ``g``; columns: products ``idx``,
+        default all) blended with the prior, if one is set."""
+        if self._prior_counts is not None:
+            counts = self._prior_counts if idx is None else self._prior_counts[idx]
+        elif self._prior_sales is not None and self._prior_buyers is not None:
+            vecs, known = self._prior_buyers
+            sales = self._prior_sales if idx is None else self._prior_sales[:, idx]
+            counts = buyer_weighted_counts(g, vecs, known, sales, self._prior_kernel)
+        else:
+            return scores
+        return blend_item_prior(scores, counts, self._prior_weight, self._cfg.temperature)
+
     # -- recommendation -------------------------------------------------------------------------
 
     def recommend(  # type: ignore[override]
@@ -522,16 +725,19 @@ class FeatureGAN(IterativeRecommender):
         candidates: Sequence[object] | None = None,
         samples: int | None = None,
         diversity: float | None = None,
+        merge: str | None = None,
     ) -> Recommendations:
         """Top-``k`` for known customers (see :meth:`Recommender.recommend`), with slates.
 
         ``samples`` (default: the config's) generated vectors are merged with MMR weight
         ``diversity`` (default: the config's); ``samples=1, diversity=0`` is the plain ranking
-        by cosine to the noise-mean vector. Scores are the merged relevance. Candidates come from
+        by cosine to the noise-mean vector. ``merge`` (default: the config's ``slate_merge``):
+        how the vectors' cosines make one relevance. Scores are the merged relevance (with
+        ``"calibrated"``, <= 0: the gap to the nearest vector's favourite). Candidates come from
         the config's ``index`` (with ``"hnsw"`` / ``"ivf"`` every request goes through faiss)."""
         self._check_fitted()
         assert self.users is not None and self.items is not None and self.seen is not None
-        samples, diversity = self._slate_params(samples, diversity)
+        samples, diversity, merge = self._slate_params(samples, diversity, merge)
         if samples == 1 and diversity == 0.0 and self._cfg.index == "exact":
             # Dense exact scores through the shared code path (what evaluation ranks by).
             return super().recommend(user_ids, k, exclude_seen=exclude_seen, exclude=exclude, candidates=candidates)
@@ -551,7 +757,7 @@ class FeatureGAN(IterativeRecommender):
         if len(rows):
             indptr, items = self._user_rows(uidx[rows])
             top[rows], scores[rows] = self._rank(
-                indptr, items, k, [banned[r] for r in rows], allowed, samples, diversity
+                indptr, items, k, [banned[r] for r in rows], allowed, samples, diversity, merge
             )
         for r in np.flatnonzero(~known):
             top[r], scores[r] = self._popular(k, banned[r], allowed)
@@ -567,6 +773,7 @@ class FeatureGAN(IterativeRecommender):
         candidates: Sequence[object] | None = None,
         samples: int | None = None,
         diversity: float | None = None,
+        merge: str | None = None,
     ) -> Recommendations:
         """Top-``k`` for new customers from ad-hoc histories: lists of product ids, oldest first
         (e.g. the products seen in a session), without retraining.
@@ -575,7 +782,7 @@ class FeatureGAN(IterativeRecommender):
         ranking and ``known=False``. ``user_ids`` of the result are the row numbers."""
         self._check_fitted()
         assert self.items is not None
-        samples, diversity = self._slate_params(samples, diversity)
+        samples, diversity, merge = self._slate_params(samples, diversity, merge)
         if k < 1:
             raise ConfigError(f"k must be >= 1, got {k}")
         if isinstance(histories, str) or any(isinstance(h, str) for h in histories):
@@ -601,7 +808,7 @@ class FeatureGAN(IterativeRecommender):
             indptr = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
             items = np.concatenate([rows_items[r] for r in rows]).astype(np.int64)
             top[rows], scores[rows] = self._rank(
-                indptr, items, k, [banned[r] for r in rows], allowed, samples, diversity
+                indptr, items, k, [banned[r] for r in rows], allowed, samples, diversity, merge
             )
         for r in np.flatnonzero(~known):
             top[r], scores[r] = self._popular(k, banned[r], allowed)
@@ -648,6 +855,7 @@ class FeatureGAN(IterativeRecommender):
         allowed: np.ndarray | None,
         samples: int,
         diversity: float,
+        merge: str = "max",
     ) -> tuple[np.ndarray, np.ndarray]:
         """Slates for non-empty ordered histories: retrieve each generated vector's nearest
         products (index, or exact over ``allowed``), then merge greedily by MMR."""
@@ -661,16 +869,24 @@ class FeatureGAN(IterativeRecommender):
             extra = max((len(b) for b in banned), default=0)
             _, found = self.index.search(G.reshape(n * samples, -1), min(pool_size + extra, self.n_items))
             found = found.reshape(n, -1)
+        # Products with a sales prior may rank high without being near any generated vector.
+        boosted = self._boosted()
         for r in range(n):
             if allowed is None:
                 pool = np.unique(found[r][found[r] >= 0])
+                if boosted is not None:
+                    pool = np.union1d(pool, boosted)
                 pool = np.setdiff1d(pool, banned[r], assume_unique=True)
             else:
                 pool = np.setdiff1d(np.unique(allowed), banned[r])
             if len(pool) == 0:
                 continue
-            rel = (G[r] @ E[pool].T).max(axis=0)
-            keep = np.lexsort((pool, -rel))[:pool_size]
+            sims = G[r] @ E[pool].T  # (samples, pool)
+            if self._prior_counts is not None or self._prior_sales is not None:
+                sims = sims + self._with_prior(np.zeros((1, len(pool)), np.float32), G[r, :1], pool)
+            best = sims.max(axis=0)
+            rel = (sims - sims.max(axis=1, keepdims=True)).max(axis=0) if merge == "calibrated" else best
+            keep = np.lexsort((pool, -best, -rel))[:pool_size]
             pool, rel = pool[keep], rel[keep]
             chosen = _mmr(rel, E[pool], min(k, len(pool)), diversity)
             top[r, : len(chosen)] = pool[chosen]
@@ -692,12 +908,17 @@ class FeatureGAN(IterativeRecommender):
             item_idx=top,
         )
 
-    def _slate_params(self, samples: int | None, diversity: float | None) -> tuple[int, float]:
+    def _slate_params(
+        self, samples: int | None, diversity: float | None, merge: str | None = None
+    ) -> tuple[int, float, str]:
         samples = self._cfg.samples if samples is None else int(samples)
         diversity = self._cfg.diversity if diversity is None else float(diversity)
+        merge = self._cfg.slate_merge if merge is None else str(merge)
         if samples < 1 or not 0.0 <= diversity <= 1.0:
             raise ConfigError(f"samples must be >= 1 and diversity in [0, 1], got {samples}, {diversity}")
-        return samples, diversity
+        if merge not in MERGES:
+            raise ConfigError(f"merge must be one of {MERGES}, got {merge!r}")
+        return samples, diversity, merge
 
     # -- explanations ---------------------------------------------------------------------------
 
@@ -777,6 +998,13 @@ class FeatureGAN(IterativeRecommender):
             (self.seen.data, self.seen.indices, self.seen.indptr), shape=(self.n_users, len(self.X))
         )
         self.popularity = np.concatenate([self.popularity, np.zeros(n, np.float32)])
+        if self._prior_counts is not None:
+            self._prior_counts = np.concatenate([self._prior_counts, np.zeros(n)])
+        if self._prior_sales is not None:
+            self._prior_sales = sp.csr_matrix(
+                (self._prior_sales.data, self._prior_sales.indices, self._prior_sales.indptr),
+                shape=(self._prior_sales.shape[0], len(self.X)),
+            )
         if self._cfg.id_embeddings:
             # New products have no learned vectors: zero rows, masked out of the tower.
             assert self.nets is not None
