@@ -35,3 +35,40 @@ def shop(tmp_path_factory):
                               "--params", '{"l2": 10}'])
     assert res.exit_code == 0, res.output
     return store, model
+
+
+def _png(w: int, h: int, mode: str, seed: int) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    shape = (h, w) if mode == "L" else (h, w, 3)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+PHOTOS = [f"P{b}{j:02d}" for b in (0, 1) for j in range(0, 4)]
+GENERATED = [f"P{b}{j:02d}" for b in (0, 1) for j in range(4, 8)]
+"""Products with a retailer photo / a generated image in ``shop_images``; P*08-P*11 have none."""
+
+
+@pytest.fixture(scope="session")
+def shop_images(shop, tmp_path_factory):
+    """The tiny shop with plain PNGs as photos (64x48 RGB) and as generated images (28x28 grey)."""
+    import shutil
+
+    from retailgan.data.images import ItemImage, put_images
+
+    store, model = shop
+    root = tmp_path_factory.mktemp("campaign-images")
+    copy = root / "shop.duckdb"
+    shutil.copy(store, copy)
+    images = [ItemImage(p, _png(64, 48, "RGB", i), False, 64, 48, source=f"{p}.png") for i, p in enumerate(PHOTOS)]
+    images += [ItemImage(p, _png(28, 28, "L", 100 + i), True, 28, 28, source="test-gan", model_version="g-1", seed=i)
+               for i, p in enumerate(GENERATED)]
+    with Store.open(copy) as s:
+        assert put_images(s, images) == len(images)
+    return copy, model

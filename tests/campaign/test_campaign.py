@@ -38,11 +38,12 @@ def test_build_all_customers(shop, tmp_path):
     out = tmp_path / "camp"
     res = _build(shop, out, "--k", "4", "--chunk-size", "16")
     assert res.exit_code == 0, res.output
-    assert sorted(p.name for p in out.iterdir()) == ["campaign.parquet", "emails", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["banners", "campaign.parquet", "emails", "report.html",
+                                                      "report.png", "summary.json"]
     assert not list(tmp_path.glob(".*"))  # no work directory left behind
     table = pq.read_table(out / "campaign.parquet")
     assert table.column_names == ["customer_id", "rank", "product_id", "title", "price", "score", "reason",
-                                  "model_version"]
+                                  "image", "model_version"]
     rows = table.to_pylist()
     by_customer: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
@@ -80,6 +81,10 @@ def test_build_all_customers(shop, tmp_path):
         assert r["reason"].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") in html
     assert "image placeholder" in html and "<script" not in html
     assert len(list((out / "emails").glob("*.html"))) == 40
+    assert len(list((out / "banners").glob("*.png"))) == 40
+    # No images in this store: every slot is "no image".
+    assert all(r["image"] is None for r in rows)
+    assert summary["no_image_share"] == 1.0 and summary["generated_image_share"] == 0.0
 
 
 def test_segments_select_customers(shop, tmp_path):
@@ -149,7 +154,9 @@ def test_empty_segment_gives_empty_campaign(shop, tmp_path):
     assert summary["customers"] == 0 and summary["rows"] == 0 and summary["expected_revenue"] == 0
     table = pq.read_table(out / "campaign.parquet")
     assert table.num_rows == 0 and "reason" in table.column_names
-    assert list((out / "emails").iterdir()) == []
+    assert list((out / "emails").iterdir()) == [] and list((out / "banners").iterdir()) == []
+    assert summary["generated_image_share"] is None
+    assert "No product was recommended" in (out / "report.html").read_text()
 
 
 class Stop(Exception):

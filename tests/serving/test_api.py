@@ -388,3 +388,36 @@ def test_product_images_photo_and_generated_labelled(built, tmp_path):
         by_id = {it["product_id"]: it for it in sim}
         assert by_id["P000"]["image_generated"] is False and by_id["P000"]["image_url"].endswith("/P000/image")
         assert by_id["P001"]["image_generated"] is True and by_id["P002"]["image_url"] is None
+
+
+def test_customer_campaign_matches_the_batch_build(built, tmp_path):
+    from retailgan.campaign.customer import customer_campaign
+    from retailgan.data.store import Store
+    from retailgan.serving.engine import ModelBundle
+
+    c, settings = make_client(built, tmp_path)
+    with c:
+        r = c.get("/v1/customers/C0/campaign", params={"k": 4, "theme": "category:dept0"}, headers=U)
+        assert r.status_code == 200, r.text
+        got = r.json()
+        assert got["customer_id"] == "C0" and got["theme"] == "category:dept0" and len(got["products"]) == 4
+        assert all(p["product_id"].startswith("P0") and p["reason"] for p in got["products"])
+        assert got["banner_png"].startswith("data:image/png;base64,") and "<html" in got["html"]
+        assert [p["rank"] for p in got["products"]] == [1, 2, 3, 4]
+        html = c.get("/v1/customers/C0/campaign", params={"k": 4, "theme": "category:dept0", "format": "html"},
+                     headers=U)
+        assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
+        assert html.text == got["html"]
+        no_banner = c.get("/v1/customers/C0/campaign", params={"k": 4, "banner": "false"}, headers=U).json()
+        assert "banner_png" not in no_banner or no_banner["banner_png"] is None
+        # Errors: unknown customer 404, bad theme 422 naming the part, k out of range 422, no key 401.
+        assert c.get("/v1/customers/nobody/campaign", headers=U).status_code == 404
+        bad = c.get("/v1/customers/C0/campaign", params={"theme": "colour:red"}, headers=U)
+        assert bad.status_code == 422 and "colour:red" in bad.json()["detail"]
+        assert c.get("/v1/customers/C0/campaign", params={"k": 0}, headers=U).status_code == 422
+        assert c.get("/v1/customers/C0/campaign").status_code == 401
+    # The same content as the campaign code gives for this customer directly.
+    with Store.open(settings.store, read_only=True) as s:
+        direct = customer_campaign(ModelBundle.load(settings.model_dir), s, "C0", theme="category:dept0", k=4)
+    assert [p.product_id for p in direct.products] == [p["product_id"] for p in got["products"]]
+    assert direct.html == got["html"]

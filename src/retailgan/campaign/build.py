@@ -1,14 +1,21 @@
-"""Build a campaign: segment -> per-customer top-K with reasons -> Parquet table, e-mails, summary.
+"""Build a campaign: segment -> per-customer top-K with reasons -> Parquet table, e-mails, banners, report.
 
-Streaming and resumable: the segment's customers (sorted by id) are processed in fixed-size chunks;
-each finished chunk leaves a Parquet part and its e-mails in a work directory next to the output
-(``.<out>.work``) and is then recorded in ``progress.json`` there. A run that stops (killed, crash)
-and is started again with the same arguments, store and model continues after the last recorded
-chunk; other arguments start the work directory afresh. At the end the parts are merged one at a
-time into ``campaign.parquet``, ``summary.json`` is written and the work directory is renamed to
-the output directory in one step, so the output is either absent, the previous one, or complete.
-Nothing in the output depends on timing, so a resumed run is byte-identical to an uninterrupted one.
-Memory is bounded by the chunk size (plus the model and the list of segment customer ids).
+Output directory: ``campaign.parquet`` (one row per recommended product, with its reason and image
+source), ``emails/<stem>.html`` + ``.txt`` (self-contained HTML with inline images, and the plain-text
+part), ``banners/<stem>.png``, ``summary.json`` and ``report.html`` / ``report.png``
+(:mod:`retailgan.campaign.report`). ``<stem>`` is :func:`retailgan.campaign.render.email_stem`.
+
+Streaming and resumable: the segment's customers (sorted by id) are processed in fixed-size chunks,
+in this process or (``workers`` > 1) in a pool of processes; each finished chunk leaves a Parquet
+part, its e-mails and banners in a work directory next to the output (``.<out>.work``) and only then
+is recorded in ``progress.json`` there. A run that stops (killed, crash) and is started again with
+the same arguments, store and model redoes only the chunks not recorded (chunks may finish out of
+order with several workers); other arguments start the work directory afresh. At the end the parts
+are merged one at a time into ``campaign.parquet``, ``summary.json`` and the report are written and
+the work directory is renamed to the output directory in one step, so the output is either absent,
+the previous one, or complete. Nothing in the output depends on timing or on the number of workers,
+so a resumed or parallel run is byte-identical to an uninterrupted one. Memory is bounded by the
+chunk size (plus the model, the prepared product images and the list of segment customer ids).
 
 Expected revenue (``summary.json``): each customer is assumed to buy at most one of the products
 sent, with probability :data:`CONVERSION_RATE`, spread over the K products in proportion to their
@@ -26,10 +33,13 @@ import hashlib
 import json
 import logging
 import math
+import multiprocessing
 import os
 import shutil
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +57,20 @@ from retailgan.campaign.query import (
     segment_customers,
     theme_mask,
 )
-from retailgan.campaign.render import EmailProduct, email_stem, render_html, render_text
+from retailgan.campaign.render import (
+    BANNER_TILES,
+    EmailProduct,
+    ProductImage,
+    email_stem,
+    prepare_image,
+    render_banner,
+    render_html,
+    render_text,
+)
+from retailgan.campaign.report import write_report
+from retailgan.data.images import get_images
 from retailgan.data.store import Store
-from retailgan.errors import ConfigError
+from retailgan.errors import ConfigError, ModelFileError
 from retailgan.explanations import explain_items
 from retailgan.serving.engine import ModelBundle
 
@@ -59,6 +80,8 @@ CONVERSION_RATE = 0.02
 """Assumed probability that a customer buys one product of the campaign (see the module docstring)."""
 
 PROGRESS_FILE = "progress.json"
+OUTPUT_FORMAT = 2
+"""Bumped when the files a chunk leaves change (1: no images, banners or image column)."""
 SCHEMA = pa.schema([
     ("customer_id", pa.string()),
     ("rank", pa.int32()),
@@ -67,6 +90,7 @@ SCHEMA = pa.schema([
     ("price", pa.float64()),
     ("score", pa.float64()),
     ("reason", pa.string()),
+    ("image", pa.string()),  # "photo" | "generated" | null (no image)
     ("model_version", pa.string()),
 ])
 
@@ -89,6 +113,9 @@ class CampaignSummary:
     diversity: float | None
     conversion_rate: float
     expected_revenue: float
+    photo_share: float | None
+    generated_image_share: float | None
+    no_image_share: float | None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,62 +137,186 @@ def _write_json(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
-def _prepare_work(work: Path, fingerprint: str, n_chunks: int) -> int:
-    """Return the number of chunks already finished in ``work`` (0 after starting it afresh)."""
+def _progress(fingerprint: str, n_chunks: int, finished: set[int]) -> dict[str, Any]:
+    return {"fingerprint": fingerprint, "chunks": n_chunks, "done": len(finished), "finished": sorted(finished)}
+
+
+def _prepare_work(work: Path, fingerprint: str, n_chunks: int) -> set[int]:
+    """Return the chunks already finished in ``work`` (none after starting it afresh)."""
     prog = work / PROGRESS_FILE
     if prog.is_file():
         try:
             state = json.loads(prog.read_text(encoding="utf-8"))
-            if state.get("fingerprint") == fingerprint and 0 <= int(state.get("done", -1)) <= n_chunks:
-                log.info("resuming %s after chunk %d of %d", work, state["done"], n_chunks)
-                return int(state["done"])
-        except (ValueError, OSError):
+            if state.get("fingerprint") == fingerprint and int(state.get("chunks", -1)) == n_chunks:
+                finished = {int(c) for c in state.get("finished", range(int(state.get("done", 0))))}
+                if all(0 <= c < n_chunks for c in finished):
+                    log.info("resuming %s: %d of %d chunks finished", work, len(finished), n_chunks)
+                    return finished
+        except (ValueError, TypeError, OSError):
             pass  # an unreadable progress file means: start again
     if work.exists():
         shutil.rmtree(work)
-    (work / "parts").mkdir(parents=True)
-    (work / "emails").mkdir()
-    _write_json(prog, {"fingerprint": fingerprint, "done": 0, "chunks": n_chunks})
-    return 0
+    for sub in ("parts", "emails", "banners"):
+        (work / sub).mkdir(parents=True)
+    _write_json(prog, _progress(fingerprint, n_chunks, set()))
+    return set()
 
 
 def _price(x: float) -> float | None:
     return None if not math.isfinite(x) else float(x)
 
 
-def _chunk_rows(
-    b: ModelBundle, customers: list[str], k: int, recent: dict[str, list[str]], candidates: list[str] | None,
-    titles: dict[str, str | None],
-) -> tuple[dict[str, list[Any]], dict[str, list[EmailProduct]]]:
+IMAGE_CACHE_MAX = 5_000
+"""Prepared product images (PNG bytes) kept per process: the same products recur across customers."""
+TILE_CACHE_MAX = 1_000
+"""Banner tiles (128 x 162 RGB, about 62 KB each) kept per process."""
+
+
+@dataclass
+class CampaignContext:
+    """Everything per-customer campaign work needs besides the store: the model, the validated
+    options, the theme's candidate products and a cache of prepared product images.
+
+    Shared by the batch build (one per process) and :func:`retailgan.campaign.customer.customer_campaign`,
+    so that both produce the same products, reasons, e-mails and banners.
+    """
+
+    bundle: ModelBundle
+    theme: str | None
+    k: int
+    recent_days: int
+    candidates: list[str] | None
+    titles: dict[str, str | None]
+    images: dict[str, ProductImage | None] = field(default_factory=dict)
+    tiles: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, bundle: ModelBundle, theme: str | None, k: int, recent_days: int) -> CampaignContext:
+        """Validate the options against the model; raises :class:`ConfigError` naming the bad one."""
+        if k < 1:
+            raise ConfigError(f"--k must be >= 1, got {k}")
+        if recent_days < 0:
+            raise ConfigError(f"--recent-days must be >= 0, got {recent_days}")
+        th = parse_theme(theme)
+        ids = bundle.model.items.ids
+        titles: dict[str, str | None] = {
+            str(i): (None if t is None else str(t)) for i, t in zip(ids, bundle.titles, strict=True)
+        }
+        candidates = None
+        if not th.empty:
+            mask = theme_mask(th, bundle.titles, bundle.categories, bundle.prices, str(theme))
+            candidates = [str(x) for x in ids[mask]]
+        theme_text = theme.strip() if theme and theme.strip() else None
+        return cls(bundle=bundle, theme=theme_text, k=k, recent_days=recent_days, candidates=candidates,
+                   titles=titles)
+
+    def product_images(self, store: Store, product_ids: list[str]) -> dict[str, ProductImage]:
+        """Prepared images of these products (those that have one), read from the store once per run."""
+        wanted = set(product_ids)
+        if len(self.images) + len(wanted - self.images.keys()) > IMAGE_CACHE_MAX:
+            self.images.clear()  # bounded memory; results do not depend on what is cached
+        todo = sorted(wanted - self.images.keys())
+        if todo:
+            found = get_images(store, todo)
+            for pid in todo:
+                im = found.get(pid)
+                self.images[pid] = None if im is None else prepare_image(im.png, im.generated)
+        return {p: img for p in product_ids if (img := self.images.get(p)) is not None}
+
+
+@dataclass(frozen=True)
+class CustomerOutput:
+    """One customer's rendered campaign."""
+
+    customer_id: str
+    products: list[EmailProduct]
+    html: str
+    text: str
+    banner_png: bytes | None
+
+
+def campaign_chunk(
+    ctx: CampaignContext, store: Store, customers: list[str], *, banners: bool = True
+) -> tuple[dict[str, list[Any]], list[CustomerOutput]]:
+    """Rank, explain and render the campaign for ``customers``: the Parquet columns and one output each."""
+    b = ctx.bundle
     model = b.model
-    recs = model.recommend(customers, k, exclude_seen=False, exclude=[recent.get(u, []) for u in customers],
-                           candidates=candidates)
+    recent = recent_purchases(store, customers, ctx.recent_days)
+    recs = model.recommend(customers, ctx.k, exclude_seen=False, exclude=[recent.get(u, []) for u in customers],
+                           candidates=ctx.candidates)
     uidx = model.users.index(customers, missing="negative")
-    cols: dict[str, list[Any]] = {name: [] for name in SCHEMA.names}
-    emails: dict[str, list[EmailProduct]] = {}
+    per_customer: list[tuple[str, list[EmailProduct], list[float]]] = []
     for r, u in enumerate(customers):
         top = recs.item_idx[r][recs.item_idx[r] >= 0].astype(np.int64)
         known = bool(recs.known[r])
         hist = b.seen_items(int(uidx[r])) if known else np.zeros(0, dtype=np.int64)
         reasons = explain_items(model, b.name, b.popularity, top, hist, "model" if known else "popular",
-                                titles.get)
+                                ctx.titles.get)
         products = []
         for rank, (j, rs) in enumerate(zip(top, reasons, strict=True), 1):
             pid = str(model.items.ids[j])
-            title = titles.get(pid)
-            price = _price(float(b.prices[j]))
-            reason = "; ".join(x.text for x in rs)
+            products.append(EmailProduct(rank=rank, product_id=pid, title=ctx.titles.get(pid),
+                                         price=_price(float(b.prices[j])), reason="; ".join(x.text for x in rs)))
+        per_customer.append((u, products, [float(recs.scores[r, i]) for i in range(len(products))]))
+    images = ctx.product_images(store, [p.product_id for _, ps, _ in per_customer for p in ps])
+    cols: dict[str, list[Any]] = {name: [] for name in SCHEMA.names}
+    outputs: list[CustomerOutput] = []
+    for u, products, scores in per_customer:
+        products = [replace(p, image=img.kind if (img := images.get(p.product_id)) else None) for p in products]
+        for p, score in zip(products, scores, strict=True):
             cols["customer_id"].append(u)
-            cols["rank"].append(rank)
-            cols["product_id"].append(pid)
-            cols["title"].append(title)
-            cols["price"].append(price)
-            cols["score"].append(float(recs.scores[r, rank - 1]))
-            cols["reason"].append(reason)
+            cols["rank"].append(p.rank)
+            cols["product_id"].append(p.product_id)
+            cols["title"].append(p.title)
+            cols["price"].append(p.price)
+            cols["score"].append(score)
+            cols["reason"].append(p.reason)
+            cols["image"].append(p.image)
             cols["model_version"].append(b.label)
-            products.append(EmailProduct(rank=rank, product_id=pid, title=title, price=price, reason=reason))
-        emails[u] = products
-    return cols, emails
+        if len(ctx.tiles) > TILE_CACHE_MAX - BANNER_TILES:
+            ctx.tiles.clear()
+        banner = render_banner(products, images, ctx.tiles) if banners else None
+        outputs.append(CustomerOutput(
+            customer_id=u, products=products, html=render_html(u, products, ctx.theme, images, banner),
+            text=render_text(u, products, ctx.theme), banner_png=banner,
+        ))
+    return cols, outputs
+
+
+def _write_chunk(ctx: CampaignContext, store: Store, work: Path, c: int, customers: list[str]) -> None:
+    """Write chunk ``c``'s e-mails, banners and Parquet part into ``work`` (the part last, atomically)."""
+    cols, outputs = campaign_chunk(ctx, store, customers)
+    for o in outputs:
+        stem = email_stem(o.customer_id)
+        (work / "emails" / f"{stem}.html").write_text(o.html, "utf-8")
+        (work / "emails" / f"{stem}.txt").write_text(o.text, "utf-8")
+        if o.banner_png is not None:
+            (work / "banners" / f"{stem}.png").write_bytes(o.banner_png)
+    part = work / "parts" / f"part-{c:06d}.parquet"
+    pq.write_table(pa.table(cols, schema=SCHEMA), part.with_suffix(".tmp"))
+    os.replace(part.with_suffix(".tmp"), part)
+
+
+# -- worker processes (``workers > 1``) -----------------------------------------------------------
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(store_path: str, model_dir: str, label: str, theme: str | None, k: int, recent_days: int,
+                 work: str) -> None:
+    """Per worker process, once: load the model, open the store read-only."""
+    b = ModelBundle.load(model_dir)
+    if b.label != label:
+        raise ModelFileError(f"{model_dir}: the model changed during the campaign build ({label} -> {b.label})")
+    _WORKER["ctx"] = CampaignContext.create(b, theme, k, recent_days)
+    # Several processes may read one DuckDB file at once, read-only; one thread each (the pool is the parallelism).
+    _WORKER["store"] = Store.open(store_path, create=False, read_only=True, threads=1)
+    _WORKER["work"] = Path(work)
+
+
+def _worker_chunk(c: int, customers: list[str]) -> int:
+    _write_chunk(_WORKER["ctx"], _WORKER["store"], _WORKER["work"], c, customers)
+    return c
 
 
 def _expected_revenue(table: pa.Table) -> float:
@@ -193,75 +344,102 @@ def build_campaign(
     k: int = 10,
     recent_days: int = 30,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    workers: int = 1,
     progress: bool = False,
     after_chunk: Callable[[int], None] | None = None,
 ) -> CampaignSummary:
     """Build the campaign into ``out`` (see the module docstring); returns its summary.
 
-    ``after_chunk(i)`` is called after chunk ``i`` (0-based) is recorded as finished.
+    ``workers`` > 1 processes chunks in that many processes (each loads the model once and opens
+    the store read-only); the output is the same as with one. ``after_chunk(i)`` is called after
+    chunk ``i`` (0-based) is recorded as finished (with several workers, in completion order).
     Raises :class:`ConfigError` for bad queries, before anything is written.
     """
     store_path, model_dir, out = Path(store_path), Path(model_dir), Path(out)
-    if k < 1:
-        raise ConfigError(f"--k must be >= 1, got {k}")
-    if recent_days < 0:
-        raise ConfigError(f"--recent-days must be >= 0, got {recent_days}")
     if chunk_size < 1:
         raise ConfigError(f"--chunk-size must be >= 1, got {chunk_size}")
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: exists and is not a directory")
     seg = parse_segment(segment)
-    th = parse_theme(theme)
     b = ModelBundle.load(model_dir)
-    ids = b.model.items.ids
-    titles: dict[str, str | None] = {
-        str(i): (None if t is None else str(t)) for i, t in zip(ids, b.titles, strict=True)
-    }
-    candidates = None
-    if not th.empty:
-        mask = theme_mask(th, b.titles, b.categories, b.prices, str(theme))
-        candidates = [str(x) for x in ids[mask]]
+    ctx = CampaignContext.create(b, theme, k, recent_days)
     if not store_path.is_file():
         raise FileNotFoundError(2, "no such file", str(store_path))
-    theme_text = theme.strip() if theme and theme.strip() else None
-    with Store.open(store_path, create=False, read_only=True) as store:
+    params = {"segment": seg.text, "theme": ctx.theme, "k": k, "recent_days": recent_days,
+              "chunk_size": chunk_size}
+    work = out.parent / f".{out.name}.work"
+    store = Store.open(store_path, create=False, read_only=True)
+    try:
         customers = segment_customers(store, seg)
         n_chunks = math.ceil(len(customers) / chunk_size)
-        params = {"segment": seg.text, "theme": theme_text, "k": k, "recent_days": recent_days,
-                  "chunk_size": chunk_size}
-        work = out.parent / f".{out.name}.work"
         out.parent.mkdir(parents=True, exist_ok=True)
-        fingerprint = _fingerprint(store_path, b.label, customers, params)
-        done = _prepare_work(work, fingerprint, n_chunks)
+        # The output format is part of the fingerprint: work left by an older version is started afresh.
+        fingerprint = _fingerprint(store_path, b.label, customers, {**params, "format": OUTPUT_FORMAT})
+        finished = _prepare_work(work, fingerprint, n_chunks)
+        todo = [c for c in range(n_chunks) if c not in finished]
+        workers = min(workers, len(todo)) or 1
+        if workers > 1:
+            store.close()  # the workers open their own read-only connections
         with Progress(TextColumn("campaign"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=Console(stderr=True), disable=not progress) as bar:
-            task = bar.add_task("customers", total=len(customers), completed=min(done * chunk_size, len(customers)))
-            for c in range(done, n_chunks):
-                chunk = customers[c * chunk_size:(c + 1) * chunk_size]
-                recent = recent_purchases(store, chunk, recent_days)
-                cols, emails = _chunk_rows(b, chunk, k, recent, candidates, titles)
-                for u, products in emails.items():
-                    stem = email_stem(u)
-                    (work / "emails" / f"{stem}.html").write_text(render_html(u, products, theme_text), "utf-8")
-                    (work / "emails" / f"{stem}.txt").write_text(render_text(u, products, theme_text), "utf-8")
-                part = work / "parts" / f"part-{c:06d}.parquet"
-                pq.write_table(pa.table(cols, schema=SCHEMA), part.with_suffix(".tmp"))
-                os.replace(part.with_suffix(".tmp"), part)
-                _write_json(work / PROGRESS_FILE, {"fingerprint": fingerprint, "done": c + 1, "chunks": n_chunks})
-                bar.update(task, advance=len(chunk))
+            done_customers = sum(len(customers[c * chunk_size:(c + 1) * chunk_size]) for c in finished)
+            task = bar.add_task("customers", total=len(customers), completed=done_customers)
+
+            def record(c: int) -> None:
+                # Called only once the chunk's files are all in place.
+                finished.add(c)
+                _write_json(work / PROGRESS_FILE, _progress(fingerprint, n_chunks, finished))
+                bar.update(task, advance=len(customers[c * chunk_size:(c + 1) * chunk_size]))
                 if after_chunk is not None:
                     after_chunk(c)
+
+            if workers == 1:
+                for c in todo:
+                    _write_chunk(ctx, store, work, c, customers[c * chunk_size:(c + 1) * chunk_size])
+                    record(c)
+            else:
+                _run_pool(workers, todo, customers, chunk_size, record,
+                          (str(store_path), str(model_dir), b.label, theme, k, recent_days, str(work)))
+    finally:
+        store.close()
     summary = _finish(work, n_chunks, len(customers), b, params)
     _swap_into(work, out)
     return summary
 
 
+def _run_pool(workers: int, todo: list[int], customers: list[str], chunk_size: int,
+              record: Callable[[int], None], init_args: tuple[Any, ...]) -> None:
+    """Run the chunks in ``todo`` on ``workers`` processes, at most two chunks in flight per worker
+    (memory stays bounded), recording each as it finishes."""
+    ctx = multiprocessing.get_context("spawn")  # no fork: DuckDB and BLAS threads do not survive fork
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=init_args) as pool:
+        pending: set[Future[int]] = set()
+        queue = iter(todo)
+        try:
+            while True:
+                while len(pending) < 2 * workers and (c := next(queue, None)) is not None:
+                    pending.add(pool.submit(_worker_chunk, c, customers[c * chunk_size:(c + 1) * chunk_size]))
+                if not pending:
+                    break
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in sorted(done, key=lambda f: f.result()):
+                    record(f.result())
+        except BaseException:
+            for f in pending:
+                f.cancel()
+            raise
+
+
 def _finish(work: Path, n_chunks: int, n_customers: int, b: ModelBundle, params: dict[str, Any]) -> CampaignSummary:
-    """Merge the parts (one at a time) into campaign.parquet and write summary.json."""
+    """Merge the parts (one at a time) into campaign.parquet; write summary.json and the report."""
     rows = 0
     with_products = 0
     revenue = 0.0
-    products: set[str] = set()
+    sent: Counter[str] = Counter()
+    kinds: Counter[str | None] = Counter()
+    titles: dict[str, str | None] = {}
     tmp = work / "campaign.parquet.tmp"
     with pq.ParquetWriter(tmp, SCHEMA) as writer:
         for c in range(n_chunks):
@@ -269,19 +447,29 @@ def _finish(work: Path, n_chunks: int, n_customers: int, b: ModelBundle, params:
             writer.write_table(table)
             rows += table.num_rows
             with_products += len(set(table.column("customer_id").to_pylist()))
-            products.update(table.column("product_id").to_pylist())
+            pids = table.column("product_id").to_pylist()
+            sent.update(pids)
+            titles.update(zip(pids, table.column("title").to_pylist(), strict=True))
+            kinds.update(table.column("image").to_pylist())
             revenue += _expected_revenue(table)
     os.replace(tmp, work / "campaign.parquet")
     n_items = int(b.model.n_items)
+
+    def share(n: int) -> float | None:
+        return round(n / rows, 6) if rows else None
+
     summary = CampaignSummary(
         segment=params["segment"], theme=params["theme"], k=params["k"], recent_days=params["recent_days"],
         model_version=b.label, customers=n_customers, customers_with_products=with_products, rows=rows,
-        distinct_products=len(products), catalogue_size=n_items,
-        catalogue_coverage=len(products) / n_items if n_items else 0.0,
-        diversity=len(products) / rows if rows else None,
+        distinct_products=len(sent), catalogue_size=n_items,
+        catalogue_coverage=len(sent) / n_items if n_items else 0.0,
+        diversity=len(sent) / rows if rows else None,
         conversion_rate=CONVERSION_RATE, expected_revenue=round(revenue, 2),
+        photo_share=share(kinds["photo"]), generated_image_share=share(kinds["generated"]),
+        no_image_share=share(kinds[None]),
     )
     _write_json(work / "summary.json", summary.to_dict())
+    write_report(work, summary.to_dict(), sent, titles)
     shutil.rmtree(work / "parts")
     (work / PROGRESS_FILE).unlink()
     return summary

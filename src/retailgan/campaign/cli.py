@@ -31,14 +31,16 @@ def build(
     out: Path = typer.Option(..., "--out", help="Output directory (replaced atomically when the build ends)."),
     recent_days: int = typer.Option(30, "--recent-days", help="Do not send products bought in the last N days."),
     chunk_size: int = typer.Option(DEFAULT_CHUNK_SIZE, "--chunk-size", help="Customers per resumable chunk."),
+    workers: int = typer.Option(1, "--workers", help="Processes building chunks in parallel (same output)."),
 ) -> None:
-    """Build campaign.parquet, one HTML + text e-mail per customer and summary.json into OUT."""
+    """Build campaign.parquet, one HTML + text e-mail and banner PNG per customer, summary.json and
+    report.html / report.png into OUT."""
     from retailgan.campaign.build import build_campaign
     from retailgan.cli import _run
 
     summary = _run(
         build_campaign, store, model_dir, out, segment=segment, theme=theme, k=k, recent_days=recent_days,
-        chunk_size=chunk_size, progress=True,
+        chunk_size=chunk_size, workers=workers, progress=True,
     )
     if summary.customers == 0:
         console.print(f"segment {segment!r} has no customers: wrote an empty campaign to {out}", highlight=False)
@@ -46,6 +48,7 @@ def build(
     console.print(
         f"wrote {summary.rows} products for {summary.customers} customers to {out} "
         f"(coverage {summary.catalogue_coverage:.1%}, diversity {summary.diversity or 0:.1%}, "
-        f"expected revenue {summary.expected_revenue:.2f})",
+        f"generated images {summary.generated_image_share or 0:.1%} of products, "
+        f"expected revenue {summary.expected_revenue:.2f}; see {out / 'report.html'})",
         highlight=False,
     )

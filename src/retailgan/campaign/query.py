@@ -140,44 +140,46 @@ def theme_mask(theme: Theme, titles: np.ndarray, categories: np.ndarray, prices:
     return allowed
 
 
+def _ids(store: Store, sql: str, params: list | None = None) -> list[str]:
+    # Column-wise fetch: no per-row tuples, so a large segment costs only its id strings.
+    col = store.con.execute(sql, params or []).fetchnumpy()["user_id"]
+    return [str(x) for x in col.tolist()]
+
+
 def segment_customers(store: Store, seg: Segment) -> list[str]:
     """Sorted customer ids of the segment (possibly empty); raises on unknown ids / countries."""
     con = store.con
     if seg.kind == "all":
-        rows = con.execute("SELECT user_id FROM users ORDER BY user_id").fetchall()
-    elif seg.kind == "ids":
-        rows = con.execute(
-            "SELECT user_id FROM users WHERE user_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY user_id",
-            [list(seg.ids)],
-        ).fetchall()
-        missing = sorted(set(seg.ids) - {r[0] for r in rows})
+        return _ids(store, "SELECT user_id FROM users ORDER BY user_id")
+    if seg.kind == "ids":
+        ids = _ids(store, "SELECT user_id FROM users WHERE user_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY user_id",
+                   [list(seg.ids)])
+        missing = sorted(set(seg.ids) - set(ids))
         if missing:
             raise ConfigError(f"segment {seg.text!r}: unknown customer id(s) {', '.join(missing[:10])}")
-    elif seg.kind == "country":
-        rows = con.execute("SELECT user_id FROM users WHERE country = ? ORDER BY user_id", [seg.country]).fetchall()
-        if not rows:
+        return ids
+    if seg.kind == "country":
+        ids = _ids(store, "SELECT user_id FROM users WHERE country = ? ORDER BY user_id", [seg.country])
+        if not ids:
             known = [r[0] for r in con.execute(
                 "SELECT DISTINCT country FROM users WHERE country IS NOT NULL ORDER BY 1 LIMIT 10").fetchall()]
             raise ConfigError(f"segment {seg.text!r}: no customer has country {seg.country!r}; "
                               f"known: {', '.join(known) or 'none (the store has no countries)'}")
-    elif seg.kind == "recent":
+        return ids
+    if seg.kind == "recent":
         latest = con.execute("SELECT max(ts) FROM events").fetchone()
         if latest is None or latest[0] is None:
             raise ConfigError(f"segment {seg.text!r}: the store's events have no timestamps")
-        rows = con.execute(
-            "SELECT user_id FROM events WHERE event_type = 'purchase' GROUP BY user_id "
-            "HAVING max(ts) >= ?::TIMESTAMP - to_days(?) ORDER BY user_id",
-            [latest[0], int(seg.days or 0)],
-        ).fetchall()
-    else:
-        rows = con.execute(
-            "SELECT e.user_id FROM events e LEFT JOIN items i ON i.item_id = e.item_id "
-            "WHERE e.event_type = 'purchase' GROUP BY e.user_id "
-            "HAVING coalesce(sum(coalesce(e.quantity, 1) * coalesce(e.price, i.price)), 0) BETWEEN ? AND ? "
-            "ORDER BY e.user_id",
-            [seg.low, seg.high],
-        ).fetchall()
-    return [str(r[0]) for r in rows]
+        return _ids(store,
+                    "SELECT user_id FROM events WHERE event_type = 'purchase' GROUP BY user_id "
+                    "HAVING max(ts) >= ?::TIMESTAMP - to_days(?) ORDER BY user_id",
+                    [latest[0], int(seg.days or 0)])
+    return _ids(store,
+                "SELECT e.user_id AS user_id FROM events e LEFT JOIN items i ON i.item_id = e.item_id "
+                "WHERE e.event_type = 'purchase' GROUP BY e.user_id "
+                "HAVING coalesce(sum(coalesce(e.quantity, 1) * coalesce(e.price, i.price)), 0) BETWEEN ? AND ? "
+                "ORDER BY e.user_id",
+                [seg.low, seg.high])
 
 
 def recent_purchases(store: Store, customers: list[str], days: int) -> dict[str, list[str]]:

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 from uuid import uuid4
 
@@ -435,6 +435,32 @@ def create_app(settings: Settings) -> FastAPI:
             for i, t, ts, q in rows
         ]
         return S.HistoryResponse(customer_id=customer_id, known_to_model=known, events=events)
+
+    @app.get("/v1/customers/{customer_id}/campaign", response_model=S.CampaignResponse, tags=["customers"],
+             responses={200: {"content": {"text/html": {}}}, 404: {"description": "unknown customer"}})
+    def campaign(
+        customer_id: Annotated[str, PathParam(max_length=64)],
+        key: User,
+        theme: Annotated[str | None, Query(max_length=200, description="e.g. category:NAME;keyword:WORD;max_price:P")]
+        = None,
+        k: Annotated[int, Query(ge=1, le=50)] = 10,
+        recent_days: Annotated[int, Query(ge=0, le=3650)] = 30,
+        banner: bool = True,
+        format: Annotated[Literal["json", "html"], Query()] = "json",
+    ) -> Response:
+        """The customer's campaign, the same as ``retailgan campaign build`` writes for them: products, reasons,
+        the HTML and text e-mail and the banner (JSON), or the HTML e-mail alone with ``format=html``."""
+        b = state.current()
+        assert state.store is not None
+        try:
+            c = state.store.campaign(b, customer_id, theme=theme, k=k, recent_days=recent_days, banner=banner)
+        except UnknownIdError:
+            raise HTTPException(404, f"unknown customer id {customer_id!r}") from None
+        except ConfigError as exc:
+            raise RequestError(str(exc)) from None
+        if format == "html":
+            return Response(c.html, media_type="text/html; charset=utf-8")
+        return _json(S.CampaignResponse.model_validate(c.to_dict(banner=banner)))
 
     @app.post("/v1/events", response_model=S.EventsAccepted, status_code=201, tags=["customers"])
     def events(batch: S.EventBatch, key: User) -> S.EventsAccepted:

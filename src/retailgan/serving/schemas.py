@@ -123,6 +123,29 @@ class HistoryResponse(Strict):
     events: list[HistoryEvent]
 
 
+class CampaignProductOut(Strict):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)  # sent as the campaign made it
+    rank: int
+    product_id: str
+    title: str | None
+    price: float | None
+    score: float
+    reason: str
+    image: Literal["photo", "generated"] | None = Field(description="generated images are shown labelled")
+
+
+class CampaignResponse(Strict):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)  # the e-mail texts byte for byte
+    customer_id: str
+    theme: str | None
+    model_version: str
+    products: list[CampaignProductOut]
+    message: str | None = Field(description="Why the product list is empty, when it is.")
+    html: str = Field(description="The self-contained HTML e-mail (images inline).")
+    text: str = Field(description="The plain-text part of the e-mail.")
+    banner_png: str | None = Field(default=None, description="The banner as a data:image/png;base64 URI.")
+
+
 class CustomerOut(Strict):
     customer_id: str
     products: int

@@ -18,10 +18,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from retailgan.data.images import ItemImage, get_image
 from retailgan.data.store import Store, fetch1
-from retailgan.serving.engine import Product
+from retailgan.serving.engine import ModelBundle, Product
+
+if TYPE_CHECKING:
+    from retailgan.campaign.customer import CustomerCampaign
 
 API_INGEST_ID = 0
 """``events.ingest_id`` of events written by the service."""
@@ -68,6 +72,13 @@ class ServiceStore:
     def image(self, product_id: str) -> ItemImage | None:
         with self._lock:
             return get_image(self.store, product_id)
+
+    def campaign(self, bundle: ModelBundle, customer_id: str, **options: Any) -> CustomerCampaign:
+        """One customer's campaign, exactly as ``retailgan campaign build`` makes it (same code)."""
+        from retailgan.campaign.customer import customer_campaign
+
+        with self._lock:
+            return customer_campaign(bundle, self.store, customer_id, **options)
 
     def api_events(self) -> list[tuple[str, str, str]]:
         """(customer, product, event type) of every event written by the service."""
