@@ -174,3 +174,31 @@ def test_bad_workers_is_a_config_error(shop, tmp_path):
                                    "--out", str(tmp_path / "y"), "--workers", "0"])
     assert res.exit_code == 2 and "--workers must be >= 1" in res.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sigkilled_parallel_run_resumes_to_identical_output(shop_images, tmp_path):
+    """SIGKILL of the parent of a two-worker build after its first recorded chunk, then a rerun."""
+    import signal
+    import subprocess
+    import sys
+
+    store, model = shop_images
+    script = (
+        "import os, signal, sys\n"
+        "from retailgan.campaign import build_campaign\n"
+        "def kill(c):\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "build_campaign(sys.argv[1], sys.argv[2], sys.argv[3], k=12, recent_days=0, chunk_size=7, workers=2,\n"
+        "               after_chunk=kill)\n"
+    )
+    out = tmp_path / "killed"
+    proc = subprocess.run([sys.executable, "-c", script, str(store), str(model), str(out)], capture_output=True,
+                          timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    assert not out.exists()
+    state = json.loads((tmp_path / ".killed.work" / "progress.json").read_text())
+    assert state["done"] >= 1
+    build_campaign(store, model, out, k=12, recent_days=0, chunk_size=7, workers=2)
+    whole = tmp_path / "whole"
+    build_campaign(store, model, whole, k=12, recent_days=0, chunk_size=7)
+    assert _files(out) == _files(whole)

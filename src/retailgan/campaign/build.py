@@ -302,9 +302,26 @@ def _write_chunk(ctx: CampaignContext, store: Store, work: Path, c: int, custome
 _WORKER: dict[str, Any] = {}
 
 
+def _exit_with_parent(interval_s: float = 0.5) -> None:
+    """End this worker when the build process is gone (e.g. SIGKILLed): a pool worker waits on a queue whose
+    pipe it holds both ends of, so it would otherwise never notice, and would keep the build's outputs open."""
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _init_worker(store_path: str, model_dir: str, label: str, theme: str | None, k: int, recent_days: int,
                  work: str) -> None:
     """Per worker process, once: load the model, open the store read-only."""
+    _exit_with_parent()
     b = ModelBundle.load(model_dir)
     if b.label != label:
         raise ModelFileError(f"{model_dir}: the model changed during the campaign build ({label} -> {b.label})")
