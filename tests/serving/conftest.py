@@ -16,11 +16,6 @@ from retailgan.serving.security import hash_key
 from tests.conftest import write_shop_logs
 
 
-def pytest_configure(config):
-    # Starlette suggests another HTTP client package for its TestClient; httpx works and is what we ship.
-    config.addinivalue_line("filterwarnings", "ignore:Using `httpx` with `starlette.testclient`")
-
-
 USER_KEY = "user-key-0123456789"
 ADMIN_KEY = "admin-key-0123456789"
 
