@@ -34,10 +34,13 @@ Parts (``--parts``, comma-separated):
   new-product purchases of that week). Each design's best plain and best buyer-weighted setting
   is then applied with the whole first week's sales and evaluated after week one. Paired tests
   (per-customer NDCG@10: bootstrap CI, t-test, Wilcoxon) compare each hybrid with trending
-  popularity and with featgan alone.
+  popularity and with featgan alone. With ``--refit-week1``, featgan and EASE are also refitted on
+  the training part plus the new products' first-week purchases and evaluated after week one,
+  featgan alone and blended with the first-week sales (weight chosen on the "time" design, with
+  a refit on the first ``--prior-days`` days); see :func:`refit_with_week1`.
 
 Usage: python benchmarks/featgan_retail.py [--store out/retail.duckdb] [--parts main,slates,speed,cold]
-       [--variants "featgan;label: {\"mode_seeking\": 1.0}"] [--prior-days 4]
+       [--variants "featgan;label: {\"mode_seeking\": 1.0}"] [--prior-days 4] [--refit-week1]
        [--json docs/results/featgan-online-retail.json]
 """
 
@@ -238,8 +241,119 @@ def best_prior(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return max(rows, key=lambda r: (r["ndcg@10"], -r["cold_prior"], -r["prior_kernel"]))
 
 
+def union(a: InteractionDataset, b: InteractionDataset) -> InteractionDataset:
+    """The pairs of two parts with the same vocabularies (the parts' pairs must not overlap)."""
+    return InteractionDataset(
+        users=a.users,
+        items=a.items,
+        user_idx=np.concatenate([a.user_idx, b.user_idx]),
+        item_idx=np.concatenate([a.item_idx, b.item_idx]),
+        timestamp=np.concatenate([a.timestamp, b.timestamp]),
+        weight=np.concatenate([a.weight, b.weight]),
+        count=np.concatenate([a.count, b.count]),
+        item_info=a.item_info,
+        name=a.name,
+    )
+
+
+def refit_with_week1(
+    cs: Split,
+    params: dict[str, Any],
+    epochs: int,
+    users: np.ndarray,
+    mask: np.ndarray,
+    prior_days: float,
+    week_end: int,
+    prior_part: sp.csr_matrix,
+    val_part: sp.csr_matrix,
+    early: sp.csr_matrix,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """featgan and EASE refitted on the training part plus new-product purchases of the first
+    test week, so that the new products that sold gain collaborative features and appear as
+    targets. featgan is refitted from scratch for the cold model's early-stopped number of epochs
+    (no new early stopping); EASE with the l2 of the temporal search. The weight of the
+    first-week sales prior on top of the refitted featgan is chosen on the "time" design: fit on
+    the training part plus the first ``prior_days`` days, validate on the new-product purchases of
+    the rest of the week (prior: the first days' sales scaled to a week). Returns the scorers
+    (customers ``users`` only) and a record of the fits and the validation."""
+    first = int(cs.test.timestamp.min())
+    val_cut = first + int(prior_days * 86400)
+    tuned = {r["model"]: r["params"] for r in json.loads(BASELINES.read_text())["results"]}
+    ease_params = tuned.get("ease", {})
+    row_of = np.full(cs.train.n_users, -1, np.int64)
+    row_of[users] = np.arange(len(users))
+    fgp = {**params, "epochs": epochs}
+
+    def fit_both(extra: InteractionDataset) -> tuple[np.ndarray, float, np.ndarray, dict[str, float]]:
+        data = union(cs.train, extra)
+        m = FeatureGAN(**fgp).fit(data, TrainingOptions(seed=0))
+        indptr, items = m._user_rows(users)
+        cos = m.generate_vectors(indptr, items)[:, 0] @ m.item_vectors.T
+        t = time.perf_counter()
+        ease = get_model_class("ease")(**ease_params).fit(data, TrainingOptions(seed=0))
+        ease_scores = np.asarray(data.matrix()[users] @ ease.W, np.float32)
+        times = {"featgan_fit_s": round(m.fit_seconds, 1), "ease_fit_s": round(time.perf_counter() - t, 1)}
+        return cos, m.config.temperature, ease_scores, times
+
+    def scorer(mat: np.ndarray, counts: np.ndarray | None = None, weight: float = 0.0, temperature: float = 1.0):
+        def fn(u: np.ndarray) -> np.ndarray:
+            sc = mat[row_of[u]]
+            if counts is not None and weight > 0:
+                sc = blend_item_prior(sc, np.broadcast_to(counts, sc.shape), weight, temperature)
+            return sc + mask
+
+        return fn
+
+    # Validation ("time" design): nothing after day prior_days is used for the fit or the weight.
+    cos_v, temperature, ease_v, times_v = fit_both(cs.test.subset(cs.test.timestamp < val_cut))
+    seen_v = cs.train.matrix() + prior_part
+    prior_counts_v = np.asarray(prior_part.sum(axis=0)).ravel() * (7.0 / prior_days)
+
+    def val_ndcg(fn) -> float:
+        res_v = evaluate(None, seen_v, val_part, ks=KS, scores_fn=fn, users=users, prefetch=False)
+        return round(float(res_v.summary()["ndcg@10"]), 4)
+
+    grid = []
+    for w in PRIOR_WEIGHTS:
+        nd = val_ndcg(scorer(cos_v, prior_counts_v, w, temperature))
+        grid.append({"cold_prior": w, "prior_kernel": 0.0, "ndcg@10": nd})
+        print("validation refit", grid[-1], flush=True)
+    chosen = best_prior(grid)
+    ease_val = val_ndcg(scorer(ease_v))
+    print("validation refit: EASE", ease_val, flush=True)
+    del cos_v, ease_v
+    # Final: refit on the training part plus the whole first week, evaluated after week one.
+    cos_f, temperature, ease_f, times_f = fit_both(cs.test.subset(cs.test.timestamp < week_end))
+    early_counts = np.asarray(early.sum(axis=0)).ravel()
+    w = chosen["cold_prior"]
+    rows = {
+        "featgan refit on training + first-week purchases": scorer(cos_f),
+        f"featgan refit on training + first-week purchases + first-week sales prior (cold_prior = {w:g}; "
+        "chosen on time)": scorer(cos_f, early_counts, w, temperature),
+        f"EASE refit on training + first-week purchases (l2 = {ease_params.get('l2', 'default')})": scorer(ease_f),
+    }
+    record = {
+        "featgan_epochs": epochs,
+        "ease_params": ease_params,
+        "validation_design": f"fit on training + new-product purchases of days 1-{prior_days:g}, "
+        f"targets: new-product purchases of days {prior_days:g}-7",
+        "validation_pairs": int(val_part.nnz),
+        "validation_grid": grid,
+        "chosen": chosen,
+        "ease_validation_ndcg@10": ease_val,
+        "fits_validation": times_v,
+        "fits_final": times_f,
+    }
+    return rows, record
+
+
 def part_cold(
-    ds: InteractionDataset, s: Split, out: dict[str, Any], params: dict[str, Any], prior_days: float = 4.0
+    ds: InteractionDataset,
+    s: Split,
+    out: dict[str, Any],
+    params: dict[str, Any],
+    prior_days: float = 4.0,
+    refit_week1: bool = False,
 ) -> None:
     cs, new = cold_split(ds, s)
     train, test = cs.train.matrix(), cs.test.matrix()
@@ -361,12 +475,19 @@ def part_cold(
         kind = "first-week sales prior" if kernel == 0 else "buyer-weighted first-week sales"
         label = f"featgan + {kind} (cold_prior = {w:g}, prior_kernel = {kernel:g}; chosen on {'+'.join(which)})"
         hybrids[label] = hybrid(early, w, kernel)
+    refit_rows: dict[str, Any] = {}
+    if refit_week1:
+        refit_rows, refit_info = refit_with_week1(
+            cs, params, info["best_epoch"], with_history, mask, prior_days, week_end, prior_part, val_part, early
+        )
+        out["cold_refit_week1"] = refit_info
     scorers = {
         "featgan": featgan_scores,
         "content-kNN (text)": content_knn,
         "popularity among new products, test period (own purchases left out; oracle)": test_popularity,
         "popularity among new products, first test week (trending)": first_week_popularity,
         **hybrids,
+        **refit_rows,
     }
     per_user: dict[str, np.ndarray] = {}
     rows = []
@@ -384,7 +505,10 @@ def part_cold(
     rows[0].update(info)
     tests = {}
     trending = "popularity among new products, first test week (trending)"
-    for a, b in [(h, trending) for h in hybrids] + [(h, "featgan") for h in hybrids]:
+    pairs = [(h, trending) for h in hybrids] + [(h, "featgan") for h in hybrids]
+    for r in refit_rows:
+        pairs += [(r, trending), (r, "featgan"), (r, "content-kNN (text)")] + [(r, h) for h in hybrids]
+    for a, b in pairs:
         pc = paired_comparison(per_user[a], per_user[b])
         tests[f"{a} - {b}"] = {
             "mean_diff_ndcg@10": round(pc.mean_diff, 4),
@@ -420,6 +544,11 @@ def main() -> None:
     )
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--prior-days", type=float, default=4.0, help="cold: days of the first week that give the prior")
+    ap.add_argument(
+        "--refit-week1",
+        action="store_true",
+        help="cold: also refit featgan and EASE on training + the first-week purchases of the new products",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     params = {"epochs": 30, "patience": 3, **json.loads(args.params)}
@@ -444,7 +573,7 @@ def main() -> None:
         if "speed" in parts:
             part_speed(s, next(iter(models.values())), out)
     if "cold" in parts:
-        part_cold(ds, s, out, params, args.prior_days)
+        part_cold(ds, s, out, params, args.prior_days, args.refit_week1)
     out["total_s"] = round(time.perf_counter() - t, 1)
     text = json.dumps(out, indent=2)
     print(text)

@@ -15,7 +15,6 @@ from retailgan.models.registry import get_model_class
 from retailgan.serving.security import hash_key
 from tests.conftest import write_shop_logs
 
-
 USER_KEY = "user-key-0123456789"
 ADMIN_KEY = "admin-key-0123456789"
 
