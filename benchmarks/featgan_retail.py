@@ -565,11 +565,18 @@ def main() -> None:
         variants = args.variants.split(";")
         if "main" in parts:
             models = part_main(s, out, params, variants)
-        else:
-            models = fit_variants(s, out, params, variants)
-        for label, model in models.items():
-            if "slates" in parts:
-                part_slates(s, model, out, label)
+            for label, model in models.items():
+                if "slates" in parts:
+                    part_slates(s, model, out, label)
+        else:  # one variant at a time, the JSON rewritten after each (a long run keeps what it finished)
+            models = {}
+            for label in variants:
+                models.update(fit_variants(s, out, params, [label]))
+                if "slates" in parts:
+                    part_slates(s, models[label], out, label)
+                if args.json:
+                    args.json.parent.mkdir(parents=True, exist_ok=True)
+                    args.json.write_text(json.dumps(out, indent=2) + "\n")
         if "speed" in parts:
             part_speed(s, next(iter(models.values())), out)
     if "cold" in parts:

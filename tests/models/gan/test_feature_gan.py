@@ -316,6 +316,30 @@ def test_mode_seeking_makes_the_noise_matter_and_stays_seeded():
         FeatureGAN(**{**FAST, "mode_seeking": 1.0, "noise_dim": 0}).fit(ds)
 
 
+def test_winner_take_all_trains_its_own_model_seeded_and_checks_values():
+    ds, answer = oracle_dataset()
+    users = list(answer)
+    mix = {**FAST, "train_samples": 3, "epochs": 4}
+    wta = FeatureGAN(**mix, wta=True).fit(ds, TrainingOptions(seed=0))
+    indptr, items = wta._user_rows(wta.users.index(users))
+    g = wta.generate_vectors(indptr, items, samples=3)
+    assert np.all(np.linalg.norm(g[:, 1] - g[:, 2], axis=1) > 1e-4)  # different noise, different vectors
+    # Same seed, same model; the hard and relaxed winner-take-all and the mixture loss differ.
+    again = FeatureGAN(**mix, wta=True).fit(ds, TrainingOptions(seed=0))
+    np.testing.assert_array_equal(again.generate_vectors(indptr, items, samples=3), g)
+    for other in (FeatureGAN(**mix), FeatureGAN(**mix, wta=True, mcl_eps=0.2)):
+        other.fit(ds, TrainingOptions(seed=0))
+        assert not np.allclose(other.generate_vectors(indptr, items, samples=3), g)
+    for bad, match in (
+        ({"wta": True}, "wta needs"),
+        ({**mix, "mcl_eps": 0.1}, "mcl_eps"),
+        ({**mix, "wta": True, "mcl_eps": 1.0}, "mcl_eps"),
+        ({**mix, "wta": True, "mcl_eps": -0.1}, "mcl_eps"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            FeatureGAN(**{**FAST, **bad}).fit(ds)
+
+
 def test_buyer_weighted_counts():
     g_users = np.array([[1.0, 0.0]])
     g_buyers = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])

@@ -48,6 +48,13 @@ G is rewarded for mapping different noise to different product vectors. On Onlin
 draws then land away from every product, so only the calibrated merge lets them into a slate
 (docs/benchmarks-featgan.md, section 3).
 
+**Specialised samples** (``wta``, ``mcl_eps``): with ``train_samples = K > 1`` the default loss is
+the likelihood under the mixture of the K vectors; ``wta`` replaces it by multiple choice learning
+(Guzman-Rivera et al., NIPS 2012): per example only the vector closest to the true next product
+(highest softmax likelihood) is trained on it, auxiliary and adversarial terms alike, so the
+noise learns to point at different interests. ``mcl_eps > 0`` relaxes it (the best vector gets
+weight ``1 - mcl_eps``, the others share ``mcl_eps``) so no vector drifts away untrained.
+
 **Early-sales prior for new products** (:meth:`FeatureGAN.set_item_prior`, weight
 ``cold_prior``): a product launched after training has no interactions, only its catalogue
 record, and featgan places it by its features. Once it has sold for a while, its sales count
@@ -124,6 +131,14 @@ class FeatureGANConfig(ModelConfig):
     """Generated vectors per training example. Above 1 the auxiliary loss is the likelihood of
     the true next product under the mixture of the K vectors' softmaxes (the noise's mean plus
     K - 1 draws), which rewards vectors that cover different interests."""
+    wta: bool = False
+    """Winner-take-all across the ``train_samples`` vectors (multiple choice learning, Guzman-Rivera
+    et al. 2012): per example only the vector that gives the true next product the highest
+    likelihood gets the auxiliary and adversarial gradients, instead of the mixture likelihood, so
+    different noise specialises to different interests. Needs ``train_samples > 1``."""
+    mcl_eps: float = 0.0
+    """Relaxed winner-take-all (with ``wta``): the best vector gets weight ``1 - mcl_eps``, each
+    other one ``mcl_eps / (train_samples - 1)``; 0: the hard winner-take-all. In [0, 1)."""
     cold_dropout: float = 0.2
     mode_seeking: float = 0.0
     """Weight of the mode-seeking regulariser (module docstring); 0: off. Needs noise_dim > 0."""
@@ -171,6 +186,8 @@ class FeatureGANConfig(ModelConfig):
             (self.lr_g > 0 and self.lr_d > 0 and self.weight_decay >= 0, "lr > 0, weight_decay >= 0"),
             (self.d_steps >= 1 and self.train_samples >= 1, "d_steps, train_samples >= 1"),
             (self.train_samples == 1 or self.noise_dim > 0, "train_samples > 1 needs noise_dim > 0"),
+            (not self.wta or self.train_samples > 1, "wta needs train_samples > 1"),
+            (0.0 <= self.mcl_eps < 1.0 and (self.wta or self.mcl_eps == 0), "mcl_eps in [0, 1), > 0 needs wta"),
             (self.epochs >= 1 and self.patience >= 1 and self.eval_every >= 1, "epochs, patience, eval_every >= 1"),
             (self.samples >= 1 and 0.0 <= self.diversity <= 1.0, "samples >= 1, diversity in [0, 1]"),
         ]
@@ -462,6 +479,7 @@ class FeatureGAN(IterativeRecommender):
             h = self.nets.encode(hist, bags)
             E = self.nets.embed(X_t, None, id_mask) if cand is None else self.nets.embed(X_t[cand], cand, id_mask)
             K = cfg.train_samples
+            w_adv = None  # per-vector weights of G's adversarial term (winner-take-all)
             if K == 1:
                 g = self.nets.generate(h, self._noise(len(h)))
                 loss = cfg.aux_weight * F.cross_entropy(g @ E.T / cfg.temperature, labels)
@@ -473,7 +491,13 @@ class FeatureGAN(IterativeRecommender):
                 g = self.nets.generate(hk, z)
                 logp = F.log_softmax(g @ E.T / cfg.temperature, dim=1)
                 logp = logp.gather(1, labels.repeat_interleave(K)[:, None]).view(len(h), K)
-                loss = -cfg.aux_weight * (torch.logsumexp(logp, dim=1) - math.log(K)).mean()
+                if cfg.wta:  # per-example weights: 1 - eps on the best vector, eps / (K - 1) on the others
+                    best = logp.detach().argmax(dim=1, keepdim=True)
+                    w = torch.full_like(logp, cfg.mcl_eps / (K - 1)).scatter_(1, best, 1.0 - cfg.mcl_eps)
+                    loss = -cfg.aux_weight * (w * logp).sum(dim=1).mean()
+                    w_adv = w.reshape(-1, 1) * K
+                else:
+                    loss = -cfg.aux_weight * (torch.logsumexp(logp, dim=1) - math.log(K)).mean()
                 h = hk
                 labels = labels.repeat_interleave(K)
             logged["loss_aux"].append(float(loss.detach()))
@@ -501,7 +525,8 @@ class FeatureGAN(IterativeRecommender):
                 logged["loss_d"].append(float(loss_d.detach()))
                 self.D.requires_grad_(False)
                 d_gen = self.D(torch.cat([hd, g], dim=1))
-                adv = -d_gen.mean() if cfg.loss == "hinge" else F.softplus(-d_gen).mean()
+                adv_each = -d_gen if cfg.loss == "hinge" else F.softplus(-d_gen)
+                adv = adv_each.mean() if w_adv is None else (w_adv * adv_each).mean()
                 logged["loss_g_adv"].append(float(adv.detach()))
                 loss = loss + cfg.adv_weight * adv
             self._opt_g.zero_grad(set_to_none=True)
