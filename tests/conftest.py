@@ -55,6 +55,13 @@ def oracle():
     return oracle_dataset()
 
 
+SHOP_INGEST_ARGS = (
+    "--format", "events", "--user-col", "customer", "--item-col", "sku", "--time-col", "ts", "--event-col", "action",
+    "--catalogue-item-col", "sku", "--title-col", "name", "--category-col", "dept", "--catalogue-price-col", "price",
+)
+"""``retailgan ingest`` options for the files of :func:`write_shop_logs` (add the events file, --store, --catalogue)."""
+
+
 def write_shop_logs(
     root: Path,
     *,

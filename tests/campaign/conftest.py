@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from retailgan.cli import app
 from retailgan.data.store import Store
-from tests.conftest import write_shop_logs
+from tests.conftest import SHOP_INGEST_ARGS, write_shop_logs
 
 runner = CliRunner()
 
@@ -21,12 +21,8 @@ def shop(tmp_path_factory):
         title=lambda b, j: f"Mug <b>{b}-{j}</b> & co" if j == 0 else f"Product {b}-{j}",
     )
     store = root / "shop.duckdb"
-    res = runner.invoke(app, [
-        "ingest", str(events), "--format", "events", "--store", str(store),
-        "--user-col", "customer", "--item-col", "sku", "--time-col", "ts", "--event-col", "action",
-        "--catalogue", str(products), "--catalogue-item-col", "sku", "--title-col", "name",
-        "--category-col", "dept", "--catalogue-price-col", "price",
-    ])
+    res = runner.invoke(app, ["ingest", str(events), "--store", str(store), "--catalogue", str(products),
+                              *SHOP_INGEST_ARGS])
     assert res.exit_code == 0, res.output
     with Store.open(store) as s:
         s.con.execute("UPDATE users SET country = CASE WHEN user_id < 'C20' THEN 'United Kingdom' ELSE 'France' END")

@@ -26,7 +26,7 @@ from retailgan.data.images import (
 from retailgan.data.store import Store
 from retailgan.errors import ConfigError, ImageError
 from retailgan.imagegen.catalogue import fill_catalogue, item_seed
-from tests.conftest import write_shop_logs
+from tests.conftest import SHOP_INGEST_ARGS, write_shop_logs
 
 runner = CliRunner()
 
@@ -36,12 +36,8 @@ def shop_store(tmp_path: Path) -> Path:
     """A store whose catalogue has categories 'bag' (block 0) and 'Shoe' / 'dept1' via the CLI ingest."""
     events, products = write_shop_logs(tmp_path, customers=6, events=60, products=4)
     store = tmp_path / "shop.duckdb"
-    res = runner.invoke(app, [
-        "ingest", str(events), "--format", "events", "--store", str(store),
-        "--user-col", "customer", "--item-col", "sku", "--time-col", "ts", "--event-col", "action",
-        "--catalogue", str(products), "--catalogue-item-col", "sku", "--title-col", "name",
-        "--category-col", "dept", "--catalogue-price-col", "price",
-    ])
+    res = runner.invoke(app, ["ingest", str(events), "--store", str(store), "--catalogue", str(products),
+                              *SHOP_INGEST_ARGS])
     assert res.exit_code == 0, res.output
     with Store.open(store) as s:
         s.con.execute("UPDATE items SET category = CASE WHEN item_id LIKE 'P0%' THEN 'bag' ELSE 'Shoe' END")
