@@ -74,6 +74,7 @@ BASELINES = REPO / "docs" / "results" / "online-retail-temporal.json"
 KS = (10, 20)
 PRIOR_WEIGHTS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 PRIOR_KERNELS = (0.0, 0.05, 0.1, 0.2, 0.5)
+TREND_WEIGHTS = (0.0, 0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 1.0)
 
 
 def ensure_store(store: Path) -> Path:
@@ -94,6 +95,18 @@ def fit_featgan(s: Split, params: dict[str, Any], seed: int = 0) -> tuple[Featur
     final = FeatureGAN(**{**params, "epochs": best}).fit(s.train, TrainingOptions(seed=seed))
     info = {"best_epoch": best, "validation_ndcg@10": val, "fit_s": final.fit_seconds, "probe_fit_s": probe.fit_seconds}
     return final, info
+
+
+def paired(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+    """Paired comparison of per-customer NDCG@10 (a - b): bootstrap CI, t-test, Wilcoxon."""
+    pc = paired_comparison(a, b)
+    return {
+        "mean_diff_ndcg@10": round(pc.mean_diff, 4),
+        "ci95": [round(pc.ci_low, 4), round(pc.ci_high, 4)],
+        "p_ttest": float(f"{pc.p_ttest:.3g}"),
+        "p_wilcoxon": float(f"{pc.p_wilcoxon:.3g}"),
+        "n": pc.n,
+    }
 
 
 def summary(result: Any) -> dict[str, float]:
@@ -117,20 +130,60 @@ def variant_params(label: str) -> dict[str, Any]:
     return json.loads(spec)
 
 
-def part_main(s: Split, out: dict[str, Any], params: dict[str, Any], variants: list[str]) -> dict[str, FeatureGAN]:
+class TrendBlend:
+    """A fitted recommender's scores plus ``weight * log(1 + r_i)``, ``r_i`` the distinct buyers
+    of product i in the last ``days`` days of the training part (what the baselines get to match
+    featgan's ``trend_days``); empty histories keep the model's own fallback ranking."""
+
+    def __init__(self, model: Any, part: InteractionDataset, days: int, weight: float) -> None:
+        since = int(part.timestamp.max()) - days * 86400
+        recent = np.bincount(part.item_idx[part.timestamp > since], minlength=part.n_items)
+        self.model, self.weight = model, weight
+        self.bonus = (weight * np.log1p(recent)).astype(np.float32)
+
+    def score_users(self, user_idx: np.ndarray) -> np.ndarray:
+        return self.model.score_users(user_idx) + self.bonus
+
+    def fallback_scores(self) -> np.ndarray:
+        return self.model.fallback_scores()
+
+
+def trend_blend_weight(s: Split, name: str, params: dict[str, Any], days: int) -> dict[str, Any]:
+    """The blend weight of :class:`TrendBlend` for baseline ``name``, chosen on validation (fit
+    on the inner training part, NDCG@10 of the customers with a history)."""
+    model = get_model_class(name)(**params).fit(s.train_inner, TrainingOptions(seed=0))
+    train, val = s.train_inner.matrix(), s.validation.matrix()
+    users = np.flatnonzero(np.diff(train.indptr) > 0)
+    grid = []
+    for w in TREND_WEIGHTS:
+        res = evaluate(TrendBlend(model, s.train_inner, days, w), train, val, ks=KS, users=users, prefetch=False)
+        grid.append({"weight": w, "ndcg@10": round(float(res.summary()["ndcg@10"]), 4)})
+        print("validation", name, "+ recent sales", grid[-1], flush=True)
+    best = max(grid, key=lambda r: (r["ndcg@10"], -r["weight"]))
+    return {"weight": best["weight"], "validation_grid": grid}
+
+
+def part_main(
+    s: Split, out: dict[str, Any], params: dict[str, Any], variants: list[str], trend_days: int = 0
+) -> dict[str, FeatureGAN]:
     """Every model evaluated twice: on all customers with test purchases (what ``compare``
     reports; customers without a training history get each model's empty-history ranking), and
     on those with a training history only (the fair comparison: featgan ranks empty histories by
-    popularity, the collaborative baselines by arbitrary ties)."""
+    popularity, the collaborative baselines by arbitrary ties). With ``trend_days``, the
+    baselines that see recent sales too: popularity over the last ``trend_days`` days, and EASE
+    plus those sales (:class:`TrendBlend`, weight chosen on validation); paired tests of every
+    featgan variant against EASE and the EASE blend (customers with a history)."""
     train, test = s.train.matrix(), s.test.matrix()
     with_history = np.flatnonzero(np.diff(train.indptr) > 0)
     feats = item_features_for_diversity(s.train)
     rows = []
     tuned = {r["model"]: r["params"] for r in json.loads(BASELINES.read_text())["results"]}
+    per_user: dict[str, np.ndarray] = {}
 
     def record(label: str, model: Any, extra: dict[str, Any]) -> None:
         res = evaluate(model, train, test, ks=KS, item_features=feats)
         res_h = evaluate(model, train, test, ks=KS, item_features=feats, users=with_history)
+        per_user[label] = res_h.per_user["ndcg@10"]
         rows.append({"model": label, "metrics": summary(res), "metrics_with_history": summary(res_h), **extra})
         print(label, rows[-1]["metrics"]["ndcg@10"], rows[-1]["metrics_with_history"]["ndcg@10"], flush=True)
         out["main"] = {"users_evaluated": int(res.n_users), "users_with_history": int(res_h.n_users), "rows": rows}
@@ -138,11 +191,27 @@ def part_main(s: Split, out: dict[str, Any], params: dict[str, Any], variants: l
     for name in ("pop", "itemknn", "ease", "ials", "bpr"):
         model = get_model_class(name)(**tuned.get(name, {})).fit(s.train, TrainingOptions(seed=0))
         record(name, model, {"params": tuned.get(name, {}), "fit_s": model.fit_seconds})
+    against = ["ease"]
+    if trend_days:
+        pop = get_model_class("pop")(recent_days=trend_days).fit(s.train, TrainingOptions(seed=0))
+        record(f"pop, last {trend_days} days", pop, {"params": {"recent_days": trend_days}})
+        ease_params = tuned.get("ease", {})
+        chosen = trend_blend_weight(s, "ease", ease_params, trend_days)
+        ease = get_model_class("ease")(**ease_params).fit(s.train, TrainingOptions(seed=0))
+        label = f"ease + sales of the last {trend_days} days"
+        record(label, TrendBlend(ease, s.train, trend_days, chosen["weight"]), {"params": ease_params, **chosen})
+        against.append(label)
     models = {}
     for label in variants:
         m, info = fit_featgan(s, {**params, **variant_params(label)})
         record(label, m, {"params": {**params, **variant_params(label)}, **info})
         models[label] = m
+    tests = {}
+    for label in variants:
+        for b in against:
+            tests[f"{label} - {b}"] = paired(per_user[label], per_user[b])
+            print(label, "-", b, tests[f"{label} - {b}"], flush=True)
+    out["main"]["paired_tests_with_history"] = tests
     return models
 
 
@@ -509,14 +578,7 @@ def part_cold(
     for r in refit_rows:
         pairs += [(r, trending), (r, "featgan"), (r, "content-kNN (text)")] + [(r, h) for h in hybrids]
     for a, b in pairs:
-        pc = paired_comparison(per_user[a], per_user[b])
-        tests[f"{a} - {b}"] = {
-            "mean_diff_ndcg@10": round(pc.mean_diff, 4),
-            "ci95": [round(pc.ci_low, 4), round(pc.ci_high, 4)],
-            "p_ttest": float(f"{pc.p_ttest:.3g}"),
-            "p_wilcoxon": float(f"{pc.p_wilcoxon:.3g}"),
-            "n": pc.n,
-        }
+        tests[f"{a} - {b}"] = paired(per_user[a], per_user[b])
         print(a, "-", b, tests[f"{a} - {b}"], flush=True)
     out["cold"] = {
         "new_products": int(new.sum()),
@@ -549,6 +611,13 @@ def main() -> None:
         action="store_true",
         help="cold: also refit featgan and EASE on training + the first-week purchases of the new products",
     )
+    ap.add_argument(
+        "--trend-baselines",
+        type=int,
+        default=0,
+        metavar="DAYS",
+        help="main: add popularity of the last DAYS days and EASE + those sales (weight chosen on validation)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     params = {"epochs": 30, "patience": 3, **json.loads(args.params)}
@@ -564,7 +633,7 @@ def main() -> None:
     if "main" in parts or "slates" in parts or "speed" in parts:
         variants = args.variants.split(";")
         if "main" in parts:
-            models = part_main(s, out, params, variants)
+            models = part_main(s, out, params, variants, args.trend_baselines)
             for label, model in models.items():
                 if "slates" in parts:
                     part_slates(s, model, out, label)

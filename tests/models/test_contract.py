@@ -66,6 +66,26 @@ def test_pop_oracle_ranks_by_distinct_users():
     assert not recs.known[0]
 
 
+def test_pop_recent_days_ranks_by_the_last_days(tmp_path):
+    from retailgan.data.dataset import InteractionDataset
+
+    day = 86400
+    # "old" sold to three customers long ago, "new" to two in the last days, "mid" to one then.
+    ds = InteractionDataset.from_arrays(
+        ["a", "b", "c", "d", "e", "f", "a"],
+        ["old", "old", "old", "new", "new", "mid", "mid"],
+        timestamps=[0, day, 2 * day, 30 * day, 31 * day, 30 * day, 3 * day],
+    )
+    assert get_model_class("pop")().fit(ds).recommend(["x"], k=3).item_ids[0].tolist() == ["old", "mid", "new"]
+    trending = get_model_class("pop")(recent_days=7).fit(ds)
+    assert trending.recommend(["x"], k=3).item_ids[0].tolist() == ["new", "mid", "old"]  # old: tie-broken last
+    assert load_model(trending.save(tmp_path / "p")).recommend(["x"], k=3).item_ids[0].tolist() == [
+        "new", "mid", "old"
+    ]
+    with pytest.raises(ConfigError, match="recent_days"):
+        get_model_class("pop")(recent_days=-1).fit(ds)
+
+
 def test_shapes_and_sorted_scores(fitted):
     name, model, answer = fitted
     users = list(answer)[:7]

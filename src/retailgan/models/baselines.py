@@ -27,17 +27,30 @@ def _feedback(dataset: InteractionDataset, kind: str) -> sp.csr_matrix:
 
 @dataclass(frozen=True)
 class PopConfig(ModelConfig):
-    pass
+    recent_days: int = 0
+    """Count only the users of the last ``recent_days`` days of the training data ("trending";
+    ties by all-time popularity); 0 counts all of it."""
+
+    def validate(self) -> None:
+        self.require("pop", [(self.recent_days >= 0, "recent_days >= 0")])
 
 
 class MostPopular(Recommender):
-    """Ranks items by the number of distinct training users (same list for everyone)."""
+    """Ranks items by the number of distinct training users (same list for everyone), or by
+    those of the last ``recent_days`` days."""
 
     name = "pop"
     config_class = PopConfig
 
     def _fit(self, dataset: InteractionDataset, options: TrainingOptions) -> None:
-        pass
+        cfg = self.config
+        assert isinstance(cfg, PopConfig) and self.popularity is not None
+        cfg.validate()
+        if cfg.recent_days and len(dataset.timestamp):
+            since = int(dataset.timestamp.max()) - cfg.recent_days * 86400
+            recent = np.bincount(dataset.item_idx[dataset.timestamp > since], minlength=self.n_items)
+            # All-time popularity only breaks ties: scaled below one recent user.
+            self.popularity = (recent + self.popularity / (1.0 + self.popularity.max())).astype(np.float32)
 
     def score_users(self, user_idx: np.ndarray) -> np.ndarray:
         assert self.popularity is not None

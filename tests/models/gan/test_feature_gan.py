@@ -405,3 +405,68 @@ def test_calibrated_merge_gives_every_generated_vector_its_favourite():
         model.recommend(users, k=3, samples=3, merge="mean")
     with pytest.raises(ConfigError, match="slate_merge"):
         FeatureGAN(**{**FAST, "slate_merge": "mean"}).fit(ds)
+
+
+def _trending_log(seed: int = 0) -> InteractionDataset:
+    """Ten weeks; each week a different product is "hot" and most customers buy it that week,
+    after a few everyday products. Static features cannot tell which product is hot: only its
+    sales of the last days can."""
+    rng = np.random.default_rng(seed)
+    users, items, ts = [], [], []
+    info = {f"p{i}": {"title": f"product {w} {w}x", "price": 2.0} for i, w in enumerate(
+        ["red", "blue", "green", "gold", "pink", "grey", "navy", "teal", "rust", "lime", "plum", "sand"]
+    )}
+    for week in range(10):
+        for c in range(60):
+            day = week * 7 + int(rng.integers(0, 6))
+            for p in rng.choice(np.arange(10, 12), 1):  # everyday products first
+                users.append(f"c{c}"), items.append(f"p{p}"), ts.append((day - 1) * 86400 + week)
+            if rng.random() < 0.8:
+                users.append(f"c{c}"), items.append(f"p{week}"), ts.append(day * 86400 + 3600 + c)
+    return InteractionDataset.from_arrays(users, items, timestamps=ts, item_info=info)
+
+
+def test_learned_trend_follows_recent_sales_and_is_saved(tmp_path):
+    ds = _trending_log()
+    cfg = {**FAST, "trend_days": 3, "epochs": 15}
+    model = FeatureGAN(**cfg).fit(ds, TrainingOptions(seed=0))
+    users = [f"c{c}" for c in range(30)]
+    beta = model.trend_weights(users)
+    assert beta.shape == (30, 2)
+    assert np.all(beta.sum(axis=1) > 0.5)  # learned to follow what sells now
+    # The default recent sales are the last 3 days of the log: week 9's product is hot.
+    top = model.recommend(users, k=1, exclude_seen=False).item_ids[:, 0]
+    assert (top == "p9").mean() >= 0.8
+    # New recent sales move the list without retraining; both ranking paths agree.
+    ids = [f"p{i}" for i in range(12)]
+    model.set_recent_sales(ids, [50.0 if i == 4 else 0.0 for i in range(12)])
+    for kw in ({}, {"samples": 3}):
+        top = model.recommend(users, k=1, exclude_seen=False, **kw).item_ids[:, 0]
+        assert (top == "p4").mean() >= 0.8, kw
+    loaded = load_model(model.save(tmp_path / "trend"))
+    np.testing.assert_allclose(loaded.score_users(np.arange(ds.n_users)), model.score_users(np.arange(ds.n_users)))
+    np.testing.assert_array_equal(loaded.trend_weights(users), beta)
+    # Seeded: a second fit gives the same model.
+    again = FeatureGAN(**cfg).fit(ds, TrainingOptions(seed=0))
+    np.testing.assert_array_equal(again.trend_weights(users), beta)
+    # A product added later has no sales until told; then it is ranked by them too.
+    model.add_products(["p99"], ["product new new"])
+    model.set_recent_sales(["p99"], [80.0])
+    assert (model.recommend(users, k=1, exclude_seen=False).item_ids[:, 0] == "p99").mean() >= 0.8
+
+
+def test_trend_config_and_recent_sales_checks(fitted):
+    model, ds, answer = fitted
+    with pytest.raises(ConfigError, match="trend_days = 0"):
+        model.set_recent_sales(["i0_0"], [1.0])
+    with pytest.raises(ConfigError, match="trend_days = 0"):
+        model.trend_weights(list(answer)[:1])
+    with pytest.raises(ConfigError, match="trend_days >= 0"):
+        FeatureGAN(**{**FAST, "trend_days": -1}).fit(ds, TrainingOptions(seed=0))
+    trend = FeatureGAN(**{**FAST, "trend_days": 2, "epochs": 1}).fit(ds, TrainingOptions(seed=0))
+    with pytest.raises(ConfigError, match="counts of shape"):
+        trend.set_recent_sales(["i0_0", "i0_1"], [1.0])
+    with pytest.raises(ConfigError, match="finite and >= 0"):
+        trend.set_recent_sales(["i0_0"], [-1.0])
+    with pytest.raises(UnknownIdError):
+        trend.set_recent_sales(["nope"], [1.0])

@@ -72,6 +72,21 @@ held-out purchases (benchmarks/featgan_retail.py, part ``cold``, picks them insi
 window; on Online Retail the chosen blends are level with ranking the new products by their
 sales, not better: docs/benchmarks-featgan.md, section 2). The prior is runtime state, not saved
 with the model.
+
+**Learned trend-following** (``trend_days = w > 0``): instead of a prior weight chosen by hand,
+the model learns, jointly with the generator, how much each customer follows what is selling
+now. Every training example (a next purchase at day ``d``) sees each product's number of distinct
+buyers in the ``w`` days before ``d`` (``r_i(d)``, from the training pairs; the target's own day
+excluded), and the softmax logit becomes ``cos(g, e_i) / temperature + b_i(h) * log(1 + r_i(d))``
+with ``b_i(h) = beta(h) + kappa_i * beta_cold(h)``: two weights read from the customer's history
+encoding (a linear head, starting at 0), the second one for products placed by their catalogue
+record alone (``kappa_i = 1``: no training interaction, or dropped out by ``cold_dropout`` in
+that epoch), whose cosine knows nothing of how well they sell. The cosine part is therefore
+trained on what the recent sales do not explain. At scoring time the score is
+``cos + temperature * b_i(h) * log(1 + r_i)`` with ``r_i`` the recent sales
+counts: by default those of the last ``w`` days of the training data (saved with the model);
+:meth:`FeatureGAN.set_recent_sales` replaces them (e.g. every day in a deployment, or a new
+product's first-week sales).
 """
 
 from __future__ import annotations
@@ -148,6 +163,9 @@ class FeatureGANConfig(ModelConfig):
     prior_kernel: float = 0.0
     """Temperature of the buyer-similarity kernel of :meth:`FeatureGAN.set_item_sales`; 0: every
     buyer counts 1 (plain sales counts)."""
+    trend_days: int = 0
+    """Learned trend-following (module docstring): days of recent sales each example sees;
+    0 turns it off."""
     lr_g: float = 1e-3
     lr_d: float = 4e-3
     d_steps: int = 1
@@ -183,6 +201,7 @@ class FeatureGANConfig(ModelConfig):
                 "mode_seeking, cold_prior, prior_kernel >= 0",
             ),
             (self.mode_seeking == 0 or self.noise_dim > 0, "mode_seeking > 0 needs noise_dim > 0"),
+            (self.trend_days >= 0, "trend_days >= 0"),
             (self.lr_g > 0 and self.lr_d > 0 and self.weight_decay >= 0, "lr > 0, weight_decay >= 0"),
             (self.d_steps >= 1 and self.train_samples >= 1, "d_steps, train_samples >= 1"),
             (self.train_samples == 1 or self.noise_dim > 0, "train_samples > 1 needs noise_dim > 0"),
@@ -222,6 +241,8 @@ class _Nets(nn.Module):
         )
         self.noise_dim = cfg.noise_dim
         self.ids = cfg.id_embeddings
+        if cfg.trend_days:  # the customer's weight on recent sales (module docstring)
+            self.trend = nn.Linear(cfg.hidden, 2)
         if self.ids:
             self.item_id = nn.Parameter(torch.zeros(n_items, cfg.emb_dim))
             self.hist_all = nn.EmbeddingBag(n_items, cfg.hidden, mode="mean", _weight=torch.zeros(n_items, cfg.hidden))
@@ -245,6 +266,11 @@ class _Nets(nn.Module):
             flat_all, off_all, flat_recent, off_recent = bags
             pre = pre + self.hist_all(flat_all, off_all) + self.hist_recent(flat_recent, off_recent)
         return F.relu(pre)
+
+    def trend_weight(self, h: torch.Tensor) -> torch.Tensor:
+        """``(n, 2)`` weights on ``log(1 + recent sales)`` of history encodings ``h``: for every
+        product, and added for products placed by their record alone."""
+        return self.trend(h)
 
     def generate(self, h: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
         if self.noise_dim:
@@ -394,9 +420,15 @@ class FeatureGAN(IterativeRecommender):
         self._X_cold[:, self.space.block_slices()["collab"]] = cfg.w_collab * imputed
         self._hist_indptr, self._hist_items, hist_ts = _ordered_histories(dataset)
         self._build_examples(hist_ts)
+        if cfg.trend_days:
+            self._init_trend(dataset, hist_ts)
 
         self.nets = _Nets(self.X.shape[1], len(self.X), cfg)
         _init(self.nets, init_gen)
+        if cfg.trend_days:  # start as plain featgan: no weight on recent sales
+            nn.init.zeros_(self.nets.trend.weight)
+            self._cold_items = np.ones(len(self.X), bool)
+            self._cold_items[self._warm] = False
         if cfg.id_embeddings:
             self.nets.id_mask[torch.from_numpy(self._warm)] = 1.0
         self._opt_g = torch.optim.Adam(
@@ -429,6 +461,37 @@ class FeatureGAN(IterativeRecommender):
         if len(self._ex_pos) == 0:
             raise ConfigError("featgan: no training pair has an earlier product of the same customer (min_history)")
 
+    def _init_trend(self, dataset: InteractionDataset, hist_ts: np.ndarray) -> None:
+        """Per-day cumulative sales (distinct buyers per product: a training pair is one customer
+        and one product) so that every example's recent sales are two row lookups; the day of
+        every example; and the recent sales at the end of the training data."""
+        day0 = int(dataset.timestamp.min()) // 86400
+        days = dataset.timestamp.astype(np.int64) // 86400 - day0
+        n_days = int(days.max()) + 1
+        daily = sp.csr_matrix(
+            (np.ones(len(days), np.float32), (days, dataset.item_idx)), shape=(n_days, dataset.n_items)
+        ).toarray()
+        # cum[d]: sales on days before d (float64 sums, exact for counts).
+        self._trend_cum = np.concatenate([np.zeros((1, dataset.n_items)), np.cumsum(daily, axis=0, dtype=np.float64)])
+        self._ex_day = hist_ts[self._ex_pos] // 86400 - day0
+        w = self._cfg.trend_days
+        self._recent = self._trend_cum[n_days] - self._trend_cum[max(n_days - w, 0)]
+
+    def _trend_logits(
+        self, h: torch.Tensor, rows: np.ndarray, cand: torch.Tensor | None, cold: np.ndarray
+    ) -> torch.Tensor:
+        """The trend term of the logits of examples ``rows`` (encodings ``h``) over the
+        candidates: ``(beta + kappa_i beta_cold) log(1 + r_i(d))`` with ``r_i(d)`` the sales in
+        the ``trend_days`` days before the example's day ``d``; ``cold``: ``kappa`` of the epoch."""
+        d = self._ex_day[rows]
+        recent = self._trend_cum[d] - self._trend_cum[np.maximum(d - self._cfg.trend_days, 0)]
+        log_r = torch.from_numpy(np.log1p(recent).astype(np.float32))
+        kappa = torch.from_numpy(cold.astype(np.float32))
+        if cand is not None:
+            log_r, kappa = log_r[:, cand], kappa[cand]
+        beta = self.nets.trend_weight(h)
+        return (beta[:, :1] + beta[:, 1:] * kappa[None, :]) * log_r
+
     def _history_input(self, start: np.ndarray, cut: np.ndarray) -> torch.Tensor:
         """Encoder input of histories ``items[start : start + cut]`` (prefix sums, no loops)."""
         w = self._cfg.recent
@@ -450,9 +513,12 @@ class FeatureGAN(IterativeRecommender):
         assert self.nets is not None and self.X is not None
         self._invalidate()
         X_epoch = self.X.copy()
+        cold_epoch = self._cold_items.copy() if cfg.trend_days else None
         if cfg.cold_dropout > 0 and len(self._warm):
             pick = self._rng.random(len(self._warm)) < cfg.cold_dropout
             X_epoch[self._warm[pick]] = self._X_cold[pick]
+            if cold_epoch is not None:
+                cold_epoch[self._warm[pick]] = True
         X_t = torch.from_numpy(X_epoch)
         n_items = len(X_epoch)
         id_mask = None
@@ -479,17 +545,21 @@ class FeatureGAN(IterativeRecommender):
             h = self.nets.encode(hist, bags)
             E = self.nets.embed(X_t, None, id_mask) if cand is None else self.nets.embed(X_t[cand], cand, id_mask)
             K = cfg.train_samples
+            # Learned trend-following: a per-customer weight on the candidates' recent sales.
+            trend = self._trend_logits(h, i, cand, cold_epoch) if cfg.trend_days else 0.0
             w_adv = None  # per-vector weights of G's adversarial term (winner-take-all)
             if K == 1:
                 g = self.nets.generate(h, self._noise(len(h)))
-                loss = cfg.aux_weight * F.cross_entropy(g @ E.T / cfg.temperature, labels)
+                loss = cfg.aux_weight * F.cross_entropy(g @ E.T / cfg.temperature + trend, labels)
             else:  # mixture of K generated vectors: the noise's mean and K - 1 draws
                 hk = h.repeat_interleave(K, dim=0)
                 z = self._noise(len(hk))
                 assert z is not None
                 z.view(len(h), K, -1)[:, 0] = 0.0
                 g = self.nets.generate(hk, z)
-                logp = F.log_softmax(g @ E.T / cfg.temperature, dim=1)
+                if cfg.trend_days:
+                    trend = trend.repeat_interleave(K, dim=0)
+                logp = F.log_softmax(g @ E.T / cfg.temperature + trend, dim=1)
                 logp = logp.gather(1, labels.repeat_interleave(K)[:, None]).view(len(h), K)
                 if cfg.wta:  # per-example weights: 1 - eps on the best vector, eps / (K - 1) on the others
                     best = logp.detach().argmax(dim=1, keepdim=True)
@@ -540,6 +610,7 @@ class FeatureGAN(IterativeRecommender):
         self._opt_g = self._opt_d = None
         self._prefix = self._X_cold = None
         self._ex_pos = self._ex_cut = self._ex_start = None
+        self._trend_cum = self._ex_day = None
         self._gen = self._rng = None
         self._invalidate()
 
@@ -593,6 +664,13 @@ class FeatureGAN(IterativeRecommender):
     def generate_vectors(self, indptr: np.ndarray, items: np.ndarray, samples: int = 1) -> np.ndarray:
         """``(n, samples, emb_dim)`` generated product vectors for ordered histories: the noise's
         mean first, then ``samples - 1`` draws seeded by ``sample_seed`` (deterministic)."""
+        return self._generate(indptr, items, samples)[0]
+
+    def _generate(
+        self, indptr: np.ndarray, items: np.ndarray, samples: int = 1
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Generated vectors (:meth:`generate_vectors`) and, with ``trend_days``, the
+        customers' weights on recent sales (else None)."""
         assert self.nets is not None
         cfg = self._cfg
         h = self._encode_rows(indptr, items)
@@ -603,7 +681,21 @@ class FeatureGAN(IterativeRecommender):
             for s in range(1, samples):
                 z = cfg.noise_scale * torch.randn(len(h), cfg.noise_dim, generator=gen) if cfg.noise_dim else None
                 out[:, s] = self.nets.generate(h, z).numpy()
-        return out
+            beta = self.nets.trend_weight(h).numpy() if cfg.trend_days else None
+        return out, beta
+
+    def trend_weights(self, user_ids: Sequence[object]) -> np.ndarray:
+        """``(n, 2)``: each known customer's learned weights on ``log(1 + recent sales)``
+        (``trend_days`` models; module docstring), in softmax-logit units: ``beta`` for every
+        product and ``beta_cold`` added for products placed by their record alone."""
+        self._check_fitted()
+        assert self.users is not None
+        if not self._cfg.trend_days:
+            raise ConfigError("trend_weights: the model was trained with trend_days = 0")
+        indptr, items = self._user_rows(self.users.index([str(u) for u in user_ids]))
+        beta = self._generate(indptr, items)[1]
+        assert beta is not None
+        return beta
 
     def _user_rows(self, user_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         starts, ends = self._hist_indptr[user_idx], self._hist_indptr[user_idx + 1]
@@ -621,8 +713,9 @@ class FeatureGAN(IterativeRecommender):
         return out
 
     def _scores_for(self, indptr: np.ndarray, items: np.ndarray) -> np.ndarray:
-        g = self.generate_vectors(indptr, items)[:, 0]
-        scores = self._with_prior(g @ self.item_vectors.T, g)
+        G, beta = self._generate(indptr, items)
+        g = G[:, 0]
+        scores = self._with_prior(g @ self.item_vectors.T, g, beta=beta)
         empty = np.diff(indptr) == 0
         if empty.any():  # no history: the popularity rule, on a scale below any cosine
             scores[empty] = self.fallback_scores() / (1.0 + self.fallback_scores().max()) - 2.0
@@ -717,26 +810,64 @@ class FeatureGAN(IterativeRecommender):
         self._prior_sales = self._prior_buyers = None
         self._prior_kernel = 0.0
 
-    def _boosted(self) -> np.ndarray | None:
-        """Products with a non-zero prior (they may rank high far from every generated vector)."""
-        if self._prior_counts is not None:
-            return np.flatnonzero(self._prior_counts > 0)
-        if self._prior_sales is not None:
-            return np.unique(self._prior_sales.indices)
-        return None
+    _recent: np.ndarray | None = None
+    _cold_items: np.ndarray | None = None
 
-    def _with_prior(self, scores: np.ndarray, g: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
-        """``scores`` (rows: customers with generated vectors ``g``; columns: products ``idx``,
-        default all) blended with the prior, if one is set."""
+    def set_recent_sales(self, item_ids: Sequence[object], counts: Sequence[float] | np.ndarray) -> None:
+        """Replace the recent sales counts of a ``trend_days`` model (distinct buyers of each
+        product in the last ``trend_days`` days; products not listed count 0). Saved with the
+        model; the default is the last ``trend_days`` days of the training data."""
+        self._check_fitted()
+        assert self.items is not None
+        if not self._cfg.trend_days:
+            raise ConfigError("set_recent_sales: the model was trained with trend_days = 0")
+        counts = np.asarray(counts, np.float64)
+        if counts.shape != (len(item_ids),):
+            raise ConfigError(f"set_recent_sales: {len(item_ids)} ids but counts of shape {counts.shape}")
+        if not np.all(np.isfinite(counts)) or np.any(counts < 0):
+            raise ConfigError("set_recent_sales: counts must be finite and >= 0")
+        idx = self.items.index(item_ids, kind="item")
+        if len(np.unique(idx)) != len(idx):
+            raise ConfigError("set_recent_sales: repeated product ids")
+        full = np.zeros(self.n_items, np.float64)
+        full[idx] = counts
+        self._recent = full
+
+    def _boosted(self) -> np.ndarray | None:
+        """Products with a non-zero prior or recent sales (they may rank high far from every
+        generated vector)."""
+        out = None
+        if self._prior_counts is not None:
+            out = np.flatnonzero(self._prior_counts > 0)
+        elif self._prior_sales is not None:
+            out = np.unique(self._prior_sales.indices)
+        if self._cfg.trend_days and self._recent is not None:
+            recent = np.flatnonzero(self._recent > 0)
+            out = recent if out is None else np.union1d(out, recent)
+        return out
+
+    def _with_prior(
+        self, scores: np.ndarray, g: np.ndarray, idx: np.ndarray | None = None, beta: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``scores`` (rows: customers with generated vectors ``g`` and trend weights ``beta``;
+        columns: products ``idx``, default all) blended with the prior, if one is set, and the
+        learned trend term (``trend_days`` models)."""
+        counts = None
         if self._prior_counts is not None:
             counts = self._prior_counts if idx is None else self._prior_counts[idx]
         elif self._prior_sales is not None and self._prior_buyers is not None:
             vecs, known = self._prior_buyers
             sales = self._prior_sales if idx is None else self._prior_sales[:, idx]
             counts = buyer_weighted_counts(g, vecs, known, sales, self._prior_kernel)
-        else:
-            return scores
-        return blend_item_prior(scores, counts, self._prior_weight, self._cfg.temperature)
+        if counts is not None:
+            scores = blend_item_prior(scores, counts, self._prior_weight, self._cfg.temperature)
+        if beta is not None and self._recent is not None and self._cold_items is not None:
+            recent = self._recent if idx is None else self._recent[idx]
+            kappa = self._cold_items if idx is None else self._cold_items[idx]
+            b = beta[:, :1] + beta[:, 1:] * kappa[None, :].astype(np.float32)
+            bonus = self._cfg.temperature * b * np.log1p(recent)[None, :]
+            scores = (scores + bonus).astype(np.float32)
+        return scores
 
     # -- recommendation -------------------------------------------------------------------------
 
@@ -884,7 +1015,7 @@ class FeatureGAN(IterativeRecommender):
     ) -> tuple[np.ndarray, np.ndarray]:
         """Slates for non-empty ordered histories: retrieve each generated vector's nearest
         products (index, or exact over ``allowed``), then merge greedily by MMR."""
-        G = self.generate_vectors(indptr, items, samples)
+        G, beta = self._generate(indptr, items, samples)
         E = self.item_vectors
         n = len(G)
         top = np.full((n, k), -1, np.int64)
@@ -907,8 +1038,9 @@ class FeatureGAN(IterativeRecommender):
             if len(pool) == 0:
                 continue
             sims = G[r] @ E[pool].T  # (samples, pool)
-            if self._prior_counts is not None or self._prior_sales is not None:
-                sims = sims + self._with_prior(np.zeros((1, len(pool)), np.float32), G[r, :1], pool)
+            if self._prior_counts is not None or self._prior_sales is not None or beta is not None:
+                b = None if beta is None else beta[r : r + 1]
+                sims = sims + self._with_prior(np.zeros((1, len(pool)), np.float32), G[r, :1], pool, b)
             best = sims.max(axis=0)
             rel = (sims - sims.max(axis=1, keepdims=True)).max(axis=0) if merge == "calibrated" else best
             keep = np.lexsort((pool, -best, -rel))[:pool_size]
@@ -1025,6 +1157,9 @@ class FeatureGAN(IterativeRecommender):
         self.popularity = np.concatenate([self.popularity, np.zeros(n, np.float32)])
         if self._prior_counts is not None:
             self._prior_counts = np.concatenate([self._prior_counts, np.zeros(n)])
+        if self._recent is not None and self._cold_items is not None:
+            self._recent = np.concatenate([self._recent, np.zeros(n)])
+            self._cold_items = np.concatenate([self._cold_items, np.ones(n, bool)])
         if self._prior_sales is not None:
             self._prior_sales = sp.csr_matrix(
                 (self._prior_sales.data, self._prior_sales.indices, self._prior_sales.indptr),
@@ -1062,6 +1197,11 @@ class FeatureGAN(IterativeRecommender):
         state["X"] = self.X.copy()
         state["hist.indptr"] = self._hist_indptr.copy()
         state["hist.items"] = self._hist_items.copy()
+        if self._cfg.trend_days:
+            assert self._recent is not None
+            assert self._cold_items is not None
+            state["trend.recent"] = self._recent.copy()
+            state["trend.cold"] = self._cold_items.astype(np.uint8)
         return state
 
     def _load_state(self, arrays: dict[str, np.ndarray]) -> None:
@@ -1074,6 +1214,9 @@ class FeatureGAN(IterativeRecommender):
             self.X = np.asarray(arrays["X"], np.float32)
             self._hist_indptr = np.asarray(arrays["hist.indptr"], np.int64)
             self._hist_items = np.asarray(arrays["hist.items"], np.int64)
+            if cfg.trend_days:
+                self._recent = np.asarray(arrays["trend.recent"], np.float64)
+                self._cold_items = np.asarray(arrays["trend.cold"]).astype(bool)
         except KeyError as exc:
             raise ModelFileError(f"featgan: missing array {exc}") from None
         nets = _Nets(self.X.shape[1], len(self.X), cfg)
