@@ -9,6 +9,12 @@ Parts (``--parts``, comma-separated):
   NDCG@10, then refitted on the whole training part for the chosen number of epochs, and
   evaluated once on test (full ranking, training items excluded), as ``retailgan compare`` does,
   on all customers with test purchases and on those with a training history.
+  With ``--trend-days 7,14,28``, baselines that see recent sales too: popularity over the last
+  days, and EASE plus ``w * log(1 + distinct buyers of the last days)`` (:class:`TrendBlend`),
+  window and weight chosen on validation; paired tests of each featgan variant against EASE and
+  the blend (customers with a history).
+* ``trend-sweep``: featgan's ``trend_days`` (windows of ``--trend-days``, default 3, 7, 14, 28),
+  with and without the adversarial term, chosen on validation NDCG@10 (inner training part).
 * ``slates``: every featgan variant, ``recommend(samples=S, diversity=lam, merge=m)`` for every
   evaluated customer (``m``: ``"max"`` or ``"calibrated"``): NDCG@10, intra-list diversity@10
   (cosine distance over the products' training buyers, as ``compare`` reports it, and over the
@@ -37,10 +43,13 @@ Parts (``--parts``, comma-separated):
   popularity and with featgan alone. With ``--refit-week1``, featgan and EASE are also refitted on
   the training part plus the new products' first-week purchases and evaluated after week one,
   featgan alone and blended with the first-week sales (weight chosen on the "time" design, with
-  a refit on the first ``--prior-days`` days); see :func:`refit_with_week1`.
+  a refit on the first ``--prior-days`` days); see :func:`refit_with_week1`. With
+  ``--cold-trend DAYS``, a featgan with ``trend_days = DAYS`` too: on day one the new products
+  have no recent sales, after week one their first-week sales are its recent sales.
 
 Usage: python benchmarks/featgan_retail.py [--store out/retail.duckdb] [--parts main,slates,speed,cold]
        [--variants "featgan;label: {\"mode_seeking\": 1.0}"] [--prior-days 4] [--refit-week1]
+       [--trend-days 7,14,28] [--cold-trend 14]
        [--json docs/results/featgan-online-retail.json]
 """
 
@@ -148,31 +157,40 @@ class TrendBlend:
         return self.model.fallback_scores()
 
 
-def trend_blend_weight(s: Split, name: str, params: dict[str, Any], days: int) -> dict[str, Any]:
-    """The blend weight of :class:`TrendBlend` for baseline ``name``, chosen on validation (fit
-    on the inner training part, NDCG@10 of the customers with a history)."""
+def trend_choices(s: Split, name: str, params: dict[str, Any], days: list[int]) -> dict[str, Any]:
+    """Window and weight of :class:`TrendBlend` for baseline ``name`` and the window of popularity
+    over the last days, chosen on validation (fit on the inner training part, NDCG@10 of the
+    customers with a history; ties: the shorter window, the smaller weight)."""
     model = get_model_class(name)(**params).fit(s.train_inner, TrainingOptions(seed=0))
     train, val = s.train_inner.matrix(), s.validation.matrix()
     users = np.flatnonzero(np.diff(train.indptr) > 0)
-    grid = []
-    for w in TREND_WEIGHTS:
-        res = evaluate(TrendBlend(model, s.train_inner, days, w), train, val, ks=KS, users=users, prefetch=False)
-        grid.append({"weight": w, "ndcg@10": round(float(res.summary()["ndcg@10"]), 4)})
-        print("validation", name, "+ recent sales", grid[-1], flush=True)
-    best = max(grid, key=lambda r: (r["ndcg@10"], -r["weight"]))
-    return {"weight": best["weight"], "validation_grid": grid}
+
+    def ndcg(m: Any) -> float:
+        return round(float(evaluate(m, train, val, ks=KS, users=users, prefetch=False).summary()["ndcg@10"]), 4)
+
+    grid, pop_grid = [], []
+    for d in days:
+        pop = get_model_class("pop")(recent_days=d).fit(s.train_inner, TrainingOptions(seed=0))
+        pop_grid.append({"days": d, "ndcg@10": ndcg(pop)})
+        for w in TREND_WEIGHTS:
+            grid.append({"days": d, "weight": w, "ndcg@10": ndcg(TrendBlend(model, s.train_inner, d, w))})
+            print("validation", name, "+ recent sales", grid[-1], flush=True)
+    best = max(grid, key=lambda r: (r["ndcg@10"], -r["days"], -r["weight"]))
+    best_pop = max(pop_grid, key=lambda r: (r["ndcg@10"], -r["days"]))
+    return {"blend": best, "blend_grid": grid, "pop_days": best_pop["days"], "pop_grid": pop_grid}
 
 
 def part_main(
-    s: Split, out: dict[str, Any], params: dict[str, Any], variants: list[str], trend_days: int = 0
+    s: Split, out: dict[str, Any], params: dict[str, Any], variants: list[str], trend_days: list[int] | None = None
 ) -> dict[str, FeatureGAN]:
     """Every model evaluated twice: on all customers with test purchases (what ``compare``
     reports; customers without a training history get each model's empty-history ranking), and
     on those with a training history only (the fair comparison: featgan ranks empty histories by
-    popularity, the collaborative baselines by arbitrary ties). With ``trend_days``, the
-    baselines that see recent sales too: popularity over the last ``trend_days`` days, and EASE
-    plus those sales (:class:`TrendBlend`, weight chosen on validation); paired tests of every
-    featgan variant against EASE and the EASE blend (customers with a history)."""
+    popularity, the collaborative baselines by arbitrary ties). With ``trend_days`` (windows in
+    days), the baselines that see recent sales too: popularity over the last days, and EASE plus
+    those sales (:class:`TrendBlend`), windows and weight chosen on validation
+    (:func:`trend_choices`). Paired tests of every featgan variant against EASE and the EASE
+    blend (customers with a history)."""
     train, test = s.train.matrix(), s.test.matrix()
     with_history = np.flatnonzero(np.diff(train.indptr) > 0)
     feats = item_features_for_diversity(s.train)
@@ -193,13 +211,15 @@ def part_main(
         record(name, model, {"params": tuned.get(name, {}), "fit_s": model.fit_seconds})
     against = ["ease"]
     if trend_days:
-        pop = get_model_class("pop")(recent_days=trend_days).fit(s.train, TrainingOptions(seed=0))
-        record(f"pop, last {trend_days} days", pop, {"params": {"recent_days": trend_days}})
         ease_params = tuned.get("ease", {})
-        chosen = trend_blend_weight(s, "ease", ease_params, trend_days)
+        chosen = trend_choices(s, "ease", ease_params, trend_days)
+        d = chosen["pop_days"]
+        pop = get_model_class("pop")(recent_days=d).fit(s.train, TrainingOptions(seed=0))
+        record(f"pop, last {d} days", pop, {"params": {"recent_days": d}, "pop_grid": chosen["pop_grid"]})
         ease = get_model_class("ease")(**ease_params).fit(s.train, TrainingOptions(seed=0))
-        label = f"ease + sales of the last {trend_days} days"
-        record(label, TrendBlend(ease, s.train, trend_days, chosen["weight"]), {"params": ease_params, **chosen})
+        d, w = chosen["blend"]["days"], chosen["blend"]["weight"]
+        label = f"ease + sales of the last {d} days (weight {w:g})"
+        record(label, TrendBlend(ease, s.train, d, w), {"params": ease_params, "blend_grid": chosen["blend_grid"]})
         against.append(label)
     models = {}
     for label in variants:
@@ -213,6 +233,24 @@ def part_main(
             print(label, "-", b, tests[f"{label} - {b}"], flush=True)
     out["main"]["paired_tests_with_history"] = tests
     return models
+
+
+def part_trend_sweep(s: Split, out: dict[str, Any], params: dict[str, Any], days: list[int]) -> None:
+    """featgan's ``trend_days`` (with and without the adversarial term) chosen on validation:
+    each setting fitted on the inner training part with early stopping on validation NDCG@10
+    (customers with a history); no test purchase is used."""
+    rows = []
+    for d in days:
+        for adversarial in (True, False):
+            p = {**params, "trend_days": d, "adversarial": adversarial}
+            m = FeatureGAN(**p).fit(
+                s.train_inner, TrainingOptions(seed=0, validation=s.validation, validation_metric="ndcg@10")
+            )
+            val = max(h.get("val_ndcg@10", float("-inf")) for h in m.history)
+            rows.append({"trend_days": d, "adversarial": adversarial, "validation_ndcg@10": round(val, 4),
+                         "best_epoch": int(m.best_epoch), "fit_s": round(m.fit_seconds, 1)})
+            print("trend sweep", rows[-1], flush=True)
+    out["trend_sweep"] = {"rows": rows, "best": max(rows, key=lambda r: r["validation_ndcg@10"])}
 
 
 def fit_variants(s: Split, out: dict[str, Any], params: dict[str, Any], variants: list[str]) -> dict[str, FeatureGAN]:
@@ -423,6 +461,7 @@ def part_cold(
     params: dict[str, Any],
     prior_days: float = 4.0,
     refit_week1: bool = False,
+    trend_days: int = 0,
 ) -> None:
     cs, new = cold_split(ds, s)
     train, test = cs.train.matrix(), cs.test.matrix()
@@ -550,6 +589,18 @@ def part_cold(
             cs, params, info["best_epoch"], with_history, mask, prior_days, week_end, prior_part, val_part, early
         )
         out["cold_refit_week1"] = refit_info
+    trend_rows: dict[str, Any] = {}
+    if trend_days:
+        # featgan that learned each customer's weight on recent sales (trend_days): on day one
+        # the new products have none (the training snapshot); after week one, their first-week
+        # sales are its recent sales. The whole-period rows use the snapshot.
+        tm, tinfo = fit_featgan(cs, {**params, "trend_days": trend_days})
+        out["cold_trend"] = {"params": {**params, "trend_days": trend_days}, **tinfo}
+        snapshot = tm.score_users(with_history)
+        tm.set_recent_sales(list(ds.items.ids), early_counts)
+        after = tm.score_users(with_history)
+        label = f"featgan, trend_days = {trend_days} (first-week sales as its recent sales)"
+        trend_rows[label] = (lambda u: snapshot[row_of[u]] + mask, lambda u: after[row_of[u]] + mask)
     scorers = {
         "featgan": featgan_scores,
         "content-kNN (text)": content_knn,
@@ -557,16 +608,18 @@ def part_cold(
         "popularity among new products, first test week (trending)": first_week_popularity,
         **hybrids,
         **refit_rows,
+        **trend_rows,
     }
     per_user: dict[str, np.ndarray] = {}
     rows = []
     for label, fn in scorers.items():
         row: dict[str, Any] = {"model": label}
-        if "first test week" not in label and "first-week" not in label:  # no week-one data
-            res = evaluate(None, train, test, ks=KS, scores_fn=fn, users=with_history, prefetch=False)
+        whole_fn, late_fn = fn if isinstance(fn, tuple) else (fn, fn)  # (day one, after week one)
+        if label in trend_rows or ("first test week" not in label and "first-week" not in label):
+            res = evaluate(None, train, test, ks=KS, scores_fn=whole_fn, users=with_history, prefetch=False)
             row["metrics"] = summary(res)
         # After week one, what the customer bought in week one is known and excluded.
-        res_late = evaluate(None, train + early, late, ks=KS, scores_fn=fn, users=with_history, prefetch=False)
+        res_late = evaluate(None, train + early, late, ks=KS, scores_fn=late_fn, users=with_history, prefetch=False)
         row["metrics_after_week1"] = summary(res_late)
         per_user[label] = res_late.per_user["ndcg@10"]
         rows.append(row)
@@ -577,6 +630,8 @@ def part_cold(
     pairs = [(h, trending) for h in hybrids] + [(h, "featgan") for h in hybrids]
     for r in refit_rows:
         pairs += [(r, trending), (r, "featgan"), (r, "content-kNN (text)")] + [(r, h) for h in hybrids]
+    for r in trend_rows:
+        pairs += [(r, trending), (r, "featgan"), (r, "content-kNN (text)")]
     for a, b in pairs:
         tests[f"{a} - {b}"] = paired(per_user[a], per_user[b])
         print(a, "-", b, tests[f"{a} - {b}"], flush=True)
@@ -612,11 +667,19 @@ def main() -> None:
         help="cold: also refit featgan and EASE on training + the first-week purchases of the new products",
     )
     ap.add_argument(
-        "--trend-baselines",
+        "--trend-days",
+        default="",
+        metavar="DAYS",
+        help="comma-separated windows (days): main adds popularity of the last days and EASE + those "
+        "sales (window and weight chosen on validation); trend-sweep tries featgan's trend_days "
+        "(default 3,7,14,28)",
+    )
+    ap.add_argument(
+        "--cold-trend",
         type=int,
         default=0,
         metavar="DAYS",
-        help="main: add popularity of the last DAYS days and EASE + those sales (weight chosen on validation)",
+        help="cold: also a featgan with trend_days = DAYS, the first-week sales as its recent sales after week 1",
     )
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -633,7 +696,8 @@ def main() -> None:
     if "main" in parts or "slates" in parts or "speed" in parts:
         variants = args.variants.split(";")
         if "main" in parts:
-            models = part_main(s, out, params, variants, args.trend_baselines)
+            trend = [int(d) for d in args.trend_days.split(",") if d]
+            models = part_main(s, out, params, variants, trend)
             for label, model in models.items():
                 if "slates" in parts:
                     part_slates(s, model, out, label)
@@ -648,8 +712,10 @@ def main() -> None:
                     args.json.write_text(json.dumps(out, indent=2) + "\n")
         if "speed" in parts:
             part_speed(s, next(iter(models.values())), out)
+    if "trend-sweep" in parts:
+        part_trend_sweep(s, out, params, [int(d) for d in (args.trend_days or "3,7,14,28").split(",")])
     if "cold" in parts:
-        part_cold(ds, s, out, params, args.prior_days, args.refit_week1)
+        part_cold(ds, s, out, params, args.prior_days, args.refit_week1, args.cold_trend)
     out["total_s"] = round(time.perf_counter() - t, 1)
     text = json.dumps(out, indent=2)
     print(text)

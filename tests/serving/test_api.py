@@ -421,3 +421,31 @@ def test_customer_campaign_matches_the_batch_build(built, tmp_path):
         direct = customer_campaign(ModelBundle.load(settings.model_dir), s, "C0", theme="category:dept0", k=4)
     assert [p.product_id for p in direct.products] == [p["product_id"] for p in got["products"]]
     assert direct.html == got["html"]
+
+
+def test_trend_model_is_served_with_the_stores_recent_sales(built, tmp_path):
+    from retailgan.data.dataset import load_dataset
+    from retailgan.serving.storage import ServiceStore
+
+    days = 5
+    built = {**built, "models": {"featgan": fit(
+        built["store"], "featgan", tmp_path / "fg", trend_days=days, epochs=2, emb_dim=8, hidden=16,
+        noise_dim=2, text_dim=4, collab_dim=2,
+    )}}
+    c, settings = make_client(built, tmp_path / "svc", model="featgan")
+    # Expected: customers whose first event with the product is in the last 5 days (UTC) of the store.
+    ds = load_dataset(settings.store)
+    day = ds.timestamp // 86400
+    recent = np.bincount(ds.item_idx[day > day.max() - days], minlength=ds.n_items)
+    assert recent.sum() > 0
+    store = ServiceStore(settings.store)
+    try:
+        got = store.recent_buyers(days)
+    finally:
+        store.close()
+    assert got == {str(ds.items.decode([j])[0]): int(n) for j, n in enumerate(recent) if n}
+    with c:
+        model = c.app.state.service.bundle.model
+        order = model.items.index(list(ds.items.ids))
+        np.testing.assert_array_equal(model._recent[order], recent)
+        assert rec(c, customer_id="C0", k=3)["strategy"] == "model"

@@ -98,7 +98,7 @@ class ServiceState:
             self.images = self.store.image_flags()
             for customer, product, _ in self.store.api_events():
                 self.add_overlay(customer, product)
-            self.set_bundle(ModelBundle.load(s.model_dir))
+            self.set_bundle(self.load_bundle(s.model_dir))
         except BaseException:
             self.stop()
             raise
@@ -106,6 +106,18 @@ class ServiceState:
     def stop(self) -> None:
         if self.store is not None:
             self.store.close()
+
+    def load_bundle(self, path: Path) -> ModelBundle:
+        """Load a model directory; a model that follows recent sales (featgan ``trend_days``)
+        gets them from the store, as of its latest event, instead of the training snapshot."""
+        bundle = ModelBundle.load(path)
+        days = int(getattr(bundle.model.config, "trend_days", 0) or 0)
+        if days and self.store is not None:
+            sales = self.store.recent_buyers(days)
+            items = bundle.model.items
+            ids = [i for i in sales if i in items]
+            bundle.model.set_recent_sales(ids, [sales[i] for i in ids])
+        return bundle
 
     def set_bundle(self, bundle: ModelBundle) -> None:
         self.bundle = bundle  # one reference assignment: requests see the old or the new model
@@ -146,7 +158,7 @@ class ServiceState:
         self.reload_state, self.last_error = "loading", None
         path = self.settings.model_dir
         try:
-            bundle = await anyio.to_thread.run_sync(ModelBundle.load, path)
+            bundle = await anyio.to_thread.run_sync(self.load_bundle, path)
         except RetailganError as exc:
             self._reload_failed(str(exc))
         except Exception as exc:  # anything else a broken file can raise: refuse it, keep serving
