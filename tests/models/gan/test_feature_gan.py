@@ -470,3 +470,39 @@ def test_trend_config_and_recent_sales_checks(fitted):
         trend.set_recent_sales(["i0_0"], [-1.0])
     with pytest.raises(UnknownIdError):
         trend.set_recent_sales(["nope"], [1.0])
+
+
+def test_history_part_keeps_order_and_one_product():
+    from retailgan.models.gan.feature_gan import _history_part
+
+    indptr = np.array([0, 3, 3, 4, 9])
+    items = np.arange(9)
+    for seed in range(20):
+        ip, it = _history_part(indptr, items, 0.3, np.random.default_rng(seed))
+        lens = np.diff(ip)
+        assert lens[1] == 0 and np.all(lens[[0, 2, 3]] >= 1)  # empty stays empty; others keep one
+        for r in range(4):
+            part = it[ip[r] : ip[r + 1]]
+            assert np.all(np.diff(part) > 0) and set(part) <= set(items[indptr[r] : indptr[r + 1]])
+    ip, it = _history_part(indptr, items, 1e-9, np.random.default_rng(0))
+    assert it.tolist() == [2, 3, 8]  # the most recent product of each non-empty history
+
+
+def test_history_keep_draws_come_from_parts_of_the_history(fitted):
+    import dataclasses
+
+    model, ds, answer = fitted
+    users = list(answer)[:6]
+    indptr, items = model._user_rows(model.users.index(users))
+    whole = FeatureGAN(**{**FAST, "noise_dim": 0}).fit(ds, TrainingOptions(seed=0))
+    G = whole.generate_vectors(indptr, items, samples=4)
+    np.testing.assert_allclose(G[:, 1:], np.repeat(G[:, :1], 3, axis=1), atol=1e-6)  # no noise: one vector
+    whole.config = dataclasses.replace(whole.config, history_keep=0.5)
+    G2 = whole.generate_vectors(indptr, items, samples=4)
+    np.testing.assert_array_equal(G2[:, 0], G[:, 0])  # the first vector sees the whole history
+    assert np.abs(G2[:, 1:] - G2[:, :1]).max() > 1e-3
+    np.testing.assert_array_equal(whole.generate_vectors(indptr, items, samples=4), G2)  # seeded
+    recs = whole.recommend(users, k=5, samples=4)
+    assert recs.item_ids.shape == (6, 5)
+    with pytest.raises(ConfigError, match="history_keep"):
+        FeatureGAN(**{**FAST, "history_keep": 0.0}).fit(ds, TrainingOptions(seed=0))

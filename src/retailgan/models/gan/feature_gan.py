@@ -27,7 +27,8 @@ share of the products by its text-imputed value, so the tower learns to place ne
 
 Inference: the noise's mean (``z = 0``) gives one deterministic vector per customer; scores are
 cosine similarities to every product. ``recommend(..., samples=S, diversity=lam)`` draws the mean
-plus ``S - 1`` noise samples (seeded by ``sample_seed``), retrieves each one's nearest products
+plus ``S - 1`` noise samples (seeded by ``sample_seed``; with ``history_keep < 1`` each draw also
+conditions on a random part of the history), retrieves each one's nearest products
 through the index (exact or faiss, ``index``), and merges them greedily (maximal marginal
 relevance): relevance is the best similarity to any generated vector (``slate_merge="max"``), or
 that similarity minus the vector's own best over the candidates (``"calibrated"``: every
@@ -183,6 +184,11 @@ class FeatureGANConfig(ModelConfig):
     of them; ``"calibrated"``, its best cosine minus that vector's best cosine over the
     candidates, so that every vector's favourite product scores 0 (ties: by the best cosine)."""
     sample_seed: int = 0
+    history_keep: float = 1.0
+    """Draws after the first encode a random part of the history: each product kept with this
+    probability (at least the most recent one), so that the S vectors of a slate come from
+    different parts of what the customer bought (1: every draw sees the whole history and only
+    the noise differs)."""
     index: str = "exact"
 
     def validate(self) -> None:
@@ -209,6 +215,7 @@ class FeatureGANConfig(ModelConfig):
             (0.0 <= self.mcl_eps < 1.0 and (self.wta or self.mcl_eps == 0), "mcl_eps in [0, 1), > 0 needs wta"),
             (self.epochs >= 1 and self.patience >= 1 and self.eval_every >= 1, "epochs, patience, eval_every >= 1"),
             (self.samples >= 1 and 0.0 <= self.diversity <= 1.0, "samples >= 1, diversity in [0, 1]"),
+            (0.0 < self.history_keep <= 1.0, "history_keep in (0, 1]"),
         ]
         self.require("featgan", checks)
 
@@ -363,6 +370,20 @@ def _init(module: nn.Module, generator: torch.Generator) -> None:
         if isinstance(layer, nn.Linear):
             nn.init.xavier_uniform_(layer.weight, generator=generator)
             nn.init.zeros_(layer.bias)
+
+
+def _history_part(
+    indptr: np.ndarray, items: np.ndarray, keep: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A random part of each ordered history: every product kept with probability ``keep``; a
+    non-empty history keeps at least its most recent product. Order is preserved."""
+    lens = np.diff(indptr)
+    row = np.repeat(np.arange(len(lens)), lens)
+    kept = rng.random(len(items)) < keep
+    none = (np.bincount(row[kept], minlength=len(lens)) == 0) & (lens > 0)
+    kept[indptr[1:][none] - 1] = True
+    new_indptr = np.concatenate([[0], np.cumsum(np.bincount(row[kept], minlength=len(lens)))]).astype(np.int64)
+    return new_indptr, items[kept]
 
 
 def _ordered_histories(dataset: InteractionDataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -676,11 +697,15 @@ class FeatureGAN(IterativeRecommender):
         h = self._encode_rows(indptr, items)
         out = np.empty((len(h), samples, cfg.emb_dim), np.float32)
         gen = torch.Generator().manual_seed(cfg.sample_seed)
+        rng = np.random.default_rng(cfg.sample_seed)
         with torch.no_grad():
             out[:, 0] = self.nets.generate(h, None).numpy()
             for s in range(1, samples):
                 z = cfg.noise_scale * torch.randn(len(h), cfg.noise_dim, generator=gen) if cfg.noise_dim else None
-                out[:, s] = self.nets.generate(h, z).numpy()
+                hs = h
+                if cfg.history_keep < 1.0:
+                    hs = self._encode_rows(*_history_part(indptr, items, cfg.history_keep, rng))
+                out[:, s] = self.nets.generate(hs, z).numpy()
             beta = self.nets.trend_weight(h).numpy() if cfg.trend_days else None
         return out, beta
 
