@@ -24,7 +24,7 @@ Parts (``--parts``, comma-separated):
   5 % NDCG@10 budget against the plain S = 1 list, then evaluated once on test
   (:func:`part_slates_validated`); ``--params`` gives the featgan parameters.
 * ``speed``: median wall time of ``recommend`` for one customer (exact search), S = 1 and S = 5,
-  on the first variant.
+  for every variant.
 * ``cold``: a cold-start split. 20 % of the products (seeded) are declared new: all their pairs
   are removed from the training part. Test: the test-period purchases of new products by
   customers with a training history; candidates: the new products only. featgan against
@@ -162,7 +162,9 @@ class TrendBlend:
         return self.model.fallback_scores()
 
 
-def trend_choices(s: Split, name: str, params: dict[str, Any], days: list[int]) -> dict[str, Any]:
+def trend_choices(
+    s: Split, name: str, params: dict[str, Any], days: list[int], weights: tuple[float, ...] = TREND_WEIGHTS
+) -> dict[str, Any]:
     """Window and weight of :class:`TrendBlend` for baseline ``name`` and the window of popularity
     over the last days, chosen on validation (fit on the inner training part, NDCG@10 of the
     customers with a history; ties: the shorter window, the smaller weight)."""
@@ -177,7 +179,7 @@ def trend_choices(s: Split, name: str, params: dict[str, Any], days: list[int]) 
     for d in days:
         pop = get_model_class("pop")(recent_days=d).fit(s.train_inner, TrainingOptions(seed=0))
         pop_grid.append({"days": d, "ndcg@10": ndcg(pop)})
-        for w in TREND_WEIGHTS:
+        for w in weights:
             grid.append({"days": d, "weight": w, "ndcg@10": ndcg(TrendBlend(model, s.train_inner, d, w))})
             print("validation", name, "+ recent sales", grid[-1], flush=True)
     best = max(grid, key=lambda r: (r["ndcg@10"], -r["days"], -r["weight"]))
@@ -186,21 +188,29 @@ def trend_choices(s: Split, name: str, params: dict[str, Any], days: list[int]) 
 
 
 def part_main(
-    s: Split, out: dict[str, Any], params: dict[str, Any], variants: list[str], trend_days: list[int] | None = None
+    s: Split,
+    out: dict[str, Any],
+    params: dict[str, Any],
+    variants: list[str],
+    trend_days: list[int] | None = None,
+    blend: tuple[str, ...] = ("ease",),
+    tuned_baselines: bool = True,
+    weights: tuple[float, ...] = TREND_WEIGHTS,
 ) -> dict[str, FeatureGAN]:
     """Every model evaluated twice: on all customers with test purchases (what ``compare``
     reports; customers without a training history get each model's empty-history ranking), and
     on those with a training history only (the fair comparison: featgan ranks empty histories by
     popularity, the collaborative baselines by arbitrary ties). With ``trend_days`` (windows in
-    days), the baselines that see recent sales too: popularity over the last days, and EASE plus
-    those sales (:class:`TrendBlend`), windows and weight chosen on validation
-    (:func:`trend_choices`). Paired tests of every featgan variant against EASE and the EASE
-    blend (customers with a history)."""
+    days), the baselines that see recent sales too: popularity over the last days, and each model
+    of ``blend`` plus those sales (:class:`TrendBlend`), windows and weight chosen on validation
+    (:func:`trend_choices`). Paired tests of every featgan variant against those models and their
+    blends (customers with a history). ``tuned_baselines=False``: every baseline with its default
+    parameters (for another dataset than Online Retail)."""
     train, test = s.train.matrix(), s.test.matrix()
     with_history = np.flatnonzero(np.diff(train.indptr) > 0)
     feats = item_features_for_diversity(s.train)
     rows = []
-    tuned = {r["model"]: r["params"] for r in json.loads(BASELINES.read_text())["results"]}
+    tuned = {r["model"]: r["params"] for r in json.loads(BASELINES.read_text())["results"]} if tuned_baselines else {}
     per_user: dict[str, np.ndarray] = {}
 
     def record(label: str, model: Any, extra: dict[str, Any]) -> None:
@@ -214,17 +224,19 @@ def part_main(
     for name in ("pop", "itemknn", "ease", "ials", "bpr"):
         model = get_model_class(name)(**tuned.get(name, {})).fit(s.train, TrainingOptions(seed=0))
         record(name, model, {"params": tuned.get(name, {}), "fit_s": model.fit_seconds})
-    against = ["ease"]
-    if trend_days:
-        ease_params = tuned.get("ease", {})
-        chosen = trend_choices(s, "ease", ease_params, trend_days)
-        d = chosen["pop_days"]
-        pop = get_model_class("pop")(recent_days=d).fit(s.train, TrainingOptions(seed=0))
-        record(f"pop, last {d} days", pop, {"params": {"recent_days": d}, "pop_grid": chosen["pop_grid"]})
-        ease = get_model_class("ease")(**ease_params).fit(s.train, TrainingOptions(seed=0))
+    against = list(blend)
+    for i, name in enumerate(blend if trend_days else ()):
+        assert trend_days
+        base_params = tuned.get(name, {})
+        chosen = trend_choices(s, name, base_params, trend_days, weights)
+        if i == 0:
+            d = chosen["pop_days"]
+            pop = get_model_class("pop")(recent_days=d).fit(s.train, TrainingOptions(seed=0))
+            record(f"pop, last {d} days", pop, {"params": {"recent_days": d}, "pop_grid": chosen["pop_grid"]})
+        base = get_model_class(name)(**base_params).fit(s.train, TrainingOptions(seed=0))
         d, w = chosen["blend"]["days"], chosen["blend"]["weight"]
-        label = f"ease + sales of the last {d} days (weight {w:g})"
-        record(label, TrendBlend(ease, s.train, d, w), {"params": ease_params, "blend_grid": chosen["blend_grid"]})
+        label = f"{name} + sales of the last {d} days (weight {w:g})"
+        record(label, TrendBlend(base, s.train, d, w), {"params": base_params, "blend_grid": chosen["blend_grid"]})
         against.append(label)
     models = {}
     for label in variants:
@@ -378,7 +390,7 @@ def part_slates_validated(s: Split, out: dict[str, Any], params: dict[str, Any],
     }
 
 
-def part_speed(s: Split, model: FeatureGAN, out: dict[str, Any], n: int = 300) -> None:
+def part_speed(s: Split, model: FeatureGAN, out: dict[str, Any], label: str, n: int = 300) -> None:
     rng = np.random.default_rng(0)
     has = np.flatnonzero(np.diff(s.train.matrix().indptr) > 0)
     ids = list(s.train.users.decode(rng.choice(has, n, replace=False)))
@@ -394,8 +406,8 @@ def part_speed(s: Split, model: FeatureGAN, out: dict[str, Any], n: int = 300) -
             "median_ms": round(statistics.median(times), 3),
             "p90_ms": round(float(np.quantile(times, 0.9)), 3),
         }
-    print(res, flush=True)
-    out["speed"] = {"customers": n, "index": model.config.index, **res}
+    print(label, res, flush=True)
+    out.setdefault("speed", {})[label] = {"customers": n, "index": model.config.index, **res}
 
 
 def cold_split(ds: InteractionDataset, s: Split, fraction: float = 0.2, seed: int = 0) -> tuple[Split, np.ndarray]:
@@ -741,6 +753,17 @@ def main() -> None:
         "sales (window and weight chosen on validation); trend-sweep tries featgan's trend_days "
         "(default 3,7,14,28)",
     )
+    ap.add_argument("--trend-blend", default="ease", help="main: baselines blended with recent sales (comma-separated)")
+    ap.add_argument(
+        "--trend-weights",
+        default=",".join(f"{w:g}" for w in TREND_WEIGHTS),
+        help="main: weights tried for each blend (score units of the baseline)",
+    )
+    ap.add_argument(
+        "--default-baselines",
+        action="store_true",
+        help="main: baselines with default parameters instead of the Online Retail search's (other datasets)",
+    )
     ap.add_argument(
         "--cold-trend",
         type=int,
@@ -764,7 +787,16 @@ def main() -> None:
         variants = args.variants.split(";")
         if "main" in parts:
             trend = [int(d) for d in args.trend_days.split(",") if d]
-            models = part_main(s, out, params, variants, trend)
+            models = part_main(
+                s,
+                out,
+                params,
+                variants,
+                trend,
+                tuple(args.trend_blend.split(",")),
+                not args.default_baselines,
+                tuple(float(w) for w in args.trend_weights.split(",")),
+            )
             for label, model in models.items():
                 if "slates" in parts:
                     part_slates(s, model, out, label)
@@ -778,7 +810,8 @@ def main() -> None:
                     args.json.parent.mkdir(parents=True, exist_ok=True)
                     args.json.write_text(json.dumps(out, indent=2) + "\n")
         if "speed" in parts:
-            part_speed(s, next(iter(models.values())), out)
+            for label, model in models.items():
+                part_speed(s, model, out, label)
     if "slates-validated" in parts:
         part_slates_validated(s, out, params)
     if "trend-sweep" in parts:
