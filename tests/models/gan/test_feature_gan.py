@@ -506,3 +506,16 @@ def test_history_keep_draws_come_from_parts_of_the_history(fitted):
     assert recs.item_ids.shape == (6, 5)
     with pytest.raises(ConfigError, match="history_keep"):
         FeatureGAN(**{**FAST, "history_keep": 0.0}).fit(ds, TrainingOptions(seed=0))
+
+
+def test_trend_sparse_path_equals_the_dense_table(monkeypatch):
+    import retailgan.models.gan.feature_gan as fg
+
+    ds = _trending_log()
+    cfg = {**FAST, "trend_days": 3, "epochs": 3}
+    dense = FeatureGAN(**cfg).fit(ds, TrainingOptions(seed=0))
+    monkeypatch.setattr(fg, "TREND_TABLE_MAX", 0)  # too big for the table: per-batch sparse sums
+    sparse = FeatureGAN(**cfg).fit(ds, TrainingOptions(seed=0))
+    users = np.arange(ds.n_users)
+    np.testing.assert_allclose(sparse.score_users(users), dense.score_users(users), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(sparse._recent, dense._recent)

@@ -113,6 +113,7 @@ LOSSES = ("hinge", "bce")
 MERGES = ("max", "calibrated")
 INDEXES = ("exact", "hnsw", "ivf")
 SCORE_BATCH = 1024
+TREND_TABLE_MAX = 1 << 26  # days x products entries of the dense recent-sales table (256 MiB)
 
 
 @dataclass(frozen=True)
@@ -483,20 +484,35 @@ class FeatureGAN(IterativeRecommender):
             raise ConfigError("featgan: no training pair has an earlier product of the same customer (min_history)")
 
     def _init_trend(self, dataset: InteractionDataset, hist_ts: np.ndarray) -> None:
-        """Per-day cumulative sales (distinct buyers per product: a training pair is one customer
-        and one product) so that every example's recent sales are two row lookups; the day of
-        every example; and the recent sales at the end of the training data."""
+        """Per-day sales (new buyers per product: a training pair is one customer's first time
+        with one product); the day of every example; and the recent sales at the end of the
+        training data. Cumulated over days (two row lookups per example) when days x products
+        fits TREND_TABLE_MAX entries, else kept sparse (memory follows the pairs) and summed
+        per batch."""
         day0 = int(dataset.timestamp.min()) // 86400
         days = dataset.timestamp.astype(np.int64) // 86400 - day0
         n_days = int(days.max()) + 1
-        daily = sp.csr_matrix(
+        self._trend_daily = sp.csr_matrix(
             (np.ones(len(days), np.float32), (days, dataset.item_idx)), shape=(n_days, dataset.n_items)
-        ).toarray()
-        # cum[d]: sales on days before d (float64 sums, exact for counts).
-        self._trend_cum = np.concatenate([np.zeros((1, dataset.n_items)), np.cumsum(daily, axis=0, dtype=np.float64)])
+        )
+        self._trend_cum = None
+        if (n_days + 1) * dataset.n_items <= TREND_TABLE_MAX:
+            # cum[d]: sales on days before d (float32 sums of counts: exact below 2 ** 24).
+            cum = np.zeros((n_days + 1, dataset.n_items), np.float32)
+            np.cumsum(self._trend_daily.toarray(), axis=0, out=cum[1:])
+            self._trend_cum = cum
         self._ex_day = hist_ts[self._ex_pos] // 86400 - day0
+        self._recent = self._window_sales(np.array([n_days]))[0].astype(np.float64)
+
+    def _window_sales(self, days: np.ndarray) -> np.ndarray:
+        """``(len(days), n_items)`` sales in the ``trend_days`` days before each of ``days``."""
         w = self._cfg.trend_days
-        self._recent = self._trend_cum[n_days] - self._trend_cum[max(n_days - w, 0)]
+        if self._trend_cum is not None:
+            return self._trend_cum[days] - self._trend_cum[np.maximum(days - w, 0)]
+        out = np.empty((len(days), self._trend_daily.shape[1]), np.float32)
+        for r, d in enumerate(days):
+            out[r] = self._trend_daily[max(int(d) - w, 0) : int(d)].sum(axis=0).A1
+        return out
 
     def _trend_logits(
         self, h: torch.Tensor, rows: np.ndarray, cand: torch.Tensor | None, cold: np.ndarray
@@ -504,9 +520,9 @@ class FeatureGAN(IterativeRecommender):
         """The trend term of the logits of examples ``rows`` (encodings ``h``) over the
         candidates: ``(beta + kappa_i beta_cold) log(1 + r_i(d))`` with ``r_i(d)`` the sales in
         the ``trend_days`` days before the example's day ``d``; ``cold``: ``kappa`` of the epoch."""
-        d = self._ex_day[rows]
-        recent = self._trend_cum[d] - self._trend_cum[np.maximum(d - self._cfg.trend_days, 0)]
-        log_r = torch.from_numpy(np.log1p(recent).astype(np.float32))
+        days, which = np.unique(self._ex_day[rows], return_inverse=True)
+        recent = self._window_sales(days).astype(np.float64)  # log in float64: the same bits either path
+        log_r = torch.from_numpy(np.log1p(recent).astype(np.float32))[torch.from_numpy(which)]
         kappa = torch.from_numpy(cold.astype(np.float32))
         if cand is not None:
             log_r, kappa = log_r[:, cand], kappa[cand]
@@ -631,7 +647,7 @@ class FeatureGAN(IterativeRecommender):
         self._opt_g = self._opt_d = None
         self._prefix = self._X_cold = None
         self._ex_pos = self._ex_cut = self._ex_start = None
-        self._trend_cum = self._ex_day = None
+        self._trend_daily = self._trend_cum = self._ex_day = None
         self._gen = self._rng = None
         self._invalidate()
 
