@@ -88,6 +88,15 @@ def test_tune_command(store, tmp_path):
     assert res.exit_code == 0, res.output
     doc = json.loads((tmp_path / "t.json").read_text())
     assert len(doc["trials"]) == 3 and "l2" in doc["best_params"]
+    # Fixed parameters stay in every trial.
+    res = runner.invoke(app, ["tune", "--store", str(store), "--model", "ials", "--trials", "2", "--protocol",
+                              "random", "--params", '{"factors": 4}', "--json", str(tmp_path / "f.json")])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "f.json").read_text())
+    assert doc["fixed"] == {"factors": 4} and doc["best_params"]["factors"] == 4
+    assert all(t["params"].get("factors", 4) == 4 for t in doc["trials"])
+    res = runner.invoke(app, ["tune", "--store", str(store), "--model", "ease", "--params", "[1]"])
+    assert res.exit_code != 0 and "--params must be a JSON object" in res.output
 
 
 @pytest.mark.parametrize(

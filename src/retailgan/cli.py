@@ -349,6 +349,17 @@ def _report_markdown(doc: dict[str, Any], table: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _json_option(value: str | None, name: str) -> dict[str, Any]:
+    """A JSON-object option (empty when not given); a clear error otherwise."""
+    try:
+        out = json.loads(value) if value else {}
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{name} is not valid JSON: {exc}") from None
+    if not isinstance(out, dict):
+        raise ConfigError(f'{name} must be a JSON object, e.g. {{"l2": 300}}')
+    return out
+
+
 @app.command(name="tune")
 def tune_cmd(
     store: Path = typer.Option(Path("retailgan.duckdb"), "--store"),
@@ -358,6 +369,9 @@ def tune_cmd(
     metric: str = typer.Option("ndcg@20", "--metric"),
     seed: int = typer.Option(0, "--seed"),
     timeout: float | None = typer.Option(None, "--timeout", help="Stop searching after this many seconds."),
+    params: str | None = typer.Option(
+        None, "--params", help='Fixed parameters, JSON (kept in every trial), e.g. {"trend_days": 14}'
+    ),
     event_weights: str | None = typer.Option(None, "--event-weights"),
     rating_threshold: float | None = typer.Option(None, "--rating-threshold"),
     min_user: int = typer.Option(1, "--min-user"),
@@ -373,12 +387,22 @@ def tune_cmd(
 
         get_model_class(model)
         ds = _load(store, event_weights, rating_threshold, min_user, min_item)
-        result = tune(model, split(ds, protocol, seed=seed), n_trials=trials, seed=seed, metric=metric, timeout=timeout)
+        fixed = _json_option(params, "--params")
+        result = tune(
+            model,
+            split(ds, protocol, seed=seed),
+            n_trials=trials,
+            seed=seed,
+            metric=metric,
+            timeout=timeout,
+            fixed=fixed,
+        )
         doc = {
             "model": model,
             "protocol": protocol,
             "seed": seed,
             "metric": metric,
+            "fixed": fixed,
             "best_value": result.value,
             "best_params": result.params,
             "trials": result.trials,
@@ -423,12 +447,7 @@ def train(
         from retailgan.models.registry import get_model_class
 
         cls = get_model_class(model)
-        try:
-            fixed = json.loads(params) if params else {}
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"--params is not valid JSON: {exc}") from None
-        if not isinstance(fixed, dict):
-            raise ConfigError('--params must be a JSON object, e.g. {"l2": 300}')
+        fixed = _json_option(params, "--params")
         job = {
             "store": store, "model": model, "out": out, "fixed": fixed, "tune_trials": tune_trials,
             "protocol": protocol, "seed": seed, "event_weights": event_weights,

@@ -54,6 +54,24 @@ def validate_once(
     return value, final
 
 
+class _FixedParams:
+    """A trial whose ``suggest_*`` return the fixed value for fixed names (not searched, so the
+    sampler does not spend trials on them) and ask Optuna for the others."""
+
+    def __init__(self, trial: Any, fixed: dict[str, Any]) -> None:
+        self._trial, self._fixed = trial, fixed
+
+    def __getattr__(self, attr: str) -> Any:
+        inner = getattr(self._trial, attr)
+        if not attr.startswith("suggest_"):
+            return inner
+
+        def suggest(name: str, *args: Any, **kwargs: Any) -> Any:
+            return self._fixed[name] if name in self._fixed else inner(name, *args, **kwargs)
+
+        return suggest
+
+
 def tune(
     name: str,
     split: Split,
@@ -100,7 +118,7 @@ def tune(
     finals: dict[int, dict[str, Any]] = {}
 
     def objective(trial: optuna.Trial) -> float:
-        params = {**cls.search_space(trial), **fixed}
+        params = {**cls.search_space(_FixedParams(trial, fixed)), **fixed}
 
         def report(epoch: int, logged: dict[str, float]) -> None:
             key = f"val_{metric}"
@@ -118,5 +136,8 @@ def tune(
     if not completed:
         raise ConfigError(f"tuning {name}: no trial completed")
     best = study.best_trial
-    trials = [{"number": t.number, "params": t.params, "value": t.value, "state": t.state.name} for t in study.trials]
+    trials = [
+        {"number": t.number, "params": {**t.params, **fixed}, "value": t.value, "state": t.state.name}
+        for t in study.trials
+    ]
     return TuneResult(name, finals[best.number], float(best.value), metric, trials, time.perf_counter() - start)
