@@ -202,3 +202,39 @@ def test_sigkilled_parallel_run_resumes_to_identical_output(shop_images, tmp_pat
     whole = tmp_path / "whole"
     build_campaign(store, model, whole, k=12, recent_days=0, chunk_size=7)
     assert _files(out) == _files(whole)
+
+
+def test_trend_model_campaign_uses_the_stores_recent_sales(shop, tmp_path):
+    import pyarrow.parquet as pq
+
+    from retailgan.data.dataset import load_dataset
+    from retailgan.data.store import Store
+    from retailgan.models.base import TrainingOptions
+    from retailgan.models.gan.feature_gan import FeatureGAN
+    from retailgan.persistence import load_model
+
+    store, _ = shop
+    ds = load_dataset(store)
+    early = ds.subset(ds.timestamp < ds.timestamp.max() - 20 * 86400)  # trained before the last 20 days
+    model_dir = FeatureGAN(trend_days=5, epochs=2, emb_dim=8, hidden=16, noise_dim=2, text_dim=4, collab_dim=2).fit(
+        early, TrainingOptions(seed=0)
+    ).save(tmp_path / "fg")
+    one, two = tmp_path / "one", tmp_path / "two"
+    build_campaign(store, model_dir, one, k=3, recent_days=0, chunk_size=7)
+    build_campaign(store, model_dir, two, k=3, recent_days=0, workers=2, chunk_size=7)
+    rows = pq.read_table(one / "campaign.parquet").to_pylist()
+    assert rows == pq.read_table(two / "campaign.parquet").to_pylist()  # workers refresh the same sales
+    # The products are the model's own top 3 (repeat purchases allowed with recent_days=0) once
+    # given the store's recent sales.
+    model = load_model(model_dir)
+    customers = sorted({r["customer_id"] for r in rows})
+    snapshot = model.recommend(customers, k=3, exclude_seen=False).item_ids
+    with Store.open(store, read_only=True) as s:
+        sales = s.recent_buyers(5)
+    assert sales and sum(sales.values()) > 0
+    ids = [i for i in sales if i in model.items]
+    model.set_recent_sales(ids, [sales[i] for i in ids])
+    refreshed = model.recommend(customers, k=3, exclude_seen=False).item_ids
+    got = [[r["product_id"] for r in rows if r["customer_id"] == c] for c in customers]
+    assert got == refreshed.tolist()
+    assert got != snapshot.tolist()  # the training snapshot's sales would give other lists

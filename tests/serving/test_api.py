@@ -425,13 +425,18 @@ def test_customer_campaign_matches_the_batch_build(built, tmp_path):
 
 def test_trend_model_is_served_with_the_stores_recent_sales(built, tmp_path):
     from retailgan.data.dataset import load_dataset
+    from retailgan.models.base import TrainingOptions
+    from retailgan.models.gan.feature_gan import FeatureGAN
+    from retailgan.persistence import load_model
     from retailgan.serving.storage import ServiceStore
 
     days = 5
-    built = {**built, "models": {"featgan": fit(
-        built["store"], "featgan", tmp_path / "fg", trend_days=days, epochs=2, emb_dim=8, hidden=16,
-        noise_dim=2, text_dim=4, collab_dim=2,
-    )}}
+    model = FeatureGAN(trend_days=days, epochs=2, emb_dim=8, hidden=16, noise_dim=2, text_dim=4, collab_dim=2)
+    model.fit(load_dataset(built["store"]), TrainingOptions(seed=0))
+    model.set_recent_sales([], [])  # a saved snapshot of no sales: the service must replace it
+    built = {**built, "models": {"featgan": model.save(tmp_path / "fg")}}
+    snapshot = load_model(built["models"]["featgan"])._recent
+    assert not snapshot.any()
     c, settings = make_client(built, tmp_path / "svc", model="featgan")
     # Expected: customers whose first event with the product is in the last 5 days (UTC) of the store.
     ds = load_dataset(settings.store)
@@ -448,4 +453,5 @@ def test_trend_model_is_served_with_the_stores_recent_sales(built, tmp_path):
         model = c.app.state.service.bundle.model
         order = model.items.index(list(ds.items.ids))
         np.testing.assert_array_equal(model._recent[order], recent)
+        assert not np.array_equal(snapshot[order], recent)  # not the training snapshot
         assert rec(c, customer_id="C0", k=3)["strategy"] == "model"

@@ -325,9 +325,11 @@ def _init_worker(store_path: str, model_dir: str, label: str, theme: str | None,
     b = ModelBundle.load(model_dir)
     if b.label != label:
         raise ModelFileError(f"{model_dir}: the model changed during the campaign build ({label} -> {b.label})")
-    _WORKER["ctx"] = CampaignContext.create(b, theme, k, recent_days)
     # Several processes may read one DuckDB file at once, read-only; one thread each (the pool is the parallelism).
     _WORKER["store"] = Store.open(store_path, create=False, read_only=True, threads=1)
+    if b.trend_days:  # the store's recent sales, as the main process and the service use
+        b.set_recent_sales(_WORKER["store"].recent_buyers(b.trend_days))
+    _WORKER["ctx"] = CampaignContext.create(b, theme, k, recent_days)
     _WORKER["work"] = Path(work)
 
 
@@ -389,6 +391,8 @@ def build_campaign(
     work = out.parent / f".{out.name}.work"
     store = Store.open(store_path, create=False, read_only=True)
     try:
+        if b.trend_days:  # a model that follows recent sales gets the store's, as the service does
+            b.set_recent_sales(store.recent_buyers(b.trend_days))
         customers = segment_customers(store, seg)
         n_chunks = math.ceil(len(customers) / chunk_size)
         out.parent.mkdir(parents=True, exist_ok=True)

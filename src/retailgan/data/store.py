@@ -214,6 +214,18 @@ class Store:
 
     # -- reading helpers ----------------------------------------------------------------------
 
+    def recent_buyers(self, days: int) -> dict[str, int]:
+        """Per product, the customers whose first event with it falls in the last ``days``
+        calendar days (UTC) of the events: the recent sales a featgan ``trend_days`` model was
+        trained on (its dataset keeps each customer's first time per product)."""
+        rows = self.con.execute(
+            "WITH first AS (SELECT item_id, epoch(min(ts))::BIGINT // 86400 AS d FROM events "
+            "WHERE ts IS NOT NULL GROUP BY user_id, item_id) "
+            "SELECT item_id, count(*) FROM first WHERE d > (SELECT max(d) FROM first) - ? GROUP BY item_id",
+            [int(days)],
+        ).fetchall()
+        return {str(i): int(n) for i, n in rows}
+
     def counts(self) -> dict[str, int]:
         """Rows in the users, items and events tables."""
         row = fetch1(self.con.execute(

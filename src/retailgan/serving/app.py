@@ -111,12 +111,8 @@ class ServiceState:
         """Load a model directory; a model that follows recent sales (featgan ``trend_days``)
         gets them from the store, as of its latest event, instead of the training snapshot."""
         bundle = ModelBundle.load(path)
-        days = int(getattr(bundle.model.config, "trend_days", 0) or 0)
-        if days and self.store is not None:
-            sales = self.store.recent_buyers(days)
-            items = bundle.model.items
-            ids = [i for i in sales if i in items]
-            bundle.model.set_recent_sales(ids, [sales[i] for i in ids])
+        if bundle.trend_days and self.store is not None:
+            bundle.set_recent_sales(self.store.recent_buyers(bundle.trend_days))
         return bundle
 
     def set_bundle(self, bundle: ModelBundle) -> None:

@@ -80,6 +80,18 @@ class ModelBundle:
     def label(self) -> str:
         return f"{self.name}-{self.version}"
 
+    @property
+    def trend_days(self) -> int:
+        """The recent-sales window of a model that follows them (featgan ``trend_days``), else 0."""
+        return int(getattr(self.model.config, "trend_days", 0) or 0)
+
+    def set_recent_sales(self, sales: dict[str, int]) -> None:
+        """Give a :attr:`trend_days` model its recent sales (product -> customers; products the
+        model does not know are skipped, products not listed count 0)."""
+        items = self.model.items
+        ids = [i for i in sales if i in items]
+        self.model.set_recent_sales(ids, [sales[i] for i in ids])
+
     @classmethod
     def load(cls, path: str | Path) -> ModelBundle:
         """Load and validate a model directory; raises :class:`ModelFileError` if it is unusable."""

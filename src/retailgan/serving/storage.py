@@ -92,17 +92,9 @@ class ServiceStore:
             ]
 
     def recent_buyers(self, days: int) -> dict[str, int]:
-        """Per product, the customers whose first event with it falls in the last ``days``
-        calendar days (UTC) of the store's events: the recent sales a featgan ``trend_days``
-        model was trained on (its dataset keeps each customer's first time per product)."""
+        """:meth:`Store.recent_buyers` under the service's lock."""
         with self._lock:
-            rows = self.store.con.execute(
-                "WITH first AS (SELECT item_id, epoch(min(ts))::BIGINT // 86400 AS d FROM events "
-                "WHERE ts IS NOT NULL GROUP BY user_id, item_id) "
-                "SELECT item_id, count(*) FROM first WHERE d > (SELECT max(d) FROM first) - ? GROUP BY item_id",
-                [int(days)],
-            ).fetchall()
-        return {str(i): int(n) for i, n in rows}
+            return self.store.recent_buyers(days)
 
     def has_customer(self, customer_id: str) -> bool:
         with self._lock:
