@@ -146,8 +146,10 @@ def variant_params(label: str) -> dict[str, Any]:
 
 class TrendBlend:
     """A fitted recommender's scores plus ``weight * log(1 + r_i)``, ``r_i`` the distinct buyers
-    of product i in the last ``days`` days of the training part (what the baselines get to match
-    featgan's ``trend_days``); empty histories keep the model's own fallback ranking."""
+    of product i in the last ``days`` x 24 hours of the training part (what the baselines get to
+    match featgan's ``trend_days``); empty histories keep the model's own fallback ranking. The
+    deployable model ``recent`` (:mod:`retailgan.models.recent`) counts calendar days instead,
+    as featgan and the store do; the tables were measured with this rolling window."""
 
     def __init__(self, model: Any, part: InteractionDataset, days: int, weight: float) -> None:
         since = int(part.timestamp.max()) - days * 86400

@@ -29,6 +29,7 @@ FAST_CONFIGS: dict[str, dict] = {
         "temperature": 0.3, "lr_g": 0.01, "batch_size": 16, "epochs": 20,
     },
     "resgan": {"l2": 1.0, "hidden": 16, "d_hidden": 16, "batch_size": 16, "epochs": 5, "crossfit": 2},
+    "recent": {"base": "ease", "base_params": {"l2": 1.0}, "trend_days": 3, "weight": 0.01},
 }
 PERSONALISED = [m for m in FAST_CONFIGS if m != "pop"]
 

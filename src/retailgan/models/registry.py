@@ -15,6 +15,7 @@ MODELS: dict[str, str] = {
     "cfgan": "retailgan.models.gan.cfgan:CFGAN",
     "resgan": "retailgan.models.gan.resgan:ResGAN",
     "featgan": "retailgan.models.gan.feature_gan:FeatureGAN",
+    "recent": "retailgan.models.recent:RecentSalesBlend",
 }
 
 

@@ -108,6 +108,7 @@ from retailgan.errors import ConfigError, ModelFileError
 from retailgan.features.space import FeatureSpace, FeatureSpaceConfig
 from retailgan.index.topk import ExactIndex, TopKIndex, make_index
 from retailgan.models.base import IterativeRecommender, ModelConfig, Recommendations, TrainingOptions
+from retailgan.models.recent import item_counts
 
 LOSSES = ("hinge", "bce")
 MERGES = ("max", "calibrated")
@@ -862,17 +863,7 @@ class FeatureGAN(IterativeRecommender):
         assert self.items is not None
         if not self._cfg.trend_days:
             raise ConfigError("set_recent_sales: the model was trained with trend_days = 0")
-        counts = np.asarray(counts, np.float64)
-        if counts.shape != (len(item_ids),):
-            raise ConfigError(f"set_recent_sales: {len(item_ids)} ids but counts of shape {counts.shape}")
-        if not np.all(np.isfinite(counts)) or np.any(counts < 0):
-            raise ConfigError("set_recent_sales: counts must be finite and >= 0")
-        idx = self.items.index(item_ids, kind="item")
-        if len(np.unique(idx)) != len(idx):
-            raise ConfigError("set_recent_sales: repeated product ids")
-        full = np.zeros(self.n_items, np.float64)
-        full[idx] = counts
-        self._recent = full
+        self._recent = item_counts(self.items, item_ids, counts, "set_recent_sales")
 
     def _boosted(self) -> np.ndarray | None:
         """Products with a non-zero prior or recent sales (they may rank high far from every
