@@ -93,3 +93,7 @@ def test_tune_uses_validation_only_and_sets_epochs():
     assert res0.params == {"l2": 500.0, "feedback": "binary"}
     res_pop = tune("pop", s, n_trials=5)
     assert len(res_pop.trials) == 1  # nothing to search
+    # A blend with recent sales searches its window and weight around a fixed base model.
+    res_recent = tune("recent", s, n_trials=3, seed=0, fixed={"base": "ease", "base_params": {"l2": 1.0}})
+    assert res_recent.params["base_params"] == {"l2": 1.0} and res_recent.params["trend_days"] in (3, 7, 14, 28)
+    assert len({t["params"]["weight"] for t in res_recent.trials}) == 3

@@ -84,6 +84,15 @@ class RecentSalesBlend(Recommender):
     base_model: Recommender | None = None
     _recent: np.ndarray | None = None
 
+    @staticmethod
+    def search_space(trial: Any) -> dict[str, Any]:
+        # The base model and its parameters are given (``--params``); the window and the weight
+        # are searched (the weight in the base's score units, hence the wide log range).
+        return {
+            "trend_days": trial.suggest_categorical("trend_days", [3, 7, 14, 28]),
+            "weight": trial.suggest_float("weight", 1e-3, 3.0, log=True),
+        }
+
     @property
     def _cfg(self) -> RecentSalesConfig:
         assert isinstance(self.config, RecentSalesConfig)
