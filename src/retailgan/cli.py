@@ -631,7 +631,7 @@ def demo(
     out: Path = typer.Option(Path("out"), "--out", help="Folder for the store, report, plot and models."),
     source: Path = typer.Option(BUNDLED_RETAIL, "--source", help="Online Retail file (bundled by default)."),
     tune_trials: int = typer.Option(5, "--tune-trials"),
-    models: str = typer.Option("pop,itemknn,ease,ials,bpr", "--models"),
+    models: str = typer.Option("pop,itemknn,ease,ials,bpr,recent", "--models"),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """End to end on the bundled UCI Online Retail log: ingest, clean, split, tune, evaluate, report."""
