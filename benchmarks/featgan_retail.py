@@ -352,17 +352,20 @@ def slate_rows(model: FeatureGAN, part: InteractionDataset, train: sp.csr_matrix
     }
     config = model.config
     rows = []
-    grid = [(1, 1.0, d) for d in SLATE_DIVERSITY] + [(5, k, d) for k in SLATE_KEEP for d in SLATE_DIVERSITY]
-    for samples, keep, diversity in grid:
-        model.config = dataclasses.replace(config, history_keep=keep)
-        top = model.recommend(ids, k=10, samples=samples, diversity=diversity, merge="max").item_idx
-        row = {"samples": samples, "history_keep": keep, "diversity": diversity}
-        row["ndcg@10"] = round(float(rank_metrics(top, rel[users], (10,))["ndcg@10"].mean()), 4)
+
+    def measure(top: np.ndarray, **setting: Any) -> None:
+        row = {**setting, "ndcg@10": round(float(rank_metrics(top, rel[users], (10,))["ndcg@10"].mean()), 4)}
         for name, f in spaces.items():
             row[f"ild@10 ({name})"] = round(float(np.nanmean(intra_list_diversity(top, f, 10))), 4)
         row["coverage@10"] = round(coverage(top, model.n_items, 10), 4)
         rows.append(row)
         print("slates", row, flush=True)
+
+    grid = [(1, 1.0, d) for d in SLATE_DIVERSITY] + [(5, k, d) for k in SLATE_KEEP for d in SLATE_DIVERSITY]
+    for samples, keep, diversity in grid:
+        model.config = dataclasses.replace(config, history_keep=keep)
+        top = model.recommend(ids, k=10, samples=samples, diversity=diversity, merge="max").item_idx
+        measure(top, samples=samples, history_keep=keep, diversity=diversity)
     model.config = config
     # Reference, not a candidate: the plain list re-ranked by MMR on the products' exact buyer
     # vectors (what "ILD buyers" measures) from its top 30: how much buyer ILD re-ranking can buy.
@@ -376,13 +379,7 @@ def slate_rows(model: FeatureGAN, part: InteractionDataset, train: sp.csr_matrix
         top = np.zeros((len(users), 10), np.int64)
         for r, pool in enumerate(pools):
             top[r] = pool[_mmr(scores[r, pool], buyer_vecs[pool].toarray(), 10, diversity)]
-        row = {"samples": 1, "history_keep": 1.0, "diversity": diversity, "mmr_space": "buyers (reference)"}
-        row["ndcg@10"] = round(float(rank_metrics(top, rel[users], (10,))["ndcg@10"].mean()), 4)
-        for name, f in spaces.items():
-            row[f"ild@10 ({name})"] = round(float(np.nanmean(intra_list_diversity(top, f, 10))), 4)
-        row["coverage@10"] = round(coverage(top, model.n_items, 10), 4)
-        rows.append(row)
-        print("slates", row, flush=True)
+        measure(top, samples=1, history_keep=1.0, diversity=diversity, mmr_space="buyers (reference)")
     return rows
 
 
