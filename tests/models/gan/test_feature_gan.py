@@ -519,3 +519,55 @@ def test_trend_sparse_path_equals_the_dense_table(monkeypatch):
     users = np.arange(ds.n_users)
     np.testing.assert_allclose(sparse.score_users(users), dense.score_users(users), rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(sparse._recent, dense._recent)
+
+
+def test_weight_average_scores_with_the_average_and_trains_the_raw_weights(tmp_path):
+    ds, answer = oracle_dataset()
+    cfg = {**FAST, "epochs": 3}
+    plain = FeatureGAN(**cfg).fit(ds, TrainingOptions(seed=0))
+    raw_at_end: list[list[np.ndarray]] = []
+    avg_at_end: list[list[np.ndarray]] = []
+
+    def snapshot(epoch, logged):
+        raw_at_end.append([w.numpy().copy() for w in model._raw_params])
+        avg_at_end.append([w.detach().numpy().copy() for w in model.nets.parameters()])
+
+    model = FeatureGAN(**cfg, ema=0.5)
+    model.fit(ds, TrainingOptions(seed=0, callback=snapshot))
+    # The optimiser's trajectory is the plain model's: averaging only changes what is read out.
+    for raw, w in zip(raw_at_end[-1], plain.nets.parameters(), strict=True):
+        np.testing.assert_array_equal(raw, w.detach().numpy())
+    # What scores (and is saved) is the average, not the last weights.
+    final = [w.detach().numpy() for w in model.nets.parameters()]
+    for a, b in zip(final, avg_at_end[-1], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.allclose(a, r) for a, r in zip(final, raw_at_end[-1], strict=True))
+    assert model._ema_params is None and model._raw_params is None  # training state released
+    # Seeded, and the files give the same lists.
+    again = FeatureGAN(**cfg, ema=0.5).fit(ds, TrainingOptions(seed=0))
+    users = list(answer)
+    np.testing.assert_array_equal(again.recommend(users, k=3).item_ids, model.recommend(users, k=3).item_ids)
+    model.save(tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    np.testing.assert_allclose(loaded.score_users(np.arange(3)), model.score_users(np.arange(3)), rtol=1e-6)
+    # Early stopping on validation restores the best epoch's average.
+    val = FeatureGAN(**cfg, ema=0.5).fit(ds, TrainingOptions(seed=0, validation=ds, validation_metric="ndcg@5"))
+    assert 1 <= val.best_epoch <= 3
+    with pytest.raises(ConfigError, match="ema"):
+        FeatureGAN(**{**FAST, "ema": 1.0}).fit(ds)
+
+
+def test_weight_average_is_bias_corrected():
+    """The average starts from zero and is divided by ``1 - decay ** steps``: after one step it is
+    exactly that step's weights (no share of the random initial weights), after two the
+    decay-weighted mean of both."""
+    ds, _ = oracle_dataset()
+    one_step = {**FAST, "batch_size": 1_000_000}  # the whole (tiny) training set in one batch
+    for epochs in (1, 2):
+        plain = [FeatureGAN(**{**one_step, "epochs": e}).fit(ds, TrainingOptions(seed=0)) for e in (1, 2)]
+        model = FeatureGAN(**{**one_step, "epochs": epochs}, ema=0.9).fit(ds, TrainingOptions(seed=0))
+        for k, w in enumerate(model.nets.parameters()):
+            w1 = list(plain[0].nets.parameters())[k].detach().numpy()
+            w2 = list(plain[1].nets.parameters())[k].detach().numpy()
+            expected = w1 if epochs == 1 else (0.1 * 0.9 * w1 + 0.1 * w2) / (1 - 0.9**2)
+            np.testing.assert_allclose(w.detach().numpy(), expected, rtol=1e-5, atol=1e-6)

@@ -158,6 +158,12 @@ class FeatureGANConfig(ModelConfig):
     """Relaxed winner-take-all (with ``wta``): the best vector gets weight ``1 - mcl_eps``, each
     other one ``mcl_eps / (train_samples - 1)``; 0: the hard winner-take-all. In [0, 1)."""
     cold_dropout: float = 0.2
+    ema: float = 0.0
+    """Decay of an exponential moving average of the networks' weights (Polyak averaging, with
+    Adam's bias correction), updated after every generator step; the average is what validates,
+    scores and is saved, the optimiser keeps stepping the raw weights. It damps the step-to-step
+    drift of where products without interactions land in the retrieval space. 0: off (the last
+    weights). In [0, 1)."""
     mode_seeking: float = 0.0
     """Weight of the mode-seeking regulariser (module docstring); 0: off. Needs noise_dim > 0."""
     cold_prior: float = 0.0
@@ -204,6 +210,7 @@ class FeatureGANConfig(ModelConfig):
             (self.aux_weight > 0 or self.adversarial, "aux_weight=0 needs adversarial=True"),
             (self.temperature > 0 and self.max_negatives >= 1, "temperature > 0, max_negatives >= 1"),
             (0.0 <= self.cold_dropout <= 1.0, "cold_dropout in [0, 1]"),
+            (0.0 <= self.ema < 1.0, "ema in [0, 1)"),
             (
                 min(self.mode_seeking, self.cold_prior, self.prior_kernel) >= 0,
                 "mode_seeking, cold_prior, prior_kernel >= 0",
@@ -461,6 +468,12 @@ class FeatureGAN(IterativeRecommender):
         if cfg.adversarial:
             self.D = _discriminator(cfg.hidden, cfg.emb_dim, init_gen)
             self._opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=(0.5, 0.999))
+        # Weight averaging (``ema``): the running average (from zero, bias-corrected when read, as
+        # Adam's moments are, so the random initial weights do not linger in it), its number of
+        # steps, and the raw weights while the average is loaded.
+        self._ema_params = [torch.zeros_like(p) for p in self.nets.parameters()] if cfg.ema > 0 else None
+        self._ema_steps = 0
+        self._raw_params = None
         self._invalidate()
 
     def _build_examples(self, hist_ts: np.ndarray) -> None:
@@ -550,6 +563,9 @@ class FeatureGAN(IterativeRecommender):
         cfg = self._cfg
         assert self.nets is not None and self.X is not None
         self._invalidate()
+        if self._raw_params is not None:  # train on from the raw weights, not their average
+            self._swap_in(self._raw_params)
+            self._raw_params = None
         X_epoch = self.X.copy()
         cold_epoch = self._cold_items.copy() if cfg.trend_days else None
         if cfg.cold_dropout > 0 and len(self._warm):
@@ -640,10 +656,26 @@ class FeatureGAN(IterativeRecommender):
             self._opt_g.zero_grad(set_to_none=True)
             loss.backward()
             self._opt_g.step()
+            if self._ema_params is not None:
+                self._ema_steps += 1
+                with torch.no_grad():
+                    for avg, w in zip(self._ema_params, self.nets.parameters(), strict=True):
+                        avg.lerp_(w.detach(), 1.0 - cfg.ema)
+        if self._ema_params is not None and self._ema_steps:  # validation, checkpoints, scoring: the average
+            self._raw_params = [w.detach().clone() for w in self.nets.parameters()]
+            correction = 1.0 - cfg.ema**self._ema_steps
+            self._swap_in([avg / correction for avg in self._ema_params])
         self.nets.eval()
         return {k: float(np.mean(v)) for k, v in logged.items() if v}
 
+    def _swap_in(self, weights: list[torch.Tensor]) -> None:
+        assert self.nets is not None
+        with torch.no_grad():
+            for w, new in zip(self.nets.parameters(), weights, strict=True):
+                w.copy_(new)
+
     def finish_training(self) -> None:
+        self._ema_params = self._raw_params = None
         self.D = None
         self._opt_g = self._opt_d = None
         self._prefix = self._X_cold = None
