@@ -21,8 +21,10 @@ broadcast, so early-stopping decisions agree on every rank.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import socket
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -123,7 +125,15 @@ def _worker(local_rank: int, world: int, port: int, fn: Callable[..., Any], args
         with contextlib.suppress(RuntimeError):
             dist.barrier()
     finally:
+        # DDP wrappers left in reference cycles hold the process group; free them while it is
+        # still alive rather than during interpreter shutdown.
+        gc.collect()
         dist.destroy_process_group()
+    # The work is done and its files are closed. Leave without interpreter shutdown: tearing down
+    # gloo's threads there has aborted a worker ("terminate called without an active exception").
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def launch(nproc: int, fn: Callable[..., Any], *args: Any) -> None:
