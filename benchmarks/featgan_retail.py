@@ -52,15 +52,18 @@ Parts (``--parts``, comma-separated):
   a refit on the first ``--prior-days`` days); see :func:`refit_with_week1`. With
   ``--cold-trend DAYS``, a featgan with ``trend_days = DAYS`` too: on day one the new products
   have no recent sales, after week one their first-week sales are its recent sales. With
-  ``--cold-variants``, several featgan settings are fitted on the cold split and the featgan of
-  the tables is the one with the best NDCG@10 on a cold validation set (the new products'
-  purchases in the validation period, ranked by the early-stopped model of the inner training
-  part, which holds no new product either); the others get rows of their own. content-kNN is
-  measured on featgan's text block and on raw TF-IDF title vectors (no SVD), the sharper one.
+  ``--cold-variants``, several featgan settings are fitted on the cold split, each with
+  ``--cold-seeds`` training seeds and each seed refitted for two epoch counts (the warm
+  validation's early stop, and the best epoch on a cold validation set: the new products'
+  purchases in the validation period, ranked by the model of the inner training part, which
+  holds no new product either); the featgan of the tables is the candidate with the best mean
+  cold-validation NDCG@10, the others get rows of their own, and seed means are compared with
+  content-kNN. content-kNN is measured on featgan's text block and on raw TF-IDF title vectors
+  (no SVD), the sharper one.
 
 Usage: python benchmarks/featgan_retail.py [--store out/retail.duckdb] [--parts main,slates,speed,cold]
        [--variants "featgan;label: {\"mode_seeking\": 1.0}"] [--prior-days 4] [--refit-week1]
-       [--trend-days 7,14,28] [--cold-trend 14] [--cold-variants "label: {json};..."]
+       [--trend-days 7,14,28] [--cold-trend 14] [--cold-variants "label: {json};..."] [--cold-seeds 3]
        [--json docs/results/featgan-online-retail.json]
 """
 
