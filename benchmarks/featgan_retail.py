@@ -112,22 +112,32 @@ def ensure_store(store: Path) -> Path:
     return store
 
 
-def fit_featgan(
-    s: Split, params: dict[str, Any], seed: int = 0, probe_score: Callable[[FeatureGAN], Any] | None = None
-) -> tuple[FeatureGAN, dict[str, Any]]:
-    """Early stopping on validation (inner training part), then a refit on all of train.
-
-    ``probe_score``: called with the early-stopped model of the inner training part (before the
-    refit); what it returns is kept as ``info["probe_score"]`` (a second validation measure)."""
+def fit_featgan(s: Split, params: dict[str, Any], seed: int = 0) -> tuple[FeatureGAN, dict[str, Any]]:
+    """Early stopping on validation (inner training part), then a refit on all of train."""
     probe = FeatureGAN(**params).fit(
         s.train_inner, TrainingOptions(seed=seed, validation=s.validation, validation_metric="ndcg@10")
     )
     best = max(int(probe.best_epoch), 1)
     val = max((h.get("val_ndcg@10", float("-inf")) for h in probe.history), default=float("nan"))
-    extra = {"probe_score": probe_score(probe)} if probe_score is not None else {}
     final = FeatureGAN(**{**params, "epochs": best}).fit(s.train, TrainingOptions(seed=seed))
     info = {"best_epoch": best, "validation_ndcg@10": val, "fit_s": final.fit_seconds, "probe_fit_s": probe.fit_seconds}
-    return final, {**info, **extra}
+    return final, info
+
+
+def tfidf_knn_scores(
+    titles: list[object], known: np.ndarray, history: sp.csr_matrix, users: np.ndarray, cand: np.ndarray
+) -> np.ndarray:
+    """content-kNN on raw TF-IDF title vectors (featgan's text encoder fitted on the ``known``
+    products' titles, no SVD): per customer of ``users``, each candidate's largest cosine to a
+    product of their ``history`` row; ``(len(users), len(cand))``, 0 for an empty history."""
+    tfidf = TextEncoder(min_df=2).fit([titles[i] for i in known]).tfidf(titles).tocsr()
+    out = np.zeros((len(users), len(cand)), np.float32)
+    cand_t = tfidf[cand].T
+    for r, u in enumerate(users):
+        hist = history[u].indices
+        if len(hist):
+            out[r] = (tfidf[hist] @ cand_t).toarray().max(axis=0)
+    return out
 
 
 def paired(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
@@ -487,10 +497,8 @@ def launch_rolling(
     text = model.X[:, model.space.block_slices()["text"]]
     text = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
     knn = np.stack([(text[fit_rows[u].indices] @ text[items].T).max(axis=0) for u in users])
-    titles = list(fit_part.item_info.titles)
     known = np.flatnonzero(np.asarray((fit_rows > 0).sum(axis=0)).ravel() > 0)
-    tfidf = TextEncoder(min_df=2).fit([titles[i] for i in known])._tfidf(titles).tocsr()
-    knn_tfidf = np.stack([(tfidf[fit_rows[u].indices] @ tfidf[items].T).toarray().max(axis=0) for u in users])
+    knn_tfidf = tfidf_knn_scores(list(fit_part.item_info.titles), known, fit_rows, users, items)
     row = {int(u): r for r, u in enumerate(users)}
     out: dict[str, list[float]] = {
         "popularity so far": [], "featgan": [], "content-kNN (text)": [], "content-kNN (TF-IDF)": []
@@ -711,17 +719,12 @@ def part_cold(
     # Raw TF-IDF title vectors (the featgan text encoder's vocabulary and weighting, fitted on the
     # products with training interactions, no SVD): the sharpest text similarity, for content-kNN.
     titles = list(ds.item_info.titles)
-    tfidf = TextEncoder(min_df=2).fit([titles[i] for i in np.flatnonzero(~new)])._tfidf(titles).tocsr()
 
-    def tfidf_knn(seen: sp.csr_matrix) -> Callable[[np.ndarray], np.ndarray]:
-        def fn(u: np.ndarray) -> np.ndarray:
-            scores = np.full((len(u), ds.n_items), -np.inf, np.float32)
-            for r, uu in enumerate(u):
-                hist = seen[uu].indices
-                scores[r, cand] = (tfidf[hist] @ tfidf[cand].T).toarray().max(axis=0) if len(hist) else 0.0
-            return scores
-
-        return fn
+    def tfidf_knn(seen: sp.csr_matrix, users: np.ndarray) -> np.ndarray:
+        """content-kNN (TF-IDF) of ``users`` over the new products; -inf elsewhere."""
+        scores = np.full((len(users), ds.n_items), -np.inf, np.float32)
+        scores[:, cand] = tfidf_knn_scores(titles, np.flatnonzero(~new), seen, users, cand)
+        return scores
 
     # Cold validation: the new products' purchases in the validation period, ranked among the new
     # products for the customers with an inner-training history (models fitted on the inner part,
@@ -735,7 +738,7 @@ def part_cold(
 
     inner_row = np.full(ds.n_users, -1, np.int64)
     inner_row[inner_users] = np.arange(len(inner_users))
-    knn_inner = tfidf_knn(inner)(inner_users)
+    knn_inner = tfidf_knn(inner, inner_users)
 
     def probe_score(m: FeatureGAN) -> dict[str, Any]:
         """Cold validation of featgan alone and of featgan + w * content-kNN (TF-IDF)."""
@@ -815,7 +818,7 @@ def part_cold(
             "design": "fit on the inner training part (no new product), targets: the new products' "
             "purchases in the validation period, candidates: the new products",
             "validation_pairs": int(val_targets.nnz),
-            "content_knn_tfidf": summary(cold_val(tfidf_knn(inner))),
+            "content_knn_tfidf": summary(cold_val(lambda u: knn_inner[inner_row[u]])),
             "variants": selection,
             "chosen": best_label,
             "hybrid_ndcg@10_mean": {f"{w:g}": round(v, 4) for w, v in hybrid_means.items()},
@@ -961,7 +964,7 @@ def part_cold(
             vs = vm.score_users(with_history)
             variant_rows[f"featgan variant: {label}, seed {seed}"] = lambda u, vs=vs: vs[row_of[u]] + mask
     knn_block, knn_tfidf = "content-kNN (featgan's text block)", "content-kNN (TF-IDF)"
-    knn_test = tfidf_knn(train)(with_history)
+    knn_test = tfidf_knn(train, with_history)
     knn_rows: dict[str, Any] = {}
     ensemble = f"featgan, mean score of the {seeds} seeds of the chosen variant"
     if variants:

@@ -121,3 +121,21 @@ def test_store_cache_refreshes_only_new_products(tmp_path):
     expected = space.transform(np.array(["yellow tea cup"], object), np.array(["kitchen"], object), np.array([2.2]))
     np.testing.assert_allclose(X2[8], expected[0], atol=1e-6)
     assert space2.block_dims == space.block_dims
+
+
+def test_text_encoder_tfidf_is_the_unreduced_space_of_transform():
+    titles = ["red heart t-light holder", "white heart t-light holder", "red retro spot mug",
+              "blue retro spot mug", "paper chain kit", "zzz unseen words"]
+    enc = TextEncoder(dim=3, min_df=1).fit(titles[:5])
+    m = enc.tfidf(titles)
+    assert m.shape == (6, len(enc.vocabulary))
+    norms = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
+    np.testing.assert_allclose(norms[:5], 1.0, rtol=1e-12)
+    assert m[5].nnz == 0  # no known term: a zero row
+    # Sharper than the SVD: the two heart holders are near, a heart holder and a mug are not.
+    sim = (m @ m.T).toarray()
+    assert sim[0, 1] > 0.5 and sim[0, 2] < sim[0, 1]
+    # transform() is this matrix projected on the SVD basis and re-normalised.
+    dense = np.asarray(m[:5] @ enc.components.T.astype(np.float64))
+    dense /= np.linalg.norm(dense, axis=1, keepdims=True)
+    np.testing.assert_allclose(enc.transform(titles[:5]), dense, rtol=1e-5, atol=1e-6)

@@ -89,6 +89,11 @@ class TextEncoder:
         inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
         return sp.csr_matrix(sp.diags(inv) @ m)
 
+    def tfidf(self, texts: Sequence[object]) -> sp.csr_matrix:
+        """``(len(texts), vocabulary size)`` TF-IDF rows, L2-normalised, before the SVD (zero rows
+        for texts with no known term): the sharpest text similarity the encoder knows."""
+        return self._tfidf(texts)
+
     def transform(self, texts: Sequence[object]) -> np.ndarray:
         """``(len(texts), out_dim)`` float32, rows L2-normalised (zero for texts with no known term)."""
         if self.out_dim == 0:
