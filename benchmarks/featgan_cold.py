@@ -390,6 +390,75 @@ def day_one_popularity(
     return rows, record
 
 
+def fit_cold_variants(
+    cs: Split,
+    params: dict[str, Any],
+    variants: list[str],
+    seeds: int,
+    probe_score: Callable[[FeatureGAN], dict[str, Any]],
+) -> tuple[dict[str, Any], dict[tuple[str, int], FeatureGAN], list[str]]:
+    """Every featgan variant of the cold split fitted with each seed and both stopping rules.
+
+    ``probe_score`` scores a model of the inner training part on the cold validation set (its
+    ``"ndcg@10"`` decides the cold stop). Returns the record per candidate (``"label,
+    warm-stopped"`` / ``"label, cold-stopped"``: parameters, the seeds' epochs and scores, the
+    mean cold-validation NDCG@10), the models refitted on the training part per (candidate,
+    seed), and the candidates in order."""
+    selection: dict[str, Any] = {}
+    variant_models: dict[tuple[str, int], FeatureGAN] = {}
+    candidates: list[str] = []
+    # Every variant with ``seeds`` training seeds: on a new product's placement, training
+    # randomness (even the float rounding of another BLAS thread count) moves NDCG@10 by
+    # more than the differences between settings, so settings are compared on seed means.
+    # Each variant is refitted twice: for the epochs that early stopping on the (warm)
+    # validation NDCG picks, and for the epochs with the best cold-validation NDCG@10 (the
+    # new products' placement peaks earlier than the warm ranking).
+    for label in variants:
+        vp = {**params, **variant_params(label)}
+        fits: dict[str, list[dict[str, Any]]] = {"warm": [], "cold": []}
+        for seed in range(seeds):
+            curve: list[dict[str, Any]] = []
+            probe = FeatureGAN(**vp)
+            probe.fit(
+                cs.train_inner,
+                TrainingOptions(
+                    seed=seed,
+                    validation=cs.validation,
+                    validation_metric="ndcg@10",
+                    callback=lambda epoch, logged, probe=probe, curve=curve: curve.append(probe_score(probe)),
+                ),
+            )
+            stops = {
+                "warm": max(int(probe.best_epoch), 1),
+                "cold": int(np.argmax([c["ndcg@10"] for c in curve])) + 1,
+            }
+            for stop, epochs in stops.items():
+                other = variant_models.get((f"{label}, warm-stopped", seed))
+                if stop == "cold" and other is not None and epochs == stops["warm"]:
+                    m = other
+                else:
+                    m = FeatureGAN(**{**vp, "epochs": epochs}).fit(cs.train, TrainingOptions(seed=seed))
+                variant_models[f"{label}, {stop}-stopped", seed] = m
+                fits[stop].append({
+                    "seed": seed,
+                    "epochs": epochs,
+                    "best_epoch": epochs,
+                    "probe_score": curve[epochs - 1],
+                    "warm_validation_ndcg@10": probe.history[epochs - 1].get("val_ndcg@10"),
+                    "fit_s": round(m.fit_seconds, 1),
+                    "probe_fit_s": round(probe.fit_seconds, 1),
+                })
+                print("cold validation", label, stop, "seed", seed, "epochs", epochs,
+                      curve[epochs - 1]["ndcg@10"], flush=True)
+        for stop, runs in fits.items():
+            mean = float(np.mean([f["probe_score"]["ndcg@10"] for f in runs]))
+            key = f"{label}, {stop}-stopped"
+            candidates.append(key)
+            selection[key] = {"params": vp, "stop": stop, "cold_validation_ndcg@10_mean": round(mean, 4),
+                              "seeds": runs}
+    return selection, variant_models, candidates
+
+
 def part_cold(
     ds: InteractionDataset,
     s: Split,
@@ -446,55 +515,7 @@ def part_cold(
     variant_models: dict[tuple[str, int], FeatureGAN] = {}
     candidates: list[str] = []
     if variants:
-        # Every variant with ``seeds`` training seeds: on a new product's placement, training
-        # randomness (even the float rounding of another BLAS thread count) moves NDCG@10 by
-        # more than the differences between settings, so settings are compared on seed means.
-        # Each variant is refitted twice: for the epochs that early stopping on the (warm)
-        # validation NDCG picks, and for the epochs with the best cold-validation NDCG@10 (the
-        # new products' placement peaks earlier than the warm ranking).
-        for label in variants:
-            vp = {**params, **variant_params(label)}
-            fits: dict[str, list[dict[str, Any]]] = {"warm": [], "cold": []}
-            for seed in range(seeds):
-                curve: list[dict[str, Any]] = []
-                probe = FeatureGAN(**vp)
-                probe.fit(
-                    cs.train_inner,
-                    TrainingOptions(
-                        seed=seed,
-                        validation=cs.validation,
-                        validation_metric="ndcg@10",
-                        callback=lambda epoch, logged, probe=probe, curve=curve: curve.append(probe_score(probe)),
-                    ),
-                )
-                stops = {
-                    "warm": max(int(probe.best_epoch), 1),
-                    "cold": int(np.argmax([c["ndcg@10"] for c in curve])) + 1,
-                }
-                for stop, epochs in stops.items():
-                    other = variant_models.get((f"{label}, warm-stopped", seed))
-                    if stop == "cold" and other is not None and epochs == stops["warm"]:
-                        m = other
-                    else:
-                        m = FeatureGAN(**{**vp, "epochs": epochs}).fit(cs.train, TrainingOptions(seed=seed))
-                    variant_models[f"{label}, {stop}-stopped", seed] = m
-                    fits[stop].append({
-                        "seed": seed,
-                        "epochs": epochs,
-                        "best_epoch": epochs,
-                        "probe_score": curve[epochs - 1],
-                        "warm_validation_ndcg@10": probe.history[epochs - 1].get("val_ndcg@10"),
-                        "fit_s": round(m.fit_seconds, 1),
-                        "probe_fit_s": round(probe.fit_seconds, 1),
-                    })
-                    print("cold validation", label, stop, "seed", seed, "epochs", epochs,
-                          curve[epochs - 1]["ndcg@10"], flush=True)
-            for stop, runs in fits.items():
-                mean = float(np.mean([f["probe_score"]["ndcg@10"] for f in runs]))
-                key = f"{label}, {stop}-stopped"
-                candidates.append(key)
-                selection[key] = {"params": vp, "stop": stop, "cold_validation_ndcg@10_mean": round(mean, 4),
-                                  "seeds": runs}
+        selection, variant_models, candidates = fit_cold_variants(cs, params, variants, seeds, probe_score)
         # The best mean cold-validation NDCG@10; ties go to the earlier candidate.
         best_label = max(
             candidates, key=lambda v: (selection[v]["cold_validation_ndcg@10_mean"], -candidates.index(v))
