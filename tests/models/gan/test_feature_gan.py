@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -10,7 +12,7 @@ from retailgan.data.dataset import InteractionDataset
 from retailgan.errors import ConfigError, UnknownIdError
 from retailgan.index import faiss_available
 from retailgan.models.base import TrainingOptions
-from retailgan.models.gan.feature_gan import FeatureGAN, _mmr, blend_item_prior, buyer_weighted_counts
+from retailgan.models.gan.feature_gan import FeatureGAN, blend_item_prior, buyer_weighted_counts
 from retailgan.persistence import load_model
 from tests.conftest import oracle_dataset
 from tests.models.test_contract import FAST_CONFIGS
@@ -145,11 +147,36 @@ def test_slates_diverse_deterministic_and_plain_when_s1(fitted):
         model.recommend(users, k=4, samples=0)
 
 
-def test_mmr_trades_relevance_for_spread():
-    vecs = np.array([[1.0, 0.0], [0.99, 0.14], [0.0, 1.0]], np.float32)
-    rel = np.array([0.9, 0.89, 0.5])
-    assert _mmr(rel, vecs, 2, 0.0).tolist() == [0, 1]
-    assert _mmr(rel, vecs, 2, 0.5).tolist() == [0, 2]
+def test_dpp_slates_follow_the_retrieval_space_and_survive_save_load(fitted, tmp_path):
+    model, ds, answer = fitted
+    users = list(answer)[:6]
+    dpp_model = load_model(model.save(tmp_path / "plain"))  # a copy: the fixture stays as it is
+    dpp_model.config = dataclasses.replace(dpp_model.config, diversify="dpp")
+    a = dpp_model.recommend(users, k=4, samples=3, diversity=0.5)
+    np.testing.assert_array_equal(a.item_ids, dpp_model.recommend(users, k=4, samples=3, diversity=0.5).item_ids)
+    # Diversity 0 is the plain merged order, whatever the diversifier.
+    np.testing.assert_array_equal(
+        dpp_model.recommend(users, k=4, samples=3, diversity=0.0).item_ids,
+        model.recommend(users, k=4, samples=3, diversity=0.0).item_ids,
+    )
+    E = model.item_vectors
+    for r, u in enumerate(users):
+        got = [i for i in a.item_ids[r] if i is not None]
+        owned = set(model.items.decode(model.seen[model.users.index([u])[0]].indices))
+        assert len(set(got)) == len(got) == 4 and not owned & set(got)
+    # Spread in the retrieval space: DPP lists span more volume than the plain lists on average.
+    plain = model.recommend(users, k=4, samples=3, diversity=0.0)
+
+    def logdet(ids):
+        v = E[model.items.index(list(ids))].astype(np.float64)
+        return np.linalg.slogdet(v @ v.T)[1]
+
+    assert np.mean([logdet(x) for x in a.item_ids]) > np.mean([logdet(x) for x in plain.item_ids])
+    loaded = load_model(dpp_model.save(tmp_path / "dpp"))
+    assert loaded.config.diversify == "dpp"
+    np.testing.assert_array_equal(loaded.recommend(users, k=4, samples=3, diversity=0.5).item_ids, a.item_ids)
+    with pytest.raises(ConfigError, match="diversify"):
+        FeatureGAN(**{**FAST, "diversify": "volume"}).fit(ds)
 
 
 def test_save_load_keeps_every_path(fitted, tmp_path):

@@ -33,7 +33,9 @@ through the index (exact or faiss, ``index``), and merges them greedily (maximal
 relevance): relevance is the best similarity to any generated vector (``slate_merge="max"``), or
 that similarity minus the vector's own best over the candidates (``"calibrated"``: every
 vector's favourite product scores 0, so vectors far from every product still contribute), and
-each pick is penalised by ``lam`` times its largest similarity to the products already picked.
+each pick is penalised by ``lam`` times its largest similarity to the products already picked;
+``diversify="dpp"`` instead picks greedily the list of largest relevance-weighted volume in the
+retrieval space (a determinantal point process; :mod:`retailgan.models.diversify`).
 New customers: :meth:`FeatureGAN.recommend_histories` takes lists of product ids; an empty history (or only
 unknown ids) falls back to the popularity ranking (distinct training customers per product),
 flagged ``known=False``, as for unknown customers. New products: :meth:`FeatureGAN.add_products`.
@@ -108,10 +110,12 @@ from retailgan.errors import ConfigError, ModelFileError
 from retailgan.features.space import FeatureSpace, FeatureSpaceConfig
 from retailgan.index.topk import ExactIndex, TopKIndex, make_index
 from retailgan.models.base import IterativeRecommender, ModelConfig, Recommendations, TrainingOptions
+from retailgan.models.diversify import dpp, mmr
 from retailgan.models.recent import item_counts
 
 LOSSES = ("hinge", "bce")
 MERGES = ("max", "calibrated")
+DIVERSIFIERS = ("mmr", "dpp")
 INDEXES = ("exact", "hnsw", "ivf")
 SCORE_BATCH = 1024
 TREND_TABLE_MAX = 1 << 26  # days x products entries of the dense recent-sales table (256 MiB)
@@ -191,6 +195,10 @@ class FeatureGANConfig(ModelConfig):
     """Default relevance of a product in a slate of S vectors: ``"max"``, its best cosine to any
     of them; ``"calibrated"``, its best cosine minus that vector's best cosine over the
     candidates, so that every vector's favourite product scores 0 (ties: by the best cosine)."""
+    diversify: str = "mmr"
+    """How ``diversity`` re-ranks a list: ``"mmr"`` (maximal marginal relevance) or ``"dpp"``
+    (greedy MAP of a determinantal point process on the retrieval space, relevance read as
+    softmax logits; :mod:`retailgan.models.diversify`)."""
     sample_seed: int = 0
     history_keep: float = 1.0
     """Draws after the first encode a random part of the history: each product kept with this
@@ -204,6 +212,7 @@ class FeatureGANConfig(ModelConfig):
             (self.loss in LOSSES, f"loss must be one of {LOSSES}"),
             (self.index in INDEXES, f"index must be one of {INDEXES}"),
             (self.slate_merge in MERGES, f"slate_merge must be one of {MERGES}"),
+            (self.diversify in DIVERSIFIERS, f"diversify must be one of {DIVERSIFIERS}"),
             (min(self.emb_dim, self.hidden, self.recent, self.min_history, self.batch_size) >= 1, "sizes >= 1"),
             (self.noise_dim >= 0 and self.noise_scale >= 0, "noise_dim, noise_scale >= 0"),
             (self.adv_weight >= 0 and self.aux_weight >= 0, "adv_weight, aux_weight >= 0"),
@@ -1109,7 +1118,10 @@ class FeatureGAN(IterativeRecommender):
             rel = (sims - sims.max(axis=1, keepdims=True)).max(axis=0) if merge == "calibrated" else best
             keep = np.lexsort((pool, -best, -rel))[:pool_size]
             pool, rel = pool[keep], rel[keep]
-            chosen = _mmr(rel, E[pool], min(k, len(pool)), diversity)
+            if self._cfg.diversify == "dpp":
+                chosen = dpp(rel, E[pool], min(k, len(pool)), diversity, self._cfg.temperature)
+            else:
+                chosen = mmr(rel, E[pool], min(k, len(pool)), diversity)
             top[r, : len(chosen)] = pool[chosen]
             scores[r, : len(chosen)] = rel[chosen]
         return top, scores
@@ -1292,22 +1304,3 @@ class FeatureGAN(IterativeRecommender):
         nets.eval()
         self.nets = nets
         self._invalidate()
-
-
-def _mmr(rel: np.ndarray, vectors: np.ndarray, k: int, diversity: float) -> np.ndarray:
-    """Greedy maximal marginal relevance: each step picks the candidate maximising
-    ``(1 - diversity) * rel - diversity * (max cosine to those already picked)``."""
-    if diversity == 0.0:
-        return np.arange(k)  # candidates arrive sorted by relevance
-    sim = vectors @ vectors.T
-    chosen: list[int] = []
-    max_sim = np.full(len(rel), -np.inf)
-    available = np.ones(len(rel), bool)
-    for _ in range(k):
-        penalty = np.where(np.isfinite(max_sim), max_sim, 0.0)
-        value = np.where(available, (1 - diversity) * rel - diversity * penalty, -np.inf)
-        j = int(np.argmax(value))
-        chosen.append(j)
-        available[j] = False
-        max_sim = np.maximum(max_sim, sim[j])
-    return np.asarray(chosen, np.int64)
