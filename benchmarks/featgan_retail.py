@@ -24,8 +24,8 @@ Parts (``--parts``, comma-separated):
   5 % NDCG@10 budget against the plain S = 1 list, then evaluated once on test
   (:func:`part_slates_validated`); ``--params`` gives the featgan parameters.
 * ``launch``: cold start on the products first sold after the cut-off (featgan_cold.py).
-* ``speed``: median wall time of ``recommend`` for one customer (exact search), S = 1 and S = 5,
-  for every variant.
+* ``speed``: median wall time of ``recommend`` for one customer (exact search), S = 1 and S = 5
+  (without re-ranking, and with MMR and DPP at diversity 0.3), for every variant.
 * ``cold``: a cold-start split, 20 % of the products hidden from training (featgan_cold.py).
 
 Usage: python benchmarks/featgan_retail.py [--store out/retail.duckdb] [--parts main,slates,speed,cold]
@@ -338,17 +338,27 @@ def part_speed(s: Split, model: FeatureGAN, out: dict[str, Any], label: str, n: 
     has = np.flatnonzero(np.diff(s.train.matrix().indptr) > 0)
     ids = list(s.train.users.decode(rng.choice(has, n, replace=False)))
     res = {}
-    for samples in (1, 5):
-        model.recommend(ids[:5], k=10, samples=samples)  # warm-up (index, item vectors)
+    config = model.config
+    # (samples, diversity, diversifier): the plain list, a slate without and with re-ranking.
+    settings = {
+        "S=1": (1, 0.0, "mmr"),
+        "S=5": (5, 0.0, "mmr"),
+        "S=5, MMR 0.3": (5, 0.3, "mmr"),
+        "S=5, DPP 0.3": (5, 0.3, "dpp"),
+    }
+    for key, (samples, diversity, diversify) in settings.items():
+        model.config = dataclasses.replace(config, diversify=diversify)
+        model.recommend(ids[:5], k=10, samples=samples, diversity=diversity)  # warm-up (index, item vectors)
         times = []
         for u in ids:
             t = time.perf_counter()
-            model.recommend([u], k=10, samples=samples)
+            model.recommend([u], k=10, samples=samples, diversity=diversity)
             times.append((time.perf_counter() - t) * 1000)
-        res[f"S={samples}"] = {
+        res[key] = {
             "median_ms": round(statistics.median(times), 3),
             "p90_ms": round(float(np.quantile(times, 0.9)), 3),
         }
+    model.config = config
     print(label, res, flush=True)
     out.setdefault("speed", {})[label] = {"customers": n, "index": model.config.index, **res}
 
