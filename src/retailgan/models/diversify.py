@@ -7,8 +7,8 @@ pool, in list order.
 
 * :func:`mmr`, maximal marginal relevance (Carbonell and Goldstein, SIGIR 1998): each step picks
   the candidate maximising ``(1 - diversity) * rel - diversity * (max similarity to the picks)``.
-  It looks only at the nearest pick, so a candidate close to none of the picks but similar to
-  all of them together is never penalised for it.
+  It counts only the most similar pick, so a candidate moderately similar to every pick (inside
+  the span of the list so far) is penalised no more than one similar to a single pick.
 * :func:`dpp`, greedy MAP inference of a determinantal point process (Chen, Zhang and Zhou,
   NeurIPS 2018): the kernel is ``L = diag(q) S diag(q)`` with ``S`` the similarity matrix and
   ``q = exp(alpha * rel / temperature)``, ``alpha = (1 - diversity) / (2 * diversity)``; each
