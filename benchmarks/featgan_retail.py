@@ -58,7 +58,7 @@ from retailgan.evaluation.metrics import coverage, intra_list_diversity, rank_me
 from retailgan.evaluation.protocols import evaluate
 from retailgan.experiments import item_features_for_diversity
 from retailgan.models.base import TrainingOptions
-from retailgan.models.diversify import mmr
+from retailgan.models.diversify import gram, mmr
 from retailgan.models.gan.feature_gan import FeatureGAN
 from retailgan.models.registry import get_model_class
 
@@ -297,7 +297,7 @@ def slate_rows(model: FeatureGAN, part: InteractionDataset, train: sp.csr_matrix
     for diversity in (0.1, 0.2, 0.3):
         top = np.zeros((len(users), 10), np.int64)
         for r, pool in enumerate(pools):
-            top[r] = pool[mmr(scores[r, pool], buyer_vecs[pool].toarray(), 10, diversity)]
+            top[r] = pool[mmr(scores[r, pool], gram(buyer_vecs[pool].toarray()), 10, diversity)]
         measure(top, samples=1, history_keep=1.0, diversity=diversity, mmr_space="buyers (reference)")
     return rows
 

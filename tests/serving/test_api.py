@@ -91,6 +91,29 @@ def test_exclude_candidates_and_filters(client):
     assert out["items"] and all(it["category"] == "dept0" and it["price"] <= 6.0 for it in out["items"])
 
 
+@pytest.mark.parametrize("model", ["ease", "ials"])  # similarity over shared customers / item factors
+def test_diversity_reranks_towards_products_unlike_the_first(built, tmp_path, model):
+    c, _ = make_client(built, tmp_path, model=model)
+    with c:
+        plain = rec(c, customer_id="C0", k=4)
+        assert rec(c, customer_id="C0", k=4, diversity=0.0) == plain
+        history = {e["product_id"] for e in c.get("/v1/customers/C0/history", headers=U).json()["events"]}
+        # C0 has not bought 4 of the 15 block-0 products: the plain list is those four.
+        assert all(it["product_id"].startswith("P0") for it in plain["items"])
+        for how in ("mmr", "dpp"):
+            out = rec(c, customer_id="C0", k=4, diversity=0.7, diversify=how, exclude=["P100"])
+            got = [it["product_id"] for it in out["items"]]
+            assert len(set(got)) == 4 and not set(got) & history and "P100" not in got
+            assert got[0] == plain["items"][0]["product_id"]  # the best product stays first
+            assert any(p.startswith("P1") for p in got), (how, got)  # the other block comes in
+            assert [it["rank"] for it in out["items"]] == [1, 2, 3, 4]
+        # Filters still hold, and a list of one is left as it is.
+        out = rec(c, customer_id="C0", k=30, diversity=0.5, filters={"categories": ["dept0"]})
+        assert out["items"] and all(it["category"] == "dept0" for it in out["items"])
+        one = rec(c, customer_id="C0", k=1, diversity=0.9)
+        assert one["items"][0]["product_id"] == plain["items"][0]["product_id"]
+
+
 def test_catalogue_only_product_is_known_but_not_recommendable(client):
     p = client.get("/v1/products/P099", headers=U)
     assert p.status_code == 200 and p.json()["in_model"] is False and p.json()["title"] == "Never bought 0"
@@ -113,6 +136,8 @@ def test_catalogue_only_product_is_known_but_not_recommendable(client):
         ({"product_ids": ["P000", "zzz"]}, "'zzz'"),
         ({"customer_id": "C0", "filters": {"categories": ["toys"]}}, "unknown categor"),
         ({"customer_id": "C0", "filters": {"max_price": -1}}, "filters.max_price"),
+        ({"customer_id": "C0", "diversity": 1.5}, "diversity"),
+        ({"customer_id": "C0", "diversify": "volume"}, "diversify"),
     ],
 )
 def test_bad_requests_get_clear_422(client, body, fragment):

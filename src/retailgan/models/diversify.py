@@ -1,9 +1,9 @@
 """Greedy re-ranking of a candidate pool into a diverse top-k list.
 
-Both functions take the pool's relevance (``rel``, sorted best first), the pool's vectors (rows;
-similarity is their inner product, so unit rows give cosines), the list length ``k`` and a
-diversity weight in ``[0, 1]`` (0: the pool's own order), and return the chosen positions in the
-pool, in list order.
+Both functions take the pool's relevance (``rel``, sorted best first), the pool's similarity
+matrix (``sim``, the Gram matrix of the products' vectors, e.g. cosines of unit vectors:
+:func:`gram`), the list length ``k`` and a diversity weight in ``[0, 1]`` (0: the pool's own
+order), and return the chosen positions in the pool, in list order.
 
 * :func:`mmr`, maximal marginal relevance (Carbonell and Goldstein, SIGIR 1998): each step picks
   the candidate maximising ``(1 - diversity) * rel - diversity * (max similarity to the picks)``.
@@ -23,21 +23,27 @@ from __future__ import annotations
 import numpy as np
 
 
-def _check(rel: np.ndarray, vectors: np.ndarray, k: int, diversity: float) -> None:
-    if vectors.ndim != 2 or len(vectors) != len(rel):
-        raise ValueError(f"vectors must have one row per candidate: {vectors.shape} for {len(rel)} candidates")
+def gram(vectors: np.ndarray) -> np.ndarray:
+    """Cosine similarities of the rows of ``vectors`` (zero rows: similarity 0 to everything)."""
+    v = np.asarray(vectors, np.float64)
+    v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    return v @ v.T
+
+
+def _check(rel: np.ndarray, sim: np.ndarray, k: int, diversity: float) -> None:
+    if sim.shape != (len(rel), len(rel)):
+        raise ValueError(f"sim must be candidates x candidates: {sim.shape} for {len(rel)} candidates")
     if not 0 <= k <= len(rel):
         raise ValueError(f"k must be in [0, {len(rel)}], got {k}")
     if not 0.0 <= diversity <= 1.0:
         raise ValueError(f"diversity must be in [0, 1], got {diversity}")
 
 
-def mmr(rel: np.ndarray, vectors: np.ndarray, k: int, diversity: float) -> np.ndarray:
+def mmr(rel: np.ndarray, sim: np.ndarray, k: int, diversity: float) -> np.ndarray:
     """Greedy maximal marginal relevance (module docstring); ``rel`` sorted best first."""
-    _check(rel, vectors, k, diversity)
+    _check(rel, sim, k, diversity)
     if diversity == 0.0:
         return np.arange(k)  # candidates arrive sorted by relevance
-    sim = vectors @ vectors.T
     chosen: list[int] = []
     max_sim = np.full(len(rel), -np.inf)
     available = np.ones(len(rel), bool)
@@ -51,10 +57,11 @@ def mmr(rel: np.ndarray, vectors: np.ndarray, k: int, diversity: float) -> np.nd
     return np.asarray(chosen, np.int64)
 
 
-def dpp(rel: np.ndarray, vectors: np.ndarray, k: int, diversity: float, temperature: float = 1.0) -> np.ndarray:
+def dpp(rel: np.ndarray, sim: np.ndarray, k: int, diversity: float, temperature: float = 1.0) -> np.ndarray:
     """Greedy DPP MAP inference (module docstring); ``rel`` sorted best first, in units of
-    ``temperature`` (featgan passes its softmax temperature, so ``rel / temperature`` are logits)."""
-    _check(rel, vectors, k, diversity)
+    ``temperature`` (featgan passes its softmax temperature, so ``rel / temperature`` are logits);
+    ``sim`` must be positive semi-definite (a Gram matrix)."""
+    _check(rel, sim, k, diversity)
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if diversity == 0.0:
@@ -62,8 +69,7 @@ def dpp(rel: np.ndarray, vectors: np.ndarray, k: int, diversity: float, temperat
     rel = np.asarray(rel, np.float64)
     alpha = (1.0 - diversity) / (2.0 * diversity)
     q = np.exp(alpha * (rel - rel.max()) / temperature)  # shifted: only ratios matter
-    v = np.asarray(vectors, np.float64)
-    kernel = q[:, None] * (v @ v.T) * q[None, :]
+    kernel = q[:, None] * np.asarray(sim, np.float64) * q[None, :]
     # Cholesky-style incremental update (Chen et al., Algorithm 1): c holds the picks'
     # orthogonalised coordinates, gain[i] = q_i^2 * (residual of i's vector off the picks' span).
     n = len(rel)

@@ -31,6 +31,7 @@ from fastapi.staticfiles import StaticFiles
 from retailgan import __version__
 from retailgan.errors import ConfigError, RetailganError, UnknownIdError
 from retailgan.explanations import explain_items
+from retailgan.models.diversify import dpp, mmr
 from retailgan.serving import schemas as S
 from retailgan.serving.engine import ModelBundle, Product, RequestError
 from retailgan.serving.metrics import Metrics, MetricsMiddleware
@@ -658,6 +659,8 @@ def _recommend(state: ServiceState, b: ModelBundle, req: S.RecommendationRequest
             allowed &= b.prices <= f.max_price  # unknown prices (NaN) never pass a price filter
     scores[~allowed] = -np.inf
     top, sc = b.top_k(scores, req.k)
+    if req.diversity > 0 and len(top) > 1:
+        top, sc = _diversify(b, scores, req)
     items = [_rec_item(state, b, r, int(i), float(s)) for r, (i, s) in enumerate(zip(top, sc, strict=True), 1)]
     if req.explain:
         _explain(state, b, items, top, hist, strategy)
@@ -670,6 +673,24 @@ def _recommend(state: ServiceState, b: ModelBundle, req: S.RecommendationRequest
         items=items,
         notes=notes,
     )
+
+
+def _diversify(b: ModelBundle, scores: np.ndarray, req: S.RecommendationRequest) -> tuple[np.ndarray, np.ndarray]:
+    """Re-rank the model's best ``3 k`` allowed products into ``k``: relevance is the score
+    min-max scaled over that pool (so one ``diversity`` means the same for every model);
+    similarity is :meth:`ModelBundle.similarity`. The DPP reads that relevance at temperature 1,
+    so each pick maximises ``(1 - d) / d * rel + log(residual)`` (the part of its vector the list
+    does not span yet), weighing relevance against variety as MMR's ``(1 - d) * rel - d * sim``."""
+    pool, pool_scores = b.top_k(scores, 3 * req.k)
+    span = float(pool_scores[0] - pool_scores[-1])
+    rel = (pool_scores - pool_scores[-1]) / span if span > 0 else np.zeros(len(pool))
+    sim, _ = b.similarity(pool)
+    k = min(req.k, len(pool))
+    if req.diversify == "dpp":
+        chosen = dpp(rel, sim, k, req.diversity, temperature=1.0)
+    else:
+        chosen = mmr(rel, sim, k, req.diversity)
+    return pool[chosen], pool_scores[chosen]
 
 
 def _explain(

@@ -23,6 +23,7 @@ import hashlib
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ import scipy.sparse as sp
 
 from retailgan.errors import ModelFileError, RetailganError
 from retailgan.explanations import contributions
+from retailgan.models.diversify import gram
 from retailgan.persistence import ARRAYS_FILE, META_FILE, load_model, read_meta
 
 
@@ -191,6 +193,27 @@ class ModelBundle:
         co = np.asarray((seen.T @ col).toarray()).ravel()
         counts = np.asarray(seen.getnnz(axis=0), dtype=np.float64)
         return co / (np.sqrt(counts * counts[j]) + 1e-12), "co-purchase cosine"
+
+    @cached_property
+    def _seen_by_product(self) -> sp.csc_matrix:
+        return self.model.seen.tocsc()
+
+    def similarity(self, pool: np.ndarray) -> tuple[np.ndarray, str]:
+        """Cosine similarities between the ``pool`` products (a Gram matrix), in the model's own
+        product space where it has one (featgan's retrieval vectors, factor models' item factors),
+        else over the products' training customers; and the space's name."""
+        m = self.model
+        vectors = getattr(m, "item_vectors", None) if self.name == "featgan" else None
+        if vectors is None:
+            factors = getattr(m, "item_factors", None)
+            if isinstance(factors, np.ndarray) and factors.shape[0] == m.n_items:
+                vectors = factors
+        if vectors is not None:
+            return gram(np.asarray(vectors)[pool]), "model"
+        cols = self._seen_by_product[:, pool].astype(np.float64)
+        norms = np.sqrt(np.asarray(cols.multiply(cols).sum(axis=0)).ravel())
+        cols = cols @ sp.diags(1.0 / np.maximum(norms, 1e-12))
+        return np.asarray((cols.T @ cols).toarray()), "customers"
 
     def contributions(self, hist: np.ndarray, rec: np.ndarray) -> np.ndarray | None:
         """See :func:`retailgan.explanations.contributions`."""

@@ -45,6 +45,16 @@ class RecommendationRequest(Strict):
     filters: Filters | None = None
     exclude_seen: bool = Field(default=True, description="Leave out products already in the history.")
     explain: bool = Field(default=False, description="Add the reasons for each product.")
+    diversity: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Re-rank for variety: 0 keeps the model's order; higher values trade relevance for "
+        "products less alike (in the model's product space, else by shared customers).",
+    )
+    diversify: Literal["mmr", "dpp"] = Field(
+        default="mmr", description="How: maximal marginal relevance, or a determinantal point process."
+    )
 
     @model_validator(mode="after")
     def _one_subject(self) -> RecommendationRequest:

@@ -1118,10 +1118,11 @@ class FeatureGAN(IterativeRecommender):
             rel = (sims - sims.max(axis=1, keepdims=True)).max(axis=0) if merge == "calibrated" else best
             keep = np.lexsort((pool, -best, -rel))[:pool_size]
             pool, rel = pool[keep], rel[keep]
+            sim = E[pool] @ E[pool].T if diversity > 0 else np.zeros((len(pool), len(pool)))
             if self._cfg.diversify == "dpp":
-                chosen = dpp(rel, E[pool], min(k, len(pool)), diversity, self._cfg.temperature)
+                chosen = dpp(rel, sim, min(k, len(pool)), diversity, self._cfg.temperature)
             else:
-                chosen = mmr(rel, E[pool], min(k, len(pool)), diversity)
+                chosen = mmr(rel, sim, min(k, len(pool)), diversity)
             top[r, : len(chosen)] = pool[chosen]
             scores[r, : len(chosen)] = rel[chosen]
         return top, scores
