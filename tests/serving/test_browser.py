@@ -103,6 +103,24 @@ def test_pick_customer_shows_recommendations_with_reasons(page):
     assert page.inner_text("[data-testid=model]").startswith("model: ease-")
 
 
+def test_variety_brings_in_products_unlike_the_first(page):
+    def shown() -> list[str]:
+        page.click("[data-testid=customer-go]")
+        page.wait_for_function("document.querySelector('[data-testid=status]').innerText.includes('strategy')")
+        return [t.split(". ", 1)[1] for t in page.locator("[data-testid=rec] .title").all_inner_texts()]
+
+    page.fill("#customer-id", "C0")
+    page.fill("#k", "4")
+    plain = shown()
+    assert len(plain) == 4 and all(t.startswith("Product 0-") for t in plain)  # C0's 4 unbought
+    page.fill("#diversity", "0.7")
+    varied = shown()
+    assert varied[0] == plain[0] and any(t.startswith("Product 1-") for t in varied)
+    page.fill("#diversity", "0")
+    page.fill("#k", "12")
+    page.fill("#customer-id", "")
+
+
 def test_build_session_by_clicking_products(page):
     page.fill("#search", "Product 1-")
     page.click("#search-go")

@@ -113,6 +113,11 @@ function requestBody(extra) {
   const price = parseFloat($("max-price").value);
   if (!Number.isNaN(price)) filters.max_price = price;
   if (Object.keys(filters).length) body.filters = filters;
+  const variety = parseFloat($("diversity").value);
+  if (!Number.isNaN(variety) && variety > 0) {
+    body.diversity = Math.min(1, variety);
+    body.diversify = $("diversify").value;
+  }
   return body;
 }
 
