@@ -8,7 +8,7 @@ and loaded as the service loads it (:class:`~retailgan.serving.engine.ModelBundl
 customer with a training history and a test purchase of a product they had not bought, the
 service's list (k = 10, training products excluded) is built at each ``diversity`` of
 ``--diversity`` with ``mmr`` and ``dpp`` (the service's own re-ranking,
-``retailgan.serving.app._diversify``), and scored: NDCG@10 on the test purchases, intra-list
+``retailgan.serving.app.diverse_top_k``), and scored: NDCG@10 on the test purchases, intra-list
 diversity@10 over the products' training customers (what ``retailgan compare`` reports) and in
 the similarity the re-ranking used, and the median time of the re-ranking per request (the
 settings interleaved per customer, so they share the machine's state).
@@ -36,7 +36,7 @@ from retailgan.experiments import item_features_for_diversity
 from retailgan.models.base import TrainingOptions
 from retailgan.models.registry import get_model_class
 from retailgan.serving import schemas as S
-from retailgan.serving.app import _diversify
+from retailgan.serving.app import diverse_top_k
 from retailgan.serving.engine import ModelBundle
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,7 +90,7 @@ def main() -> None:
                 req = S.RecommendationRequest(customer_id="x", k=10, diversity=d, diversify=how_)
                 t = time.perf_counter()
                 if d > 0:
-                    top, _ = _diversify(bundle, scores, req)
+                    top, _ = diverse_top_k(bundle, scores, req)
                 else:
                     top, _ = bundle.top_k(scores, 10)
                 times[how, d].append((time.perf_counter() - t) * 1000)

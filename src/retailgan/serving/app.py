@@ -660,7 +660,7 @@ def _recommend(state: ServiceState, b: ModelBundle, req: S.RecommendationRequest
     scores[~allowed] = -np.inf
     top, sc = b.top_k(scores, req.k)
     if req.diversity > 0 and len(top) > 1:
-        top, sc = _diversify(b, scores, req)
+        top, sc = diverse_top_k(b, scores, req)
     items = [_rec_item(state, b, r, int(i), float(s)) for r, (i, s) in enumerate(zip(top, sc, strict=True), 1)]
     if req.explain:
         _explain(state, b, items, top, hist, strategy)
@@ -675,7 +675,7 @@ def _recommend(state: ServiceState, b: ModelBundle, req: S.RecommendationRequest
     )
 
 
-def _diversify(b: ModelBundle, scores: np.ndarray, req: S.RecommendationRequest) -> tuple[np.ndarray, np.ndarray]:
+def diverse_top_k(b: ModelBundle, scores: np.ndarray, req: S.RecommendationRequest) -> tuple[np.ndarray, np.ndarray]:
     """Re-rank the model's best ``3 k`` allowed products into ``k``: relevance is the score
     min-max scaled over that pool (so one ``diversity`` means the same for every model);
     similarity is :meth:`ModelBundle.similarity`. The DPP reads that relevance at temperature 1,
