@@ -24,8 +24,12 @@ Run them through featgan_retail.py (``--parts cold``, ``--parts launch`` and the
   validation designs inside the first week: "time" (sales of the first ``--prior-days`` days,
   scaled to a week; targets: the new-product purchases of the rest of the week) and "own" (the
   whole week's sales with the customer's own purchases left out; targets: the customer's
-  new-product purchases of that week). Each design's best plain and best buyer-weighted setting
-  is then applied with the whole first week's sales and evaluated after week one. Paired tests
+  new-product purchases of that week); with ``--cold-val-prior`` also "validation period" (the
+  featgan of the inner training part, the new products' sales in the first week of the
+  validation period as the prior, their later validation purchases as targets: the same
+  question one period earlier, on many more customers). Each design's best plain and best
+  buyer-weighted setting is then applied with the whole first week's sales and evaluated after
+  week one. Paired tests
   (per-customer NDCG@10: bootstrap CI, t-test, Wilcoxon) compare each hybrid with trending
   popularity and with featgan alone. With ``--refit-week1``, featgan and EASE are also refitted on
   the training part plus the new products' first-week purchases and evaluated after week one,
@@ -459,6 +463,65 @@ def fit_cold_variants(
     return selection, variant_models, candidates
 
 
+class HybridScorer:
+    """featgan's cosines for the customers with a history in ``history`` (customers x products),
+    and its blends with a sales prior (:func:`blend_item_prior` of plain or buyer-weighted counts,
+    :func:`buyer_weighted_counts`); the generated vectors are computed once."""
+
+    def __init__(self, model: FeatureGAN, history: sp.csr_matrix, mask: np.ndarray) -> None:
+        self.users = np.flatnonzero(np.diff(history.indptr) > 0)
+        n_users = history.shape[0]
+        indptr, items = model._user_rows(self.users)
+        self.G = np.zeros((n_users, model.config.emb_dim), np.float32)
+        self.G[self.users] = model.generate_vectors(indptr, items)[:, 0]
+        self.cos = self.G[self.users] @ model.item_vectors.T
+        self.row_of = np.full(n_users, -1, np.int64)
+        self.row_of[self.users] = np.arange(len(self.users))
+        self.has_history = np.diff(history.indptr) > 0
+        self.mask = mask
+        self.temperature = model.config.temperature
+
+    def featgan(self, u: np.ndarray) -> np.ndarray:
+        return self.cos[self.row_of[u]] + self.mask
+
+    def hybrid(
+        self, sales: sp.csr_matrix, weight: float, kernel: float, scale: float = 1.0, leave_own_out: bool = False
+    ) -> Callable[[np.ndarray], np.ndarray]:
+        """featgan + (buyer-weighted) sales prior; ``sales``: customers x products (binary)."""
+        buyers = np.flatnonzero(np.diff(sales.indptr) > 0)
+        sales_b = sales[buyers]
+
+        def fn(u: np.ndarray) -> np.ndarray:
+            counts = buyer_weighted_counts(self.G[u], self.G[buyers], self.has_history[buyers], sales_b, kernel)
+            if leave_own_out:  # a customer's own purchase weighs exp(0) = 1 for them
+                counts = np.maximum(counts - sales[u].toarray(), 0.0)
+            return blend_item_prior(self.cos[self.row_of[u]], scale * counts, weight, self.temperature) + self.mask
+
+        return fn
+
+
+def prior_grid(
+    scorer: HybridScorer,
+    sales: sp.csr_matrix,
+    targets: sp.csr_matrix,
+    seen: sp.csr_matrix,
+    scale: float,
+    leave_own_out: bool,
+    label: str,
+) -> list[dict[str, Any]]:
+    """Validation NDCG@10 of ``scorer``'s hybrids with the ``sales`` prior, for every
+    (``prior_kernel``, ``cold_prior``) of PRIOR_KERNELS x PRIOR_WEIGHTS, on ``targets`` (``seen``
+    excluded), for the customers with a history."""
+    grid = []
+    for kernel in PRIOR_KERNELS:
+        for w in PRIOR_WEIGHTS:
+            fn = scorer.hybrid(sales, w, kernel, scale, leave_own_out)
+            res = evaluate(None, seen, targets, ks=KS, scores_fn=fn, users=scorer.users, prefetch=False)
+            grid.append({"prior_kernel": kernel, "cold_prior": w, "ndcg@10": round(float(res.summary()["ndcg@10"]), 4)})
+            print("validation", label, grid[-1], flush=True)
+    return grid
+
+
 def part_cold(
     ds: InteractionDataset,
     s: Split,
@@ -469,6 +532,7 @@ def part_cold(
     trend_days: int = 0,
     variants: list[str] | None = None,
     seeds: int = 1,
+    val_period_prior: bool = False,
 ) -> None:
     cs, new = cold_split(ds, s)
     train, test = cs.train.matrix(), cs.test.matrix()
@@ -547,32 +611,9 @@ def part_cold(
     early = cs.test.subset(cs.test.timestamp < week_end).matrix()
     late = cs.test.subset(cs.test.timestamp >= week_end).matrix()
 
-    temperature = model.config.temperature
-    # featgan's generated vectors for every customer with a training history (the evaluated
-    # customers and the early buyers), and the cosines of the evaluated ones, computed once.
-    indptr, items = model._user_rows(with_history)
-    G = np.zeros((ds.n_users, model.config.emb_dim), np.float32)
-    G[with_history] = model.generate_vectors(indptr, items)[:, 0]
-    cos = G[with_history] @ model.item_vectors.T
-    row_of = np.full(ds.n_users, -1, np.int64)
-    row_of[with_history] = np.arange(len(with_history))
-    has_history = np.diff(train.indptr) > 0
-
-    def featgan_scores(u: np.ndarray) -> np.ndarray:
-        return cos[row_of[u]] + mask
-
-    def hybrid(sales: sp.csr_matrix, weight: float, kernel: float, scale: float = 1.0, leave_own_out: bool = False):
-        """featgan + (buyer-weighted) sales prior; ``sales``: customers x products (binary)."""
-        buyers = np.flatnonzero(np.diff(sales.indptr) > 0)
-        sales_b = sales[buyers]
-
-        def fn(u: np.ndarray) -> np.ndarray:
-            counts = buyer_weighted_counts(G[u], G[buyers], has_history[buyers], sales_b, kernel)
-            if leave_own_out:  # a customer's own purchase weighs exp(0) = 1 for them
-                counts = np.maximum(counts - sales[u].toarray(), 0.0)
-            return blend_item_prior(cos[row_of[u]], scale * counts, weight, temperature) + mask
-
-        return fn
+    hs = HybridScorer(model, train, mask)
+    row_of = hs.row_of
+    featgan_scores, hybrid = hs.featgan, hs.hybrid
 
     # The prior's weights are chosen without the evaluated purchases (after week one), on two
     # validation designs inside the first week:
@@ -584,23 +625,32 @@ def part_cold(
     prior_part = cs.test.subset(cs.test.timestamp < val_cut).matrix()
     val_part = cs.test.subset((cs.test.timestamp >= val_cut) & (cs.test.timestamp < week_end)).matrix()
     designs = {
-        "time": (prior_part, val_part, train + prior_part, 7.0 / prior_days, False),
-        "own": (early, early, train, 1.0, True),
+        "time": (hs, prior_part, val_part, train + prior_part, 7.0 / prior_days, False),
+        "own": (hs, early, early, train, 1.0, True),
     }
+    if val_period_prior:
+        # * "validation period": the same question one period earlier, on many more customers:
+        #   featgan of the inner training part (the chosen setting and epochs, seed 0), the new
+        #   products' sales in the first week of the validation period as the prior, and their
+        #   purchases after that week as targets.
+        inner_model = FeatureGAN(**{**params, "epochs": int(info["best_epoch"])})
+        inner_model.fit(cs.train_inner, TrainingOptions(seed=0))
+        v_new = s.validation.subset(new[s.validation.item_idx])
+        v_end = int(v_new.timestamp.min()) + 7 * 86400
+        v_early = v_new.subset(v_new.timestamp < v_end).matrix()
+        v_late = v_new.subset(v_new.timestamp >= v_end).matrix()
+        inner_scorer = HybridScorer(inner_model, inner, mask)
+        designs["validation period"] = (inner_scorer, v_early, v_late, inner + v_early, 1.0, False)
     validation: dict[str, Any] = {}
     chosen: dict[tuple[float, float], list[str]] = {}
-    for design, (sales, targets, seen, scale, loo) in designs.items():
+    for design, (scorer, sales, targets, seen, scale, loo) in designs.items():
 
-        def val_ndcg(fn, seen=seen, targets=targets) -> tuple[float, Any]:
-            res_v = evaluate(None, seen, targets, ks=KS, scores_fn=fn, users=with_history, prefetch=False)
+        def val_ndcg(fn, seen=seen, targets=targets, users=scorer.users) -> tuple[float, Any]:
+            res_v = evaluate(None, seen, targets, ks=KS, scores_fn=fn, users=users, prefetch=False)
             return round(float(res_v.summary()["ndcg@10"]), 4), res_v
 
-        grid = []
-        for kernel in PRIOR_KERNELS:
-            for w in PRIOR_WEIGHTS:
-                nd, res_v = val_ndcg(hybrid(sales, w, kernel, scale, loo))
-                grid.append({"prior_kernel": kernel, "cold_prior": w, "ndcg@10": nd})
-                print("validation", design, grid[-1], flush=True)
+        grid = prior_grid(scorer, sales, targets, seen, scale, loo, design)
+        res_v = val_ndcg(scorer.featgan)[1]
         counts = np.asarray(sales.sum(axis=0)).ravel()
         if loo:
             pop_fn = lambda u, c=counts, m=sales: (c[None, :] - m[u].toarray()) + mask  # noqa: E731
@@ -613,7 +663,7 @@ def part_cold(
             "validation_pairs": int(targets.nnz),
             "validation_users": int(res_v.n_users),
             "popularity_ndcg@10": val_ndcg(pop_fn)[0],
-            "featgan_ndcg@10": val_ndcg(featgan_scores)[0],
+            "featgan_ndcg@10": val_ndcg(scorer.featgan)[0],
             "grid": grid,
             "chosen_plain": plain,
             "chosen_buyer_weighted": personal,
@@ -650,10 +700,40 @@ def part_cold(
         return np.broadcast_to(early_counts + mask, (len(u), ds.n_items))
 
     hybrids = {}
+    hybrid_label: dict[tuple[float, float], str] = {}
     for (w, kernel), which in sorted(chosen.items(), key=lambda kv: kv[0][::-1]):
         kind = "first-week sales prior" if kernel == 0 else "buyer-weighted first-week sales"
         label = f"featgan + {kind} (cold_prior = {w:g}, prior_kernel = {kernel:g}; chosen on {'+'.join(which)})"
         hybrids[label] = hybrid(early, w, kernel)
+        hybrid_label[w, kernel] = label
+    # The other training seeds of the chosen setting, each choosing its own weights on the
+    # validation period with its own inner model (seed 0 is the design above).
+    val_period_runs: dict[str, list[str]] = {}
+    if val_period_prior:
+        v_rec = validation["validation period"]
+        for kind in ("chosen_plain", "chosen_buyer_weighted"):
+            r = v_rec[kind]
+            val_period_runs[kind] = [hybrid_label[r["cold_prior"], r["prior_kernel"]]]
+    if val_period_prior and variants and seeds > 1:
+        _, v_sales, v_targets, v_seen, _, _ = designs["validation period"]
+        validation["validation period"]["other_seeds"] = []
+        for k in range(1, seeds):
+            epochs_k = int(selection[best_label]["seeds"][k]["best_epoch"])
+            inner_k = FeatureGAN(**{**params, "epochs": epochs_k}).fit(cs.train_inner, TrainingOptions(seed=k))
+            grid_k = prior_grid(HybridScorer(inner_k, inner, mask), v_sales, v_targets, v_seen, 1.0, False, f"seed {k}")
+            picks = {
+                "chosen_plain": best_prior([r for r in grid_k if r["prior_kernel"] == 0]),
+                "chosen_buyer_weighted": best_prior(grid_k),
+            }
+            validation["validation period"]["other_seeds"].append({"seed": k, "grid": grid_k, **picks})
+            test_k = HybridScorer(variant_models[best_label, k], train, mask)
+            for kind, r in picks.items():
+                w, kernel = r["cold_prior"], r["prior_kernel"]
+                what = "first-week sales prior" if kernel == 0 else "buyer-weighted first-week sales"
+                label = (f"featgan seed {k} + {what} (cold_prior = {w:g}, prior_kernel = {kernel:g}; "
+                         "chosen on validation period)")
+                hybrids[label] = test_k.hybrid(early, w, kernel)
+                val_period_runs[kind].append(label)
     refit_rows: dict[str, Any] = {}
     if refit_week1:
         refit_rows, refit_info = refit_with_week1(
@@ -760,6 +840,17 @@ def part_cold(
     for a, b in pairs:
         tests[f"{a} - {b}"] = paired(per_user[a], per_user[b])
         print(a, "-", b, tests[f"{a} - {b}"], flush=True)
+    # Each validation-period choice over the training seeds: the expected result of training once.
+    for kind, labels in val_period_runs.items():
+        mean_user = np.mean([per_user[x] for x in labels], axis=0)
+        key = f"validation-period hybrid ({kind}), after week 1"
+        seed_means[key] = {
+            "rows": labels,
+            "ndcg@10_per_seed": [round(float(per_user[x].mean()), 4) for x in labels],
+            "ndcg@10_mean": round(float(mean_user.mean()), 4),
+            f"- {trending}": paired(mean_user, per_user[trending]),
+        }
+        print("seed mean:", key, seed_means[key], flush=True)
     out["cold"] = {
         "new_products": int(new.sum()),
         "test_pairs": int(test.nnz),

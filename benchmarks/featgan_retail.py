@@ -31,6 +31,7 @@ Parts (``--parts``, comma-separated):
 Usage: python benchmarks/featgan_retail.py [--store out/retail.duckdb] [--parts main,slates,speed,cold]
        [--variants "featgan;label: {\"mode_seeking\": 1.0}"] [--prior-days 4] [--refit-week1]
        [--trend-days 7,14,28] [--cold-trend 14] [--cold-variants "label: {json};..."] [--cold-seeds 3]
+       [--cold-val-prior]
        [--json docs/results/featgan-online-retail.json]
 """
 
@@ -415,6 +416,12 @@ def main() -> None:
         "the best cold-validation NDCG@10 (mean over --cold-seeds) is the featgan of the cold tables",
     )
     ap.add_argument("--cold-seeds", type=int, default=1, help="cold: training seeds per variant of --cold-variants")
+    ap.add_argument(
+        "--cold-val-prior",
+        action="store_true",
+        help="cold: also choose the first-week-sales hybrids on the validation period (featgan of the inner part, "
+        "the new products' first validation week as the prior, their later validation purchases as targets)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     params = {"epochs": 30, "patience": 3, **json.loads(args.params)}
@@ -465,7 +472,16 @@ def main() -> None:
     if "cold" in parts:
         cold_variants = [v for v in args.cold_variants.split(";") if v.strip()]
         part_cold(
-            ds, s, out, params, args.prior_days, args.refit_week1, args.cold_trend, cold_variants, args.cold_seeds
+            ds,
+            s,
+            out,
+            params,
+            args.prior_days,
+            args.refit_week1,
+            args.cold_trend,
+            cold_variants,
+            args.cold_seeds,
+            args.cold_val_prior,
         )
     out["total_s"] = round(time.perf_counter() - t, 1)
     text = json.dumps(out, indent=2)
