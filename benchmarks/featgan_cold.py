@@ -122,14 +122,20 @@ def _launch_days(fit_part: InteractionDataset, eval_part: InteractionDataset) ->
 
 
 def launch_rolling(
-    model: FeatureGAN, fit_part: InteractionDataset, eval_part: InteractionDataset, weights: tuple[float, ...]
+    model: FeatureGAN,
+    fit_part: InteractionDataset,
+    eval_part: InteractionDataset,
+    weights: tuple[float, ...],
+    buyer_weighted: tuple[tuple[float, float], ...] = (),
 ) -> dict[str, np.ndarray]:
     """Per (customer, day) NDCG@10 of ranking the products launched in ``eval_part`` that are on
     sale that day (first sold on or before it), for customers with a history in ``fit_part``.
     Targets: the customer's purchases of launched products that day (not bought before).
     Rankers: popularity so far (buyers on earlier days), featgan, content-kNN (on featgan's text
-    block, and on raw TF-IDF title vectors), and featgan blended with popularity so far
-    (``blend_item_prior``) for each weight."""
+    block, and on raw TF-IDF title vectors), featgan blended with popularity so far
+    (``blend_item_prior``) for each weight, and with the buyer-weighted popularity so far
+    (:func:`buyer_weighted_counts`: earlier buyers weighted by featgan similarity to the customer)
+    for each ``(weight, kernel)`` of ``buyer_weighted``."""
     launch = _launch_days(fit_part, eval_part)
     items = np.array(sorted(launch))
     start = np.array([launch[i] for i in items])
@@ -152,6 +158,14 @@ def launch_rolling(
         "popularity so far": [], "featgan": [], "content-kNN (text)": [], "content-kNN (TF-IDF)": []
     }
     out.update({f"featgan + popularity so far (cold_prior = {w:g})": [] for w in weights})
+    bw_key = "featgan + buyer-weighted popularity so far (cold_prior = {:g}, prior_kernel = {:g})"
+    out.update({bw_key.format(w, k): [] for w, k in buyer_weighted})
+    # featgan's generated vectors of the customers with a history in the fit part (the buyers'
+    # similarity to the customer), computed once.
+    has_hist = np.diff(fit_rows.indptr) > 0
+    G = np.zeros((fit_rows.shape[0], model.config.emb_dim), np.float32)
+    if buyer_weighted:
+        G[has_hist] = model.generate_vectors(*model._user_rows(np.flatnonzero(has_hist)))[:, 0]
     rng = np.random.default_rng(0)
     tie = rng.random(len(items)) * 1e-6  # popularity ties broken at random, the same for everyone
     for d in np.unique(d_all):
@@ -159,6 +173,10 @@ def launch_rolling(
         counts = np.bincount([col[int(i)] for i in i_all[before]], minlength=len(items)).astype(np.float64)
         on_sale = start <= d
         today = d_all == d
+        buyers, inv = np.unique(u_all[before], return_inverse=True)
+        sales = sp.csr_matrix(
+            (np.ones(len(inv)), (inv, [col[int(i)] for i in i_all[before]])), shape=(len(buyers), len(items))
+        )
         for u in np.unique(u_all[today]):
             if int(u) not in row:
                 continue
@@ -178,6 +196,10 @@ def launch_rolling(
             for w in weights:
                 key = f"featgan + popularity so far (cold_prior = {w:g})"
                 rankers[key] = blend_item_prior(cos[r], counts, w, model.config.temperature)
+            for kernel in sorted({k for _, k in buyer_weighted}):
+                bw = buyer_weighted_counts(G[[u]], G[buyers], has_hist[buyers], sales, kernel)[0]
+                for w in [w for w, k in buyer_weighted if k == kernel]:
+                    rankers[bw_key.format(w, kernel)] = blend_item_prior(cos[r], bw, w, model.config.temperature)
             for key, score in rankers.items():
                 ranked = np.flatnonzero(allowed)[np.argsort(-score[allowed], kind="stable")][:10]
                 gains = np.array([1.0 if c in targets else 0.0 for c in ranked])
@@ -191,24 +213,28 @@ def part_launch(s: Split, out: dict[str, Any], params: dict[str, Any]) -> None:
     """Cold start as a retailer sees it: the products first sold after the cut-off, ranked day by
     day among the launched products on sale (:func:`launch_rolling`). The blend weight is chosen
     on the same protocol one period earlier (model fitted on the inner training part, products
-    launched in the validation part), then the test is run once."""
+    launched in the validation part), for the plain and the buyer-weighted popularity so far,
+    then the test is run once."""
     probe = FeatureGAN(**params).fit(
         s.train_inner, TrainingOptions(seed=0, validation=s.validation, validation_metric="ndcg@10")
     )
-    val = launch_rolling(probe, s.train_inner, s.validation, PRIOR_WEIGHTS[1:])
+    grid = tuple((w, k) for k in PRIOR_KERNELS[1:] for w in PRIOR_WEIGHTS[1:])
+    val = launch_rolling(probe, s.train_inner, s.validation, PRIOR_WEIGHTS[1:], grid)
     val_mean = {k: round(float(v.mean()), 4) for k, v in val.items()}
-    blends = {k: v for k, v in val_mean.items() if k.startswith("featgan + ")}
-    chosen = max(blends, key=lambda k: (blends[k], -float(k.split("= ")[1].rstrip(")"))))
-    w = float(chosen.split("= ")[1].rstrip(")"))
-    print("launch validation", val_mean, "chosen", chosen, flush=True)
+    plain = {w: val_mean[f"featgan + popularity so far (cold_prior = {w:g})"] for w in PRIOR_WEIGHTS[1:]}
+    w = max(plain, key=lambda x: (plain[x], -x))  # ties: the smaller weight
+    bw_key = "featgan + buyer-weighted popularity so far (cold_prior = {:g}, prior_kernel = {:g})"
+    bw_w, bw_k = max(grid, key=lambda wk: (val_mean[bw_key.format(*wk)], -wk[1], -wk[0]))
+    print("launch validation", val_mean, "chosen", w, (bw_w, bw_k), flush=True)
     final = FeatureGAN(**{**params, "epochs": max(int(probe.best_epoch), 1)}).fit(s.train, TrainingOptions(seed=0))
-    test = launch_rolling(final, s.train, s.test, (w,))
+    test = launch_rolling(final, s.train, s.test, (w,), ((bw_w, bw_k),))
     test_mean = {k: round(float(v.mean()), 4) for k, v in test.items()}
     print("launch test", test_mean, flush=True)
     blend = f"featgan + popularity so far (cold_prior = {w:g})"
+    bw_blend = bw_key.format(bw_w, bw_k)
     tests = {f"{a} - {b}": paired(test[a], test[b]) for a, b in (
         (blend, "popularity so far"), ("featgan", "popularity so far"), ("featgan", "content-kNN (text)"),
-        ("featgan", "content-kNN (TF-IDF)"), (blend, "featgan"),
+        ("featgan", "content-kNN (TF-IDF)"), (blend, "featgan"), (bw_blend, "popularity so far"), (bw_blend, blend),
     )}
     launch = _launch_days(s.train, s.test)
     out["launch"] = {
@@ -218,6 +244,7 @@ def part_launch(s: Split, out: dict[str, Any], params: dict[str, Any]) -> None:
         "validation_groups": len(val["featgan"]),
         "validation": val_mean,
         "chosen_weight": w,
+        "chosen_buyer_weighted": {"cold_prior": bw_w, "prior_kernel": bw_k},
         "best_epoch": int(probe.best_epoch),
         "test": test_mean,
         "paired_tests": tests,
