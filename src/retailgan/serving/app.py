@@ -658,9 +658,7 @@ def _recommend(state: ServiceState, b: ModelBundle, req: S.RecommendationRequest
         with np.errstate(invalid="ignore"):
             allowed &= b.prices <= f.max_price  # unknown prices (NaN) never pass a price filter
     scores[~allowed] = -np.inf
-    top, sc = b.top_k(scores, req.k)
-    if req.diversity > 0 and len(top) > 1:
-        top, sc = diverse_top_k(b, scores, req)
+    top, sc = diverse_top_k(b, scores, req) if req.diversity > 0 else b.top_k(scores, req.k)
     items = [_rec_item(state, b, r, int(i), float(s)) for r, (i, s) in enumerate(zip(top, sc, strict=True), 1)]
     if req.explain:
         _explain(state, b, items, top, hist, strategy)
@@ -682,6 +680,8 @@ def diverse_top_k(b: ModelBundle, scores: np.ndarray, req: S.RecommendationReque
     so each pick maximises ``(1 - d) / d * rel + log(residual)`` (the part of its vector the list
     does not span yet), weighing relevance against variety as MMR's ``(1 - d) * rel - d * sim``."""
     pool, pool_scores = b.top_k(scores, 3 * req.k)
+    if len(pool) < 2:
+        return pool, pool_scores
     span = float(pool_scores[0] - pool_scores[-1])
     rel = (pool_scores - pool_scores[-1]) / span if span > 0 else np.zeros(len(pool))
     sim, _ = b.similarity(pool)
