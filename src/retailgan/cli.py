@@ -82,8 +82,16 @@ def _parse_weights(text: str | None) -> dict[str, float] | None:
     return out
 
 
-def _load(store: Path, event_weights: str | None, rating_threshold: float | None, min_user: int, min_item: int):
+AS_OF_HELP = (
+    "Reference time ('now' or an ISO date / time, UTC): events dated after it are ignored and every recency "
+    "rule counts back from it; default: the store's latest ingested event."
+)
+
+
+def _load(store: Path, event_weights: str | None, rating_threshold: float | None, min_user: int, min_item: int,
+          as_of: str | None = None):
     from retailgan.data.dataset import LoadOptions, load_dataset
+    from retailgan.data.reftime import parse_as_of
     from retailgan.data.schemas import DEFAULT_EVENT_WEIGHTS
 
     weights = _parse_weights(event_weights)
@@ -92,6 +100,7 @@ def _load(store: Path, event_weights: str | None, rating_threshold: float | None
         rating_threshold=rating_threshold,
         min_user=min_user,
         min_item=min_item,
+        as_of=parse_as_of(as_of),
     )
     ds = load_dataset(store, opts)
     if len(ds) == 0:
@@ -218,6 +227,7 @@ def compare(
     plot: Path | None = typer.Option(None, "--plot"),
     report: Path | None = typer.Option(None, "--report", help="Markdown report file."),
     save_dir: Path | None = typer.Option(None, "--save-dir", help="Save each fitted model in DIR/<model>."),
+    as_of: str | None = typer.Option(None, "--as-of", help=AS_OF_HELP),
 ) -> None:
     """Tune on validation, fit, and evaluate recommenders side by side on one split."""
     _run(
@@ -239,6 +249,7 @@ def compare(
         plot,
         report,
         save_dir,
+        as_of=as_of,
     )
 
 
@@ -260,6 +271,7 @@ def _compare(
     plot,
     report,
     save_dir,
+    as_of=None,
 ) -> dict[str, Any]:
     from retailgan.data.splits import split
     from retailgan.evaluation.report import plot_results, results_table_markdown
@@ -278,7 +290,7 @@ def _compare(
         raise ConfigError(f"--params is not valid JSON: {exc}") from None
     if not isinstance(fixed, dict) or not all(isinstance(v, dict) for v in fixed.values()):
         raise ConfigError('--params must be a JSON object of objects, e.g. {"ease": {"l2": 300}}')
-    ds = _load(store, event_weights, rating_threshold, min_user, min_item)
+    ds = _load(store, event_weights, rating_threshold, min_user, min_item, as_of)
     sp_ = split(ds, protocol, seed=seed, test_fraction=test_fraction, n_last=n_last)
     console.print(
         f"{ds.name}: {len(ds):,} pairs, {ds.n_users:,} users, {ds.n_items:,} items; "
@@ -377,6 +389,7 @@ def tune_cmd(
     min_user: int = typer.Option(1, "--min-user"),
     min_item: int = typer.Option(1, "--min-item"),
     json_out: Path | None = typer.Option(None, "--json"),
+    as_of: str | None = typer.Option(None, "--as-of", help=AS_OF_HELP),
 ) -> None:
     """Search a model's hyperparameters on the validation part of a split (the test part is untouched)."""
 
@@ -386,7 +399,7 @@ def tune_cmd(
         from retailgan.tuning import tune
 
         get_model_class(model)
-        ds = _load(store, event_weights, rating_threshold, min_user, min_item)
+        ds = _load(store, event_weights, rating_threshold, min_user, min_item, as_of)
         fixed = _json_option(params, "--params")
         result = tune(
             model,
@@ -435,6 +448,7 @@ def train(
     nproc: int = typer.Option(
         1, "--nproc", min=1, help="Train data-parallel in this many local processes (torch.distributed, gloo)."
     ),
+    as_of: str | None = typer.Option(None, "--as-of", help=AS_OF_HELP),
 ) -> None:
     """Fit one model on all of the store's data (optionally tuned first) and save it.
 
@@ -452,6 +466,7 @@ def train(
             "store": store, "model": model, "out": out, "fixed": fixed, "tune_trials": tune_trials,
             "protocol": protocol, "seed": seed, "event_weights": event_weights,
             "rating_threshold": rating_threshold, "min_user": min_user, "min_item": min_item, "json_out": json_out,
+            "as_of": as_of,
         }
         under_torchrun = distributed.torchrun_env() and int(os.environ["WORLD_SIZE"]) > 1
         if (nproc > 1 or under_torchrun) and not cls.supports_distributed:
@@ -459,7 +474,7 @@ def train(
         if nproc > 1 and under_torchrun:
             raise ConfigError("--nproc cannot be combined with torchrun (torchrun already started the processes)")
         if nproc > 1:
-            _load(store, event_weights, rating_threshold, min_user, min_item)  # fail fast, before spawning
+            _load(store, event_weights, rating_threshold, min_user, min_item, as_of)  # fail fast, before spawning
             distributed.launch(nproc, _train_job, job)
         elif under_torchrun:
             import torch.distributed as dist
@@ -486,7 +501,8 @@ def _train_job(job: dict[str, Any]) -> None:
 
     main_process = distributed.rank() == 0
     cls = get_model_class(job["model"])
-    ds = _load(job["store"], job["event_weights"], job["rating_threshold"], job["min_user"], job["min_item"])
+    ds = _load(job["store"], job["event_weights"], job["rating_threshold"], job["min_user"], job["min_item"],
+               job["as_of"])
     chosen = job["fixed"]
     seed = job["seed"]
     if job["tune_trials"] > 0 or hasattr(cls.config_class, "epochs"):
@@ -606,6 +622,7 @@ def serve(
     no_auth: bool = typer.Option(False, "--no-auth", help="Serve without API keys (local use only)."),
     rate_limit: float = typer.Option(50.0, "--rate-limit", help="Requests per second per key."),
     rate_burst: int = typer.Option(100, "--rate-burst", help="Burst size per key."),
+    as_of: str | None = typer.Option(None, "--as-of", help=AS_OF_HELP),
 ) -> None:
     """Serve recommendations over HTTP (needs the 'serve' extra); see retailgan.serving."""
 
@@ -617,7 +634,7 @@ def serve(
         from retailgan.serving.settings import Settings
 
         settings = Settings(model_dir=model_dir, store=store, keys_file=keys, auth=not no_auth,
-                            rate_limit=rate_limit, rate_burst=rate_burst)
+                            rate_limit=rate_limit, rate_burst=rate_burst, as_of=as_of)
         run_server(settings, host=host, port=port, workers=workers)
 
     _run(go)

@@ -57,7 +57,7 @@ def test_build_all_customers(shop, tmp_path):
     # Products bought in the last 30 days are never sent.
     store, _ = shop
     with Store.open(store, read_only=True) as s:
-        recent = recent_purchases(s, sorted(by_customer), 30)
+        recent = recent_purchases(s, sorted(by_customer), 30, s.reference_time().ts)
     assert recent  # the window does exclude something
     for u, items in recent.items():
         assert not {r["product_id"] for r in by_customer[u]} & set(items)

@@ -40,6 +40,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,7 @@ from retailgan.campaign.render import (
 )
 from retailgan.campaign.report import write_report
 from retailgan.data.images import get_images
+from retailgan.data.reftime import AsOf
 from retailgan.data.store import Store
 from retailgan.errors import ConfigError, ModelFileError
 from retailgan.explanations import explain_items
@@ -103,6 +105,10 @@ class CampaignSummary:
     theme: str | None
     k: int
     recent_days: int
+    reference_time: str | None
+    """The "now" of ``recent:N`` and ``recent_days`` (:mod:`retailgan.data.reftime`), ISO, UTC."""
+    ignored_events: int
+    """Events dated after the reference time (ignored)."""
     model_version: str
     customers: int
     customers_with_products: int
@@ -189,6 +195,8 @@ class CampaignContext:
     titles: dict[str, str | None]
     images: dict[str, ProductImage | None] = field(default_factory=dict)
     tiles: dict[str, Any] = field(default_factory=dict)
+    now: datetime | None = None
+    """The reference time ``recent_days`` counts back from (:mod:`retailgan.data.reftime`)."""
 
     @classmethod
     def create(cls, bundle: ModelBundle, theme: str | None, k: int, recent_days: int) -> CampaignContext:
@@ -241,7 +249,7 @@ def campaign_chunk(
     """Rank, explain and render the campaign for ``customers``: the Parquet columns and one output each."""
     b = ctx.bundle
     model = b.model
-    recent = recent_purchases(store, customers, ctx.recent_days)
+    recent = recent_purchases(store, customers, ctx.recent_days, ctx.now)
     recs = model.recommend(customers, ctx.k, exclude_seen=False, exclude=[recent.get(u, []) for u in customers],
                            candidates=ctx.candidates)
     uidx = model.users.index(customers, missing="negative")
@@ -319,7 +327,7 @@ def _exit_with_parent(interval_s: float = 0.5) -> None:
 
 
 def _init_worker(store_path: str, model_dir: str, label: str, theme: str | None, k: int, recent_days: int,
-                 work: str) -> None:
+                 now: datetime | None, work: str) -> None:
     """Per worker process, once: load the model, open the store read-only."""
     _exit_with_parent()
     b = ModelBundle.load(model_dir)
@@ -328,8 +336,9 @@ def _init_worker(store_path: str, model_dir: str, label: str, theme: str | None,
     # Several processes may read one DuckDB file at once, read-only; one thread each (the pool is the parallelism).
     _WORKER["store"] = Store.open(store_path, create=False, read_only=True, threads=1)
     if b.trend_days:  # the store's recent sales, as the main process and the service use
-        b.set_recent_sales(_WORKER["store"].recent_buyers(b.trend_days))
+        b.set_recent_sales(_WORKER["store"].recent_buyers(b.trend_days, now))
     _WORKER["ctx"] = CampaignContext.create(b, theme, k, recent_days)
+    _WORKER["ctx"].now = now
     _WORKER["work"] = Path(work)
 
 
@@ -366,13 +375,16 @@ def build_campaign(
     workers: int = 1,
     progress: bool = False,
     after_chunk: Callable[[int], None] | None = None,
+    as_of: AsOf = None,
 ) -> CampaignSummary:
     """Build the campaign into ``out`` (see the module docstring); returns its summary.
 
     ``workers`` > 1 processes chunks in that many processes (each loads the model once and opens
     the store read-only); the output is the same as with one. ``after_chunk(i)`` is called after
     chunk ``i`` (0-based) is recorded as finished (with several workers, in completion order).
-    Raises :class:`ConfigError` for bad queries, before anything is written.
+    ``as_of`` sets the reference time ``recent:N`` and ``recent_days`` count back from
+    (:mod:`retailgan.data.reftime`; default: the latest ingested event). Raises
+    :class:`ConfigError` for bad queries, before anything is written.
     """
     store_path, model_dir, out = Path(store_path), Path(model_dir), Path(out)
     if chunk_size < 1:
@@ -391,9 +403,13 @@ def build_campaign(
     work = out.parent / f".{out.name}.work"
     store = Store.open(store_path, create=False, read_only=True)
     try:
+        # One resolved "now" for the whole build (every worker, every chunk, a resumed run).
+        ref = store.reference_time(as_of)
+        ctx.now = ref.ts
+        params.update(reference_time=None if ref.ts is None else ref.ts.isoformat(), ignored_events=ref.ignored)
         if b.trend_days:  # a model that follows recent sales gets the store's, as the service does
-            b.set_recent_sales(store.recent_buyers(b.trend_days))
-        customers = segment_customers(store, seg)
+            b.set_recent_sales(store.recent_buyers(b.trend_days, ref.ts))
+        customers = segment_customers(store, seg, ref.ts)
         n_chunks = math.ceil(len(customers) / chunk_size)
         out.parent.mkdir(parents=True, exist_ok=True)
         # The output format is part of the fingerprint: work left by an older version is started afresh.
@@ -422,7 +438,7 @@ def build_campaign(
                     record(c)
             else:
                 _run_pool(workers, todo, customers, chunk_size, record,
-                          (str(store_path), str(model_dir), b.label, theme, k, recent_days, str(work)))
+                          (str(store_path), str(model_dir), b.label, theme, k, recent_days, ref.ts, str(work)))
     finally:
         store.close()
     summary = _finish(work, n_chunks, len(customers), b, params)
@@ -481,6 +497,7 @@ def _finish(work: Path, n_chunks: int, n_customers: int, b: ModelBundle, params:
 
     summary = CampaignSummary(
         segment=params["segment"], theme=params["theme"], k=params["k"], recent_days=params["recent_days"],
+        reference_time=params["reference_time"], ignored_events=params["ignored_events"],
         model_version=b.label, customers=n_customers, customers_with_products=with_products, rows=rows,
         distinct_products=len(sent), catalogue_size=n_items,
         catalogue_coverage=len(sent) / n_items if n_items else 0.0,

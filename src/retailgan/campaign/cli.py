@@ -32,16 +32,26 @@ def build(
     recent_days: int = typer.Option(30, "--recent-days", help="Do not send products bought in the last N days."),
     chunk_size: int = typer.Option(DEFAULT_CHUNK_SIZE, "--chunk-size", help="Customers per resumable chunk."),
     workers: int = typer.Option(1, "--workers", help="Processes building chunks in parallel (same output)."),
+    as_of: str | None = typer.Option(
+        None, "--as-of", help="Reference time ('now' or an ISO date / time, UTC) that recent:N and --recent-days "
+        "count back from; default: the store's latest ingested event. Later events are ignored."
+    ),
 ) -> None:
     """Build campaign.parquet, one HTML + text e-mail and banner PNG per customer, summary.json and
     report.html / report.png into OUT."""
     from retailgan.campaign.build import build_campaign
     from retailgan.cli import _run
+    from retailgan.data.reftime import parse_as_of
 
     summary = _run(
-        build_campaign, store, model_dir, out, segment=segment, theme=theme, k=k, recent_days=recent_days,
-        chunk_size=chunk_size, workers=workers, progress=True,
+        lambda: build_campaign(
+            store, model_dir, out, segment=segment, theme=theme, k=k, recent_days=recent_days,
+            chunk_size=chunk_size, workers=workers, progress=True, as_of=parse_as_of(as_of),
+        )
     )
+    if summary.ignored_events:
+        console.print(f"note: {summary.ignored_events} event(s) dated after the reference time "
+                      f"{summary.reference_time} were ignored (--as-of moves it)", highlight=False)
     if summary.customers == 0:
         console.print(f"segment {segment!r} has no customers: wrote an empty campaign to {out}", highlight=False)
         return

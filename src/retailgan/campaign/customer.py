@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from retailgan.campaign.build import CampaignContext, campaign_chunk
+from retailgan.data.reftime import AsOf
 from retailgan.data.store import Store, fetch1
 from retailgan.errors import UnknownIdError
 from retailgan.serving.engine import ModelBundle
@@ -72,14 +73,17 @@ def customer_campaign(
     k: int = 10,
     recent_days: int = 30,
     banner: bool = True,
+    as_of: AsOf = None,
 ) -> CustomerCampaign:
     """The campaign ``retailgan campaign build`` would produce for ``customer_id`` (same defaults).
 
     ``store`` may be read-only. Raises :class:`UnknownIdError` when neither the store nor the model
     knows the customer, :class:`ConfigError` for a bad theme, ``k`` or ``recent_days``. With
-    ``banner=False`` no banner is drawn (faster) and the HTML has none at its top.
+    ``banner=False`` no banner is drawn (faster) and the HTML has none at its top. ``as_of``: the
+    reference time ``recent_days`` counts back from (:mod:`retailgan.data.reftime`).
     """
     ctx = CampaignContext.create(bundle, theme, k, recent_days)
+    ctx.now = store.reference_time(as_of).ts
     in_model = int(bundle.model.users.index([customer_id], missing="negative")[0]) >= 0
     if not in_model and fetch1(store.con.execute("SELECT 1 FROM users WHERE user_id = ?", [customer_id])) is None:
         raise UnknownIdError("customer", [customer_id])

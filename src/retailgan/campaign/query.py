@@ -5,7 +5,8 @@ Segment (who gets the campaign), one of:
 * ``all``: every customer of the store;
 * ``ids:ID1,ID2``: these customer ids (each must be in the store);
 * ``country:NAME``: customers of this country (it must occur in the store);
-* ``recent:N``: customers whose last purchase is within N days of the store's latest event;
+* ``recent:N``: customers whose last purchase is within N days of the reference time
+  (:mod:`retailgan.data.reftime`; events after it do not count);
 * ``spend:LOW-HIGH``: customers whose total purchase spend (quantity x price) is in [LOW, HIGH].
 
 Theme (which products may be recommended): ``;``-separated ``category:NAME``, ``keyword:WORD``
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 
@@ -146,8 +148,9 @@ def _ids(store: Store, sql: str, params: list | None = None) -> list[str]:
     return [str(x) for x in col.tolist()]
 
 
-def segment_customers(store: Store, seg: Segment) -> list[str]:
-    """Sorted customer ids of the segment (possibly empty); raises on unknown ids / countries."""
+def segment_customers(store: Store, seg: Segment, now: datetime | None) -> list[str]:
+    """Sorted customer ids of the segment (possibly empty); raises on unknown ids / countries.
+    ``now`` is the reference time ``recent:N`` counts back from (``None``: no timestamps)."""
     con = store.con
     if seg.kind == "all":
         return _ids(store, "SELECT user_id FROM users ORDER BY user_id")
@@ -167,13 +170,12 @@ def segment_customers(store: Store, seg: Segment) -> list[str]:
                               f"known: {', '.join(known) or 'none (the store has no countries)'}")
         return ids
     if seg.kind == "recent":
-        latest = con.execute("SELECT max(ts) FROM events").fetchone()
-        if latest is None or latest[0] is None:
+        if now is None:
             raise ConfigError(f"segment {seg.text!r}: the store's events have no timestamps")
         return _ids(store,
-                    "SELECT user_id FROM events WHERE event_type = 'purchase' GROUP BY user_id "
+                    "SELECT user_id FROM events WHERE event_type = 'purchase' AND ts <= ? GROUP BY user_id "
                     "HAVING max(ts) >= ?::TIMESTAMP - to_days(?) ORDER BY user_id",
-                    [latest[0], int(seg.days or 0)])
+                    [now, now, int(seg.days or 0)])
     return _ids(store,
                 "SELECT e.user_id AS user_id FROM events e LEFT JOIN items i ON i.item_id = e.item_id "
                 "WHERE e.event_type = 'purchase' GROUP BY e.user_id "
@@ -182,15 +184,16 @@ def segment_customers(store: Store, seg: Segment) -> list[str]:
                 [seg.low, seg.high])
 
 
-def recent_purchases(store: Store, customers: list[str], days: int) -> dict[str, list[str]]:
-    """Products each customer bought within ``days`` of the store's latest event (0: none)."""
-    if days <= 0 or not customers:
+def recent_purchases(store: Store, customers: list[str], days: int, now: datetime | None) -> dict[str, list[str]]:
+    """Products each customer bought within ``days`` before the reference time ``now`` (0 days or
+    no timestamps: none)."""
+    if days <= 0 or not customers or now is None:
         return {}
     rows = store.con.execute(
         "SELECT user_id, item_id FROM events WHERE event_type = 'purchase' "
-        "AND ts >= (SELECT max(ts) FROM events) - to_days(?) "
+        "AND ts <= ? AND ts >= ?::TIMESTAMP - to_days(?) "
         "AND user_id IN (SELECT unnest(?::VARCHAR[])) GROUP BY 1, 2 ORDER BY 1, 2",
-        [int(days), customers],
+        [now, now, int(days), customers],
     ).fetchall()
     out: dict[str, list[str]] = {}
     for u, i in rows:

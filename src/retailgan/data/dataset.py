@@ -13,15 +13,22 @@ Orientation is fixed: rows are users, columns are items, everywhere.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
 
 from retailgan.data.schemas import DEFAULT_EVENT_WEIGHTS
 from retailgan.errors import ConfigError, UnknownIdError
+
+if TYPE_CHECKING:
+    from retailgan.data.reftime import AsOf
+
+log = logging.getLogger("retailgan.data")
 
 
 class Vocabulary:
@@ -308,6 +315,8 @@ class LoadOptions:
     min_user: int = 1
     min_item: int = 1
     """k-core thresholds, applied iteratively."""
+    as_of: AsOf = None
+    """Reference time (:mod:`retailgan.data.reftime`): events dated after it are left out."""
 
     def __post_init__(self) -> None:
         for k, v in self.event_weights.items():
@@ -322,7 +331,10 @@ def load_dataset(store_path: str | Path, options: LoadOptions | None = None) -> 
 
     Items in the catalogue without any kept interaction are kept out of the vocabulary: a
     collaborative model cannot rank them; content-based models read the catalogue themselves.
+    Events dated after the reference time (``options.as_of``) are left out and reported with a
+    warning: a stray future-dated event must not become every recency feature's "now".
     """
+    from retailgan.data.reftime import reference_time
     from retailgan.data.store import Store
 
     options = options or LoadOptions()
@@ -334,10 +346,14 @@ def load_dataset(store_path: str | Path, options: LoadOptions | None = None) -> 
         if missing:
             raise ConfigError(f"no weight configured for event type(s) {missing}; known: {sorted(weights)}")
         case = " ".join(f"WHEN '{k}' THEN {float(v)!r}" for k, v in weights.items() if "'" not in k)
-        where = "TRUE"
-        params: list[object] = []
+        ref = reference_time(con, options.as_of)
+        if ref.notice():
+            log.warning("%s: %s", store_path, ref.notice())
+        where, params = "TRUE", []
+        if ref.ts is not None:
+            where, params = "(ts IS NULL OR ts <= ?)", [ref.ts]
         if options.rating_threshold is not None:
-            where = "(event_type <> 'rating' OR rating >= ?)"
+            where += " AND (event_type <> 'rating' OR rating >= ?)"
             params.append(float(options.rating_threshold))
         rows = con.execute(
             f"""

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
+from retailgan.data.reftime import AsOf, ReferenceTime, reference_time
 from retailgan.data.schemas import DDL, SCHEMA_VERSION
 from retailgan.errors import StoreError
 
@@ -214,17 +215,25 @@ class Store:
 
     # -- reading helpers ----------------------------------------------------------------------
 
-    def recent_buyers(self, days: int) -> dict[str, int]:
+    def recent_buyers(self, days: int, as_of: AsOf = None) -> dict[str, int]:
         """Per product, the customers whose first event with it falls in the last ``days``
-        calendar days (UTC) of the events: the recent sales a featgan ``trend_days`` model was
-        trained on (its dataset keeps each customer's first time per product)."""
+        calendar days (UTC) up to the reference time (:mod:`retailgan.data.reftime`): the
+        recent sales a featgan ``trend_days`` or ``recent`` model was trained on (its dataset
+        keeps each customer's first time per product, and no event after the reference time)."""
+        ref = self.reference_time(as_of)
+        if ref.ts is None:
+            return {}
         rows = self.con.execute(
             "WITH first AS (SELECT item_id, epoch(min(ts))::BIGINT // 86400 AS d FROM events "
-            "WHERE ts IS NOT NULL GROUP BY user_id, item_id) "
+            "WHERE ts IS NOT NULL AND ts <= ? GROUP BY user_id, item_id) "
             "SELECT item_id, count(*) FROM first WHERE d > (SELECT max(d) FROM first) - ? GROUP BY item_id",
-            [int(days)],
+            [ref.ts, int(days)],
         ).fetchall()
         return {str(i): int(n) for i, n in rows}
+
+    def reference_time(self, as_of: AsOf = None) -> ReferenceTime:
+        """The store's "now" under ``as_of`` (:func:`retailgan.data.reftime.reference_time`)."""
+        return reference_time(self.con, as_of)
 
     def counts(self) -> dict[str, int]:
         """Rows in the users, items and events tables."""

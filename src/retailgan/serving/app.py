@@ -29,6 +29,7 @@ from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 
 from retailgan import __version__
+from retailgan.data.reftime import parse_as_of
 from retailgan.errors import ConfigError, RetailganError, UnknownIdError
 from retailgan.explanations import explain_items
 from retailgan.models.diversify import dpp, mmr
@@ -113,7 +114,7 @@ class ServiceState:
         gets them from the store, as of its latest event, instead of the training snapshot."""
         bundle = ModelBundle.load(path)
         if bundle.trend_days and self.store is not None:
-            bundle.set_recent_sales(self.store.recent_buyers(bundle.trend_days))
+            bundle.set_recent_sales(self.store.recent_buyers(bundle.trend_days, parse_as_of(self.settings.as_of)))
         return bundle
 
     def set_bundle(self, bundle: ModelBundle) -> None:
@@ -456,13 +457,17 @@ def create_app(settings: Settings) -> FastAPI:
         recent_days: Annotated[int, Query(ge=0, le=3650)] = 30,
         banner: bool = True,
         format: Annotated[Literal["json", "html"], Query()] = "json",
+        as_of: Annotated[str | None, Query(
+            max_length=40, description="Reference time recent_days counts back from: 'now' or an ISO date / time "
+            "(UTC); default: the service's --as-of, else the store's latest ingested event")] = None,
     ) -> Response:
         """The customer's campaign, the same as ``retailgan campaign build`` writes for them: products, reasons,
         the HTML and text e-mail and the banner (JSON), or the HTML e-mail alone with ``format=html``."""
         b = state.current()
         assert state.store is not None
         try:
-            c = state.store.campaign(b, customer_id, theme=theme, k=k, recent_days=recent_days, banner=banner)
+            c = state.store.campaign(b, customer_id, theme=theme, k=k, recent_days=recent_days, banner=banner,
+                                     as_of=parse_as_of(as_of or state.settings.as_of))
         except UnknownIdError:
             raise HTTPException(404, f"unknown customer id {customer_id!r}") from None
         except ConfigError as exc:

@@ -25,6 +25,7 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000, work
     check_serving_extra()
     import uvicorn
 
+    from retailgan.data.reftime import parse_as_of
     from retailgan.data.store import Store
     from retailgan.persistence import read_meta
     from retailgan.serving.app import create_app
@@ -39,6 +40,7 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000, work
     if not 0 < port < 65536:
         raise ConfigError(f"--port must be in 1..65535, got {port}")
     read_meta(settings.model_dir)
+    parse_as_of(settings.as_of)
     Store.open(settings.store, create=False).close()
     if settings.auth and not load_keys(settings.keys_file, settings.api_keys):
         raise ConfigError(

@@ -23,3 +23,9 @@ class Settings(BaseModel):
     rate_limit: float = Field(default=50.0, gt=0, description="Requests per second per key (token refill).")
     rate_burst: int = Field(default=100, ge=1, description="Token bucket size per key.")
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, description="Larger request bodies get 413.")
+    as_of: str | None = Field(
+        default=None,
+        description="Reference time of recency rules (recent sales, campaigns' recent_days): 'now' (the wall "
+        "clock at each use), an ISO date / time (UTC), or None: the store's latest ingested event "
+        "(retailgan.data.reftime).",
+    )

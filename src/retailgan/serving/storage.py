@@ -21,14 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from retailgan.data.images import ItemImage, get_image
+from retailgan.data.reftime import API_INGEST_ID, AsOf
 from retailgan.data.store import Store, fetch1
 from retailgan.serving.engine import ModelBundle, Product
 
 if TYPE_CHECKING:
     from retailgan.campaign.customer import CustomerCampaign
 
-API_INGEST_ID = 0
-"""``events.ingest_id`` of events written by the service."""
 API_SOURCE = "api"
 
 
@@ -91,10 +90,10 @@ class ServiceStore:
                 ).fetchall()
             ]
 
-    def recent_buyers(self, days: int) -> dict[str, int]:
+    def recent_buyers(self, days: int, as_of: AsOf = None) -> dict[str, int]:
         """:meth:`Store.recent_buyers` under the service's lock."""
         with self._lock:
-            return self.store.recent_buyers(days)
+            return self.store.recent_buyers(days, as_of)
 
     def has_customer(self, customer_id: str) -> bool:
         with self._lock:
