@@ -640,6 +640,46 @@ def serve(
     _run(go)
 
 
+# -- forget -----------------------------------------------------------------------------------
+
+
+@app.command()
+def forget(
+    store: Path = typer.Option(..., "--store", help="The store to erase the customers from (rewritten)."),
+    customer: list[str] = typer.Option(..., "--customer", help="Customer id to erase (repeat for several)."),
+    model_dir: list[Path] = typer.Option([], "--model-dir", help="Model directory to erase them from (repeatable)."),
+    campaign_dir: list[Path] = typer.Option(
+        [], "--campaign-dir", help="`campaign build` output to erase them from (repeatable)."
+    ),
+    reference: str | None = typer.Option(
+        None, "--reference", help="The request's reference (a ticket number), kept in the audit record."
+    ),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the audit record (no customer ids) here."),
+) -> None:
+    """Erase customers (a request to be forgotten): store rows, rejected rows, model rows, campaign
+    outputs; writes an audit record without their ids. Stop `serve` first, or use its admin endpoint."""
+
+    def go() -> None:
+        from retailgan.forget import forget as run_forget
+
+        report = run_forget(store, customer, model_dirs=model_dir, campaign_dirs=campaign_dir, reference=reference)
+        s = report.store
+        console.print(
+            f"erased {report.customers} customer(s): {s['events']} events, {s['users']} customer rows and "
+            f"{s['rejects']} rejected rows from {store}"
+            + "".join(f"; {n} from model {m}" for m, n in report.models.items())
+            + "".join(f"; {n} campaign rows from {c}" for c, n in report.campaigns.items())
+            + f" (audit record {report.erasure_id})",
+            highlight=False,
+        )
+        if report.models:
+            console.print("models keep what shared parameters learned from them until retrained", highlight=False)
+        if json_out:
+            _write_json_atomic(json_out, report.to_dict())
+
+    _run(go)
+
+
 # -- demo -------------------------------------------------------------------------------------
 
 

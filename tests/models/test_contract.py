@@ -187,3 +187,31 @@ def test_config_validation():
         get_model_class("ease")(lamda=3)
     with pytest.raises(ConfigError, match="must be an integer"):
         get_model_class("itemknn")(neighbors=2.5)
+
+
+def test_forget_users_erases_the_customer(fitted, tmp_path):
+    name, model, answer = fitted
+    model.save(tmp_path / "m")
+    m = load_model(tmp_path / "m")  # the fixture's model is shared: erase from a copy
+    users = list(answer)
+    gone, others = users[:2], users[2:]
+    before = m.recommend(others, k=5)
+    gone_idx = m.users.index(gone)
+    assert m.forget_users([*gone, "nobody"]) == 2
+    assert m.forget_users(gone) == 0  # idempotent: they are unknown now
+    m.save(tmp_path / "m")
+    meta = (tmp_path / "m" / "model.json").read_text()
+    assert not any(f'"{u}"' in meta for u in gone)
+    loaded = load_model(tmp_path / "m")
+    assert not loaded.recommend(gone, k=5).known.any()
+    assert loaded.seen[gone_idx].nnz == 0
+    # Per-customer arrays hold nothing of them any more.
+    for key, arr in loaded._state().items():
+        if arr.ndim and arr.shape[0] == loaded.n_users:
+            assert not np.any(arr[gone_idx]), f"{name}: {key} keeps rows of erased customers"
+        if key.endswith("indptr") and arr.shape == (loaded.n_users + 1,):
+            assert not np.any(np.diff(arr)[gone_idx]), f"{name}: {key} keeps rows of erased customers"
+    # Everyone else gets exactly what they got before.
+    after = loaded.recommend(others, k=5)
+    np.testing.assert_array_equal(after.item_ids, before.item_ids)
+    np.testing.assert_allclose(after.scores, before.scores, rtol=1e-5)

@@ -20,6 +20,7 @@ import contextlib
 import copy
 import logging
 import math
+import secrets
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -32,6 +33,18 @@ import scipy.sparse as sp
 
 from retailgan.data.dataset import InteractionDataset, ItemInfo, Vocabulary
 from retailgan.errors import ConfigError
+
+FORGOTTEN_PREFIX = "forgotten:"
+"""Customer ids erased with :meth:`Recommender.forget_users` become this plus random hex."""
+
+
+def clear_rows(m: sp.csr_matrix, rows: np.ndarray) -> sp.csr_matrix:
+    """``m`` with these rows emptied (same shape; no stored zeros)."""
+    keep = np.ones(m.shape[0], dtype=m.dtype)
+    keep[rows] = 0
+    out = sp.csr_matrix(sp.diags(keep) @ m)
+    out.eliminate_zeros()
+    return out
 
 log = logging.getLogger(__name__)
 
@@ -274,6 +287,34 @@ class Recommender(ABC):
         """Scores for users the model cannot personalise for: item popularity (ties by index)."""
         assert self.popularity is not None
         return self.popularity.astype(np.float64)
+
+    # -- erasure (retailgan.forget) --------------------------------------------------------------
+
+    def forget_users(self, user_ids: Sequence[object]) -> int:
+        """Erase these customers from the fitted model; returns how many it knew.
+
+        Their history rows are emptied, their per-customer parameters blanked
+        (:meth:`_forget_rows`) and their ids replaced by random tombstones (shapes are unchanged),
+        so the model neither holds nor recognises them: they get the popularity ranking, like a
+        new customer. Parameters shared by all customers (item-item weights, item factors,
+        networks, popularity) keep what they learned from their data until the next retraining.
+        """
+        self._check_fitted()
+        assert self.users is not None and self.seen is not None
+        idx = self.users.index([str(u) for u in user_ids], missing="negative")
+        idx = np.unique(idx[idx >= 0])
+        if not len(idx):
+            return 0
+        self.seen = clear_rows(self.seen, idx)
+        self._forget_rows(idx)
+        ids = self.users.ids.copy()
+        ids[idx] = [f"{FORGOTTEN_PREFIX}{secrets.token_hex(8)}" for _ in idx]
+        self.users = Vocabulary(ids)
+        return len(idx)
+
+    def _forget_rows(self, user_idx: np.ndarray) -> None:
+        """Blank the per-customer state of these user indices (``seen`` is already cleared).
+        Models holding per-customer arrays (factors, histories) override this."""
 
     # -- persistence --------------------------------------------------------------------------
 

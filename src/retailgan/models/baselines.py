@@ -11,7 +11,7 @@ import torch
 
 from retailgan.data.dataset import InteractionDataset
 from retailgan.errors import ConfigError
-from retailgan.models.base import IterativeRecommender, ModelConfig, Recommender, TrainingOptions
+from retailgan.models.base import IterativeRecommender, ModelConfig, Recommender, TrainingOptions, clear_rows
 
 
 def _feedback(dataset: InteractionDataset, kind: str) -> sp.csr_matrix:
@@ -79,6 +79,10 @@ class _ItemItem(Recommender):
             raise ValueError(f"history has {history.shape[1]} item columns, model has {self.n_items}")
         out = history.astype(np.float32) @ self.W
         return np.asarray(out.toarray() if sp.issparse(out) else out, dtype=np.float32)
+
+    def _forget_rows(self, user_idx: np.ndarray) -> None:
+        if getattr(self, "_feedback_matrix", None) is not None:
+            self._feedback_matrix = clear_rows(self._feedback_matrix, user_idx)
 
     @property
     def _train_matrix(self) -> sp.csr_matrix:
@@ -228,6 +232,10 @@ class _Factorised(IterativeRecommender):
         if self.item_bias is not None:
             s = s + self.item_bias[None, :]
         return s.astype(np.float32, copy=False)
+
+    def _forget_rows(self, user_idx: np.ndarray) -> None:
+        self.user_factors = np.array(self.user_factors)  # arrays loaded from a file may be read-only
+        self.user_factors[user_idx] = 0.0
 
     def _state(self) -> dict[str, np.ndarray]:
         state = {"user_factors": self.user_factors, "item_factors": self.item_factors}

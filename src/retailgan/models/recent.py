@@ -126,6 +126,17 @@ class RecentSalesBlend(Recommender):
         assert self.base_model is not None
         return self.base_model.fallback_scores()
 
+    def _forget_rows(self, user_idx: np.ndarray) -> None:
+        assert self.base_model is not None
+        self.base_model.seen = self.seen
+        self.base_model._forget_rows(user_idx)
+
+    def forget_users(self, user_ids: Sequence[object]) -> int:
+        n = super().forget_users(user_ids)
+        assert self.base_model is not None
+        self.base_model.users = self.users  # the base shares the wrapper's vocabulary
+        return n
+
     def set_recent_sales(self, item_ids: Sequence[object], counts: Sequence[float] | np.ndarray) -> None:
         """Replace the recent sales (customers per product; products not listed count 0)."""
         self._check_fitted()

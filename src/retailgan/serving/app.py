@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import quote
 from uuid import uuid4
 
@@ -39,6 +39,9 @@ from retailgan.serving.metrics import Metrics, MetricsMiddleware
 from retailgan.serving.security import ApiKey, KeyRing, RateLimiter, load_keys
 from retailgan.serving.settings import Settings
 from retailgan.serving.storage import NewEvent, ServiceStore
+
+if TYPE_CHECKING:
+    from retailgan.forget import ForgetReport
 
 log = logging.getLogger("retailgan.serving")
 STATIC = Path(__file__).resolve().parent / "static"
@@ -128,6 +131,22 @@ class ServiceState:
     def overlay(self, customer: str) -> list[str]:
         with self._overlay_lock:
             return sorted(self._overlay.get(customer, ()))
+
+    def forget(self, customer_ids: list[str], reference: str | None) -> ForgetReport:
+        """Erase customers everywhere this service holds them (:mod:`retailgan.forget`): the served
+        model directory (then reloaded), the fold-in view, the store (rewritten). Runs in a thread."""
+        from retailgan.forget import check_ids, forget_in_model, new_report
+
+        ids = check_ids(customer_ids)
+        report = new_report(ids, reference)
+        path = self.settings.model_dir
+        report.models[str(path)] = forget_in_model(path, ids)
+        self.set_bundle(self.load_bundle(path))
+        with self._overlay_lock:
+            report.service["foldin_customers"] = sum(self._overlay.pop(c, None) is not None for c in ids)
+        assert self.store is not None
+        self.store.erase(ids, report)
+        return report
 
     def image_png(self, product_id: str) -> bytes | None:
         """The PNG shown for a product: the photo as stored, a generated image with its visible label stamped."""
@@ -528,6 +547,18 @@ def create_app(settings: Settings) -> FastAPI:
             code = 200 if state.reload_state == "succeeded" else 422
             return JSONResponse(state.status().model_dump(mode="json"), status_code=code)
         return JSONResponse(state.status().model_dump(mode="json"), status_code=202)
+
+    @app.post("/admin/customers/forget", response_model=S.ForgetResponse, tags=["admin"],
+              responses={409: {"description": "a model reload is running"}})
+    async def forget(body: S.ForgetRequest, key: Admin) -> Any:
+        """Erase customers (a request to be forgotten): their events, customer and rejected rows (the
+        store file is rewritten), their rows in the served model directory (reloaded at once) and the
+        fold-in view. Answers with the audit record, which holds no customer id."""
+        if state.reload_task is not None and not state.reload_task.done():
+            raise HTTPException(409, "a model reload is running; retry when it has finished")
+        report = await anyio.to_thread.run_sync(state.forget, body.customer_ids, body.reference)
+        log.info("erased %d customer(s), audit record %s", report.customers, report.erasure_id)
+        return S.ForgetResponse(**report.to_dict())
 
     # -- the merchandiser page ---------------------------------------------------------------
 

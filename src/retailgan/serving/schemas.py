@@ -218,6 +218,28 @@ class ReloadRequest(Strict):
     wait: bool = Field(default=False, description="Answer when the reload has finished (else 202 at once).")
 
 
+class ForgetRequest(Strict):
+    customer_ids: list[Id] = Field(
+        min_length=1, max_length=100, description="Customers to erase (a request to be forgotten)."
+    )
+    reference: str | None = Field(
+        default=None, max_length=200, description="The request's reference (a ticket number), kept in the audit record."
+    )
+
+
+class ForgetResponse(Strict):
+    """The audit record (no customer ids): rows removed per place."""
+
+    erasure_id: str
+    at: str
+    reference: str | None
+    customers: int
+    store: dict[str, int]
+    models: dict[str, int]
+    campaigns: dict[str, int]
+    service: dict[str, int]
+
+
 class Health(Strict):
     status: str
     model_version: str | None = None

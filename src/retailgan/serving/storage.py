@@ -27,6 +27,7 @@ from retailgan.serving.engine import ModelBundle, Product
 
 if TYPE_CHECKING:
     from retailgan.campaign.customer import CustomerCampaign
+    from retailgan.forget import ForgetReport
 
 API_SOURCE = "api"
 
@@ -119,6 +120,21 @@ class ServiceStore:
                 [int(limit)],
             ).fetchall()
         return [(str(u), int(n)) for u, n in rows]
+
+    def erase(self, customer_ids: Sequence[str], report: ForgetReport) -> None:
+        """Delete the customers' rows and write the audit record in one transaction, then rewrite
+        the store file (nothing of them stays on disk) and reopen it; requests wait meanwhile."""
+        from retailgan.forget import delete_customer_rows, record, rewrite_store
+
+        with self._lock:
+            with self.store.transaction() as con:
+                report.store = delete_customer_rows(con, customer_ids)
+                record(con, report)
+            self.store.close()
+            try:
+                rewrite_store(self.path)
+            finally:
+                self.store = Store.open(self.path, create=False)
 
     def write_events(self, events: Sequence[NewEvent]) -> int:
         """Insert the events in one committed transaction; returns how many were new."""

@@ -1267,6 +1267,16 @@ class FeatureGAN(IterativeRecommender):
     def _load_extra_meta(self, extra: dict[str, Any]) -> None:
         self._space_meta = extra.get("feature_space")
 
+    def _forget_rows(self, user_idx: np.ndarray) -> None:
+        # The ordered purchase histories the generator is conditioned on: drop these customers' rows.
+        lengths = np.diff(self._hist_indptr)
+        drop = np.zeros(len(lengths), dtype=bool)
+        drop[user_idx] = True
+        self._hist_items = self._hist_items[~np.repeat(drop, lengths)]
+        lengths[drop] = 0
+        self._hist_indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        self._invalidate()
+
     def _state(self) -> dict[str, np.ndarray]:
         assert self.nets is not None and self.X is not None and self.space is not None
         state = {f"nets.{k}": v.detach().cpu().numpy().copy() for k, v in self.nets.state_dict().items()}
