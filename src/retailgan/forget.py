@@ -40,7 +40,7 @@ from retailgan.data.store import Store
 from retailgan.errors import ConfigError
 
 ERASURES_DDL = (
-    "CREATE TABLE IF NOT EXISTS erasures (erasure_id VARCHAR PRIMARY KEY, at TIMESTAMP NOT NULL, "
+    "CREATE TABLE IF NOT EXISTS erasures (erasure_id VARCHAR PRIMARY KEY, erased_at TIMESTAMP NOT NULL, "
     "reference VARCHAR, customers INTEGER NOT NULL, report JSON NOT NULL)"
 )
 _FIELD_SPLIT = re.compile(r"[,;\t|]|::")
