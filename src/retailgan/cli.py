@@ -623,6 +623,10 @@ def serve(
     rate_limit: float = typer.Option(50.0, "--rate-limit", help="Requests per second per key."),
     rate_burst: int = typer.Option(100, "--rate-burst", help="Burst size per key."),
     as_of: str | None = typer.Option(None, "--as-of", help=AS_OF_HELP),
+    anon_rate_limit: float = typer.Option(
+        5.0, "--anon-rate-limit", help="Requests per second per client address without a valid key."
+    ),
+    anon_rate_burst: int = typer.Option(20, "--anon-rate-burst", help="Burst size per address without a valid key."),
 ) -> None:
     """Serve recommendations over HTTP (needs the 'serve' extra); see retailgan.serving."""
 
@@ -634,7 +638,8 @@ def serve(
         from retailgan.serving.settings import Settings
 
         settings = Settings(model_dir=model_dir, store=store, keys_file=keys, auth=not no_auth,
-                            rate_limit=rate_limit, rate_burst=rate_burst, as_of=as_of)
+                            rate_limit=rate_limit, rate_burst=rate_burst, anon_rate_limit=anon_rate_limit,
+                            anon_rate_burst=anon_rate_burst, as_of=as_of)
         run_server(settings, host=host, port=port, workers=workers)
 
     _run(go)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +25,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 
@@ -48,6 +49,8 @@ STATIC = Path(__file__).resolve().parent / "static"
 ANONYMOUS = ApiKey("anonymous", "admin", "")
 IMAGE_CACHE = 1024
 """Product images kept in memory, ready to send (first in, first out)."""
+ANON_CLIENTS = 10_000
+"""Client addresses whose unauthenticated-request buckets are kept (the oldest is dropped first)."""
 
 
 def labelled_png(png: bytes) -> bytes:
@@ -80,6 +83,7 @@ class ServiceState:
         self._image_cache: dict[str, bytes] = {}
         self.keys = KeyRing([])
         self.limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
+        self.anon_limiter = RateLimiter(settings.anon_rate_limit, settings.anon_rate_burst, max_names=ANON_CLIENTS)
         self.reload_state = "idle"
         self.last_error: str | None = None
         self.reload_task: asyncio.Task[None] | None = None
@@ -210,26 +214,43 @@ class ServiceState:
 
 # -- security (module level: FastAPI resolves these annotations in the module namespace) ---------
 
-KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False,
+KEY_NAME = "X-API-Key"
+KEY_HEADER = APIKeyHeader(name=KEY_NAME, auto_error=False,
                           description="API key (see retailgan.serving.security)")
 
 
-async def authenticate(request: Request, key: Annotated[str | None, Security(KEY_HEADER)]) -> ApiKey:
-    """401 without a key, 403 for a wrong one, 429 (with Retry-After) over the key's rate limit."""
+def check_key(request: Request) -> ApiKey:
+    """401 without a key, 403 for a wrong one, 429 (with Retry-After) over the key's rate limit.
+
+    Requests without a valid key take a token from their client address's bucket first, so a
+    flood of them is refused with 429 before any key is hashed again.
+    """
     state: ServiceState = request.app.state.service
     if not state.settings.auth:
         found = ANONYMOUS
     else:
-        if not key:
-            raise HTTPException(401, "missing API key (send it in the X-API-Key header)",
-                                headers={"WWW-Authenticate": "ApiKey"})
-        found = state.keys.identify(key)
+        presented = request.headers.get(KEY_NAME)
+        found = state.keys.identify(presented) if presented else None
         if found is None:
+            client = request.client.host if request.client else "unknown"
+            retry = state.anon_limiter.check(client)
+            if retry:
+                raise HTTPException(429, f"too many requests without a valid API key from {client}; "
+                                    f"retry in {retry} s", headers={"Retry-After": str(retry)})
+            if not presented:
+                raise HTTPException(401, "missing API key (send it in the X-API-Key header)",
+                                    headers={"WWW-Authenticate": "ApiKey"})
             raise HTTPException(403, "invalid API key")
     retry = state.limiter.check(found.name)
     if retry:
         raise HTTPException(429, f"rate limit exceeded for key {found.name!r}; retry in {retry} s",
                             headers={"Retry-After": str(retry)})
+    return found
+
+
+async def authenticate(request: Request, key: Annotated[str | None, Security(KEY_HEADER)]) -> ApiKey:
+    """The key :class:`KeyedRoute` checked (declared as a dependency so that OpenAPI shows the scheme)."""
+    found: ApiKey = request.state.api_key
     return found
 
 
@@ -239,8 +260,56 @@ async def require_admin(key: Annotated[ApiKey, Depends(authenticate)]) -> ApiKey
     return key
 
 
+IdPath = Annotated[S.Id, PathParam()]
 User = Annotated[ApiKey, Depends(authenticate)]
 Admin = Annotated[ApiKey, Depends(require_admin)]
+
+
+def _needs_key(dependant: Any) -> bool:
+    return any(d.call is authenticate or _needs_key(d) for d in dependant.dependencies)
+
+
+class KeyedRoute(APIRoute):
+    """A route whose endpoint depends on :func:`authenticate` checks the key before the body is
+    read or parsed (FastAPI reads and parses the body before it runs any dependency)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        if not _needs_key(self.dependant):
+            return handler
+
+        async def checked(request: Request) -> Response:
+            request.state.api_key = check_key(request)
+            return await handler(request)
+
+        return checked
+
+
+ERROR_TEXT = {
+    400: "Malformed request (an invalid Content-Length).",
+    401: "No API key (X-API-Key header).",
+    403: "Invalid API key, or a user key on an admin endpoint.",
+    404: "Unknown id.",
+    409: "A model reload is already running.",
+    413: "Request body over the size limit.",
+    422: "Invalid request: `errors` lists the fields that are wrong; unknown product, category or theme "
+         "names are refused with `detail` alone.",
+    429: "Rate limit exceeded (per key, or per client address without a valid key); `Retry-After` says when "
+         "to try again.",
+}
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer", "minimum": 1}}}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses (all answer :class:`~retailgan.serving.schemas.ErrorOut`)."""
+    return {c: {"model": S.ErrorOut, "description": ERROR_TEXT[c], **({"headers": RETRY_AFTER} if c == 429 else {})}
+            for c in codes}
+
+
+KEYED = error_responses(401, 403, 429)
+"""What any endpoint that needs a key may answer besides its own statuses."""
+BODY = error_responses(400, 413, 422)
+"""What an endpoint that reads a JSON body may answer besides its own statuses."""
 
 
 class BodyLimit:
@@ -313,6 +382,7 @@ def create_app(settings: Settings) -> FastAPI:
         "Send the API key in the `X-API-Key` header.",
         lifespan=lifespan,
     )
+    app.router.route_class = KeyedRoute
     app.state.service = state
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
@@ -363,13 +433,15 @@ def create_app(settings: Settings) -> FastAPI:
     # In-memory endpoints are coroutines: their work (about a millisecond) runs on the event loop,
     # because a hop to the thread pool cost more CPU than the work itself on a busy 2-core machine
     # (docs/benchmarks.md, serving). Endpoints that touch the store stay in the thread pool.
-    @app.post("/v1/recommendations", response_model=S.RecommendationResponse, tags=["recommendations"])
+    @app.post("/v1/recommendations", response_model=S.RecommendationResponse, tags=["recommendations"],
+              responses={**KEYED, **BODY})
     async def recommendations(req: S.RecommendationRequest, key: User) -> Response:
         """Top-k products for a customer id, or for an ad-hoc list of product ids."""
         # Serialised here: FastAPI would validate the (already typed) response a second time.
         return _json(_recommend(state, state.current(), req))
 
-    @app.get("/v1/products", response_model=S.ProductList, tags=["products"])
+    @app.get("/v1/products", response_model=S.ProductList, tags=["products"],
+             responses={**KEYED, **error_responses(422)})
     async def products(
         key: User,
         query: Annotated[str | None, Query(max_length=100, description="Case-insensitive title search.")] = None,
@@ -393,8 +465,8 @@ def create_app(settings: Settings) -> FastAPI:
         return S.ProductList(items=out)
 
     @app.get("/v1/products/{product_id}", response_model=S.ProductOut, tags=["products"],
-             responses={404: {"description": "unknown product"}})
-    async def product(product_id: Annotated[str, PathParam(max_length=64)], key: User) -> S.ProductOut:
+             responses={**KEYED, **error_responses(404, 422)})
+    async def product(product_id: IdPath, key: User) -> S.ProductOut:
         """One product: title, category, price, and whether the model can recommend it."""
         b = state.current()
         if product_id not in state.catalogue and product_id not in b.model.items:
@@ -403,8 +475,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     # No key: <img> tags cannot send one, and product images are what a shop shows anyone.
     @app.get("/v1/products/{product_id}/image", tags=["products"], response_class=Response,
-             responses={200: {"content": {"image/png": {}}}, 404: {"description": "no image for this product"}})
-    def product_image(product_id: Annotated[str, PathParam(max_length=64)]) -> Response:
+             responses={200: {"content": {"image/png": {}}}, **error_responses(404, 422)})
+    def product_image(product_id: IdPath) -> Response:
         """The product's image as PNG. Generated images carry a visible "generated" label and the header
         ``X-Image-Generated: true`` (their PNG text chunks say ``synthetic: true``); photos come as stored."""
         png = state.image_png(product_id)
@@ -415,9 +487,9 @@ def create_app(settings: Settings) -> FastAPI:
             "X-Image-Generated": "true" if generated else "false", "Cache-Control": "public, max-age=3600"})
 
     @app.get("/v1/products/{product_id}/similar", response_model=S.SimilarResponse, tags=["products"],
-             responses={404: {"description": "unknown product"}})
+             responses={**KEYED, **error_responses(404, 422)})
     async def similar(
-        product_id: Annotated[str, PathParam(max_length=64)],
+        product_id: IdPath,
         key: User,
         k: Annotated[int, Query(ge=1, le=S.MAX_K)] = 10,
     ) -> S.SimilarResponse:
@@ -438,7 +510,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     # -- customers and events ---------------------------------------------------------------
 
-    @app.get("/v1/customers", response_model=S.CustomerList, tags=["customers"])
+    @app.get("/v1/customers", response_model=S.CustomerList, tags=["customers"],
+             responses={**KEYED, **error_responses(422)})
     def customers(key: User, limit: Annotated[int, Query(ge=1, le=200)] = 20) -> S.CustomerList:
         """The customers with the most distinct products (for picking one to look at)."""
         assert state.store is not None
@@ -446,9 +519,9 @@ def create_app(settings: Settings) -> FastAPI:
         return S.CustomerList(items=[S.CustomerOut(customer_id=c, products=n) for c, n in rows])
 
     @app.get("/v1/customers/{customer_id}/history", response_model=S.HistoryResponse, tags=["customers"],
-             responses={404: {"description": "unknown customer"}})
+             responses={**KEYED, **error_responses(404, 422)})
     def history(
-        customer_id: Annotated[str, PathParam(max_length=64)],
+        customer_id: IdPath,
         key: User,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> S.HistoryResponse:
@@ -466,9 +539,9 @@ def create_app(settings: Settings) -> FastAPI:
         return S.HistoryResponse(customer_id=customer_id, known_to_model=known, events=events)
 
     @app.get("/v1/customers/{customer_id}/campaign", response_model=S.CampaignResponse, tags=["customers"],
-             responses={200: {"content": {"text/html": {}}}, 404: {"description": "unknown customer"}})
+             responses={200: {"content": {"text/html": {}}}, **KEYED, **error_responses(404, 422)})
     def campaign(
-        customer_id: Annotated[str, PathParam(max_length=64)],
+        customer_id: IdPath,
         key: User,
         theme: Annotated[str | None, Query(max_length=200, description="e.g. category:NAME;keyword:WORD;max_price:P")]
         = None,
@@ -495,7 +568,8 @@ def create_app(settings: Settings) -> FastAPI:
             return Response(c.html, media_type="text/html; charset=utf-8")
         return _json(S.CampaignResponse.model_validate(c.to_dict(banner=banner)))
 
-    @app.post("/v1/events", response_model=S.EventsAccepted, status_code=201, tags=["customers"])
+    @app.post("/v1/events", response_model=S.EventsAccepted, status_code=201, tags=["customers"],
+              responses={**KEYED, **BODY})
     def events(batch: S.EventBatch, key: User) -> S.EventsAccepted:
         """Store events durably (committed before the response) and fold them in at once."""
         b = state.current()
@@ -525,14 +599,16 @@ def create_app(settings: Settings) -> FastAPI:
 
     # -- admin ------------------------------------------------------------------------------
 
-    @app.get("/admin/models", response_model=S.ModelStatus, tags=["admin"])
+    @app.get("/admin/models", response_model=S.ModelStatus, tags=["admin"], responses=KEYED)
     async def model_status(key: Admin) -> S.ModelStatus:
         """The model being served and the state of the last reload."""
         return state.status()
 
     @app.post("/admin/models/reload", response_model=S.ModelStatus, status_code=202, tags=["admin"],
-              responses={200: {"model": S.ModelStatus}, 409: {"description": "a reload is running"},
-                         422: {"description": "the new model was refused; the old one keeps serving"}})
+              responses={200: {"model": S.ModelStatus}, **KEYED, **BODY, **error_responses(409),
+                         422: {"model": S.ModelStatus | S.ErrorOut,
+                               "description": "Invalid request, or (with wait) the new model was refused: "
+                               "the old one keeps serving."}})
     async def reload(key: Admin, body: S.ReloadRequest | None = None) -> Any:
         """Load the model directory again in the background, validate it, swap it in atomically.
 
@@ -549,7 +625,7 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse(state.status().model_dump(mode="json"), status_code=202)
 
     @app.post("/admin/customers/forget", response_model=S.ForgetResponse, tags=["admin"],
-              responses={409: {"description": "a model reload is running"}})
+              responses={**KEYED, **BODY, **error_responses(409)})
     async def forget(body: S.ForgetRequest, key: Admin) -> Any:
         """Erase customers (a request to be forgotten): their events, customer and rejected rows (the
         store file is rewritten), their rows in the served model directory (reloaded at once) and the

@@ -1,11 +1,27 @@
-"""Request and response bodies of the HTTP API (strict: unknown fields are rejected)."""
+"""Request and response bodies of the HTTP API.
+
+Request bodies are strict: unknown fields, numbers sent as strings or booleans, and booleans sent
+as numbers or strings are refused. Ids (:data:`Id`, in bodies and paths alike) may carry leading
+and trailing ASCII spaces, tabs and line breaks, which are trimmed; an id of only those is refused.
+"""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 MAX_K = 100
 MAX_LIST = 1000
@@ -15,21 +31,77 @@ MAX_SESSION = 200
 MAX_EVENTS = 100
 """Most events per ``POST /v1/events``."""
 
-Id = Annotated[str, Field(min_length=1, max_length=64)]
+PADDING = " \t\n\r\f\v"
+"""Trimmed from both ends of ids (the same characters in every regex engine, unlike \\s)."""
+Id = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"[^ \t\n\r\f\v]"),
+    AfterValidator(lambda s: s.strip(PADDING)),
+]
+"""1-64 characters, at least one of them not padding; the length counts the padding."""
+
+TIME = re.compile(
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?([Zz]|[+-][0-9]{2}:[0-9]{2})?$"
+)
+"""Event times: ISO 8601 date and time, optional seconds and offset ([0-9], not \\d, which is Unicode in Python)."""
+
+
+def _iso_time(value: Any) -> Any:
+    # pydantic alone also takes numbers and digit strings as Unix times ("ts": 0 is 1970).
+    if not isinstance(value, str) or not TIME.match(value):
+        raise ValueError("expected an ISO 8601 date and time, e.g. 2011-12-09T12:50:00Z")
+    return value
+
+
+def _as_utc(ts: datetime | None) -> datetime | None:
+    return ts.replace(tzinfo=timezone.utc) if ts is not None and ts.tzinfo is None else ts
+
+
+UtcTime = Annotated[datetime, AfterValidator(_as_utc)]
+"""A time sent with its offset (the store keeps UTC without a zone)."""
 
 
 class Strict(BaseModel):
+    """Response bodies."""
+
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
-class Filters(Strict):
+class Body(BaseModel):
+    """Request bodies (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class FieldError(Strict):
+    field: str = Field(description="Dotted location, e.g. events.0.ts or query.limit.")
+    message: str
+    type: str
+
+
+class ErrorOut(Strict):
+    detail: str = Field(description="One line saying what was wrong.")
+    errors: list[FieldError] | None = Field(default=None, description="Each invalid field (422 only).")
+
+
+class Filters(Body):
     categories: list[Id] | None = Field(
         default=None, max_length=50, description="Keep only products in one of these categories."
     )
-    max_price: float | None = Field(default=None, ge=0, description="Keep only products priced at most this.")
+    max_price: float | None = Field(
+        default=None, ge=0, strict=True, description="Keep only products priced at most this."
+    )
 
 
-class RecommendationRequest(Strict):
+ONE_SUBJECT = {"oneOf": [
+    {"required": ["customer_id"], "properties": {"customer_id": {"type": "string"}, "product_ids": {"type": "null"}}},
+    {"required": ["product_ids"], "properties": {"product_ids": {"type": "array"}, "customer_id": {"type": "null"}}},
+]}
+"""Exactly one of customer_id or product_ids (the other absent or null)."""
+
+
+class RecommendationRequest(Body):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=ONE_SUBJECT)
+
     customer_id: Id | None = Field(default=None, description="A customer id (known or not).")
     product_ids: list[Id] | None = Field(
         default=None,
@@ -37,18 +109,19 @@ class RecommendationRequest(Strict):
         max_length=MAX_SESSION,
         description="An ad-hoc session (products viewed or bought) for a customer without an id.",
     )
-    k: int = Field(default=10, ge=1, le=MAX_K)
+    k: int = Field(default=10, ge=1, le=MAX_K, strict=True)
     exclude: list[Id] = Field(default_factory=list, max_length=MAX_LIST, description="Never recommend these.")
     candidates: list[Id] | None = Field(
         default=None, min_length=1, max_length=MAX_LIST, description="Recommend only among these."
     )
     filters: Filters | None = None
-    exclude_seen: bool = Field(default=True, description="Leave out products already in the history.")
-    explain: bool = Field(default=False, description="Add the reasons for each product.")
+    exclude_seen: bool = Field(default=True, strict=True, description="Leave out products already in the history.")
+    explain: bool = Field(default=False, strict=True, description="Add the reasons for each product.")
     diversity: float = Field(
         default=0.0,
         ge=0.0,
         le=1.0,
+        strict=True,
         description="Re-rank for variety: 0 keeps the model's order; higher values trade relevance for "
         "products less alike (in the model's product space, else by shared customers).",
     )
@@ -123,7 +196,7 @@ class HistoryEvent(Strict):
     product_id: str
     title: str | None
     event_type: str
-    ts: datetime | None
+    ts: UtcTime | None
     quantity: float | None
 
 
@@ -165,19 +238,20 @@ class CustomerList(Strict):
     items: list[CustomerOut]
 
 
-class EventIn(Strict):
-    event_id: Annotated[str, Field(min_length=1, max_length=64)] | None = Field(
+class EventIn(Body):
+    event_id: Id | None = Field(
         default=None, description="Idempotency key: an event re-sent with the same id is stored once."
     )
     customer_id: Id
     product_id: Id
     event_type: Literal["view", "cart", "purchase"]
-    ts: datetime | None = Field(
-        default=None, description="When it happened (default: now; times without a zone are UTC)."
+    ts: Annotated[datetime, BeforeValidator(_iso_time), WithJsonSchema({"type": "string", "pattern": TIME.pattern})] \
+        | None = Field(
+        default=None,
+        description="When it happened, ISO 8601 (default: now; times without an offset are UTC; 1970-2100).",
     )
-    quantity: float | None = Field(default=None, gt=0, le=1e6)
-    price: float | None = Field(default=None, ge=0, le=1e7)
-
+    quantity: float | None = Field(default=None, gt=0, le=1e6, strict=True)
+    price: float | None = Field(default=None, ge=0, le=1e7, strict=True)
 
     @field_validator("ts")
     @classmethod
@@ -193,7 +267,7 @@ class EventIn(Strict):
         return utc
 
 
-class EventBatch(Strict):
+class EventBatch(Body):
     events: list[EventIn] = Field(min_length=1, max_length=MAX_EVENTS)
 
 
@@ -214,8 +288,10 @@ class ModelStatus(Strict):
     last_error: str | None
 
 
-class ReloadRequest(Strict):
-    wait: bool = Field(default=False, description="Answer when the reload has finished (else 202 at once).")
+class ReloadRequest(Body):
+    wait: bool = Field(
+        default=False, strict=True, description="Answer when the reload has finished (else 202 at once)."
+    )
 
 
 class ForgetRequest(Strict):

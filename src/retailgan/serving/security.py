@@ -1,4 +1,5 @@
-"""API keys (stored hashed, compared in constant time) and per-key token-bucket rate limits.
+"""API keys (stored hashed, compared in constant time) and token-bucket rate limits (per key, and
+per client address for requests without a valid key).
 
 Keys are random tokens made by :func:`new_key` (32 random bytes, url-safe base64), so a single
 sha256 is enough to store them: unlike passwords they cannot be guessed from a dictionary, and a
@@ -145,11 +146,12 @@ class TokenBucket:
 
 
 class RateLimiter:
-    """One token bucket per key name."""
+    """One token bucket per name (a key name, or a client address); at most ``max_names`` buckets,
+    the oldest dropped first (a dropped name starts again with a full bucket)."""
 
-    def __init__(self, rate: float, burst: float) -> None:
+    def __init__(self, rate: float, burst: float, max_names: int | None = None) -> None:
         TokenBucket(rate, burst)  # validate now, not on the first request
-        self.rate, self.burst = rate, burst
+        self.rate, self.burst, self.max_names = rate, burst, max_names
         self._buckets: dict[str, TokenBucket] = {}
         self._lock = threading.Lock()
 
@@ -158,6 +160,8 @@ class RateLimiter:
         bucket = self._buckets.get(name)
         if bucket is None:
             with self._lock:
+                if self.max_names is not None and len(self._buckets) >= self.max_names:
+                    self._buckets.pop(next(iter(self._buckets)))
                 bucket = self._buckets.setdefault(name, TokenBucket(self.rate, self.burst))
         wait = bucket.take()
         return 0 if wait == 0.0 else max(1, math.ceil(wait))

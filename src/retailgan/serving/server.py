@@ -1,7 +1,15 @@
-"""Run the service under uvicorn (``retailgan serve``)."""
+"""Run the service under uvicorn (``retailgan serve``), with limits on request heads.
+
+uvicorn's httptools protocol (what ``uvicorn[standard]`` picks) sets no limit on the request
+line or the header block: a 64 MB header is read into memory in full before the app sees it.
+:class:`LimitedHttpProtocol` refuses a request line over :data:`MAX_REQUEST_LINE` bytes with 414
+and a head (request line and headers) over :data:`MAX_HEAD` bytes with 431, and closes the
+connection without reading the rest.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -10,10 +18,16 @@ from retailgan.serving.settings import Settings
 
 log = logging.getLogger("retailgan.serving")
 
+MAX_REQUEST_LINE = 8 * 1024
+"""Longest request target (path and query string), in bytes."""
+MAX_HEAD = 32 * 1024
+"""Longest request head (request line and all headers), in bytes."""
+
 
 def check_serving_extra() -> None:
     try:
         import fastapi  # noqa: F401
+        import httptools  # noqa: F401
         import prometheus_client  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as exc:
@@ -51,7 +65,88 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000, work
     if not settings.auth:
         log.warning("serving WITHOUT API keys (--no-auth): anyone who can reach %s:%d can call every endpoint",
                     host, port)
-    uvicorn.run(create_app(settings), host=host, port=port, workers=1, log_level="warning", access_log=False)
+    uvicorn.run(create_app(settings), host=host, port=port, workers=1, log_level="warning", access_log=False,
+                http=limited_http_protocol())
+
+
+def limited_http_protocol() -> type:
+    """uvicorn's httptools protocol with the request-line and head limits (see the module docstring)."""
+    from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+    class LimitedHttpProtocol(HttpToolsProtocol):
+        max_request_line = MAX_REQUEST_LINE
+        max_head = MAX_HEAD
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._chunk = 0
+            # Bytes received since the chunk holding the current request's first byte (an upper
+            # bound of its head so far: that chunk may end the previous request); None once the
+            # headers are complete.
+            self._head: int | None = None
+            self._refusal: tuple[int, str] | None = None
+
+        def data_received(self, data: bytes) -> None:
+            if self._refusal is not None:
+                return
+            self._chunk = len(data)
+            if self._head is not None:
+                self._head += len(data)
+            super().data_received(data)
+            if self._refusal is None and self._head is not None and self._head > self.max_head:
+                self._refuse(431, f"request headers larger than {self.max_head} bytes")
+            if self._refusal is not None:
+                self._send_refusal()
+
+        def _refuse(self, status: int, message: str) -> None:
+            if self._refusal is None:
+                self._refusal = (status, message)
+
+        def _send_refusal(self) -> None:
+            assert self._refusal is not None
+            status, message = self._refusal
+            if self.transport.is_closing():
+                return
+            client = f"{self.client[0]}:{self.client[1]}" if self.client else "client"
+            log.warning("%s: refused with %d: %s", client, status, message)
+            body = json.dumps({"detail": message}).encode()
+            self.transport.write(b"".join([
+                STATUS_LINE[status], b"content-type: application/json\r\n",
+                b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body), body]))
+            self.transport.close()
+
+        # Parser callbacks: once a request is refused, nothing more is buffered or dispatched.
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._head = self._chunk
+
+        def on_url(self, url: bytes) -> None:
+            if self._refusal is None and len(self.url) + len(url) > self.max_request_line:
+                self._refuse(414, f"request line longer than {self.max_request_line} bytes")
+            if self._refusal is None:
+                super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            if self._refusal is None:
+                super().on_header(name, value)
+
+        def on_headers_complete(self) -> None:
+            self._head = None
+            size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
+            if size > self.max_head:  # exact, for a head that arrived whole in one chunk
+                self._refuse(431, f"request headers larger than {self.max_head} bytes")
+            if self._refusal is None:
+                super().on_headers_complete()
+
+        def on_body(self, body: bytes) -> None:
+            if self._refusal is None:
+                super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            if self._refusal is None:
+                super().on_message_complete()
+
+    return LimitedHttpProtocol
 
 
 def wait_ready(proc: Any, port: int, timeout_s: float, poll_s: float = 0.1) -> None:

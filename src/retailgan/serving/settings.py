@@ -22,6 +22,10 @@ class Settings(BaseModel):
     auth: bool = Field(default=True, description="False serves without keys (local experiments only).")
     rate_limit: float = Field(default=50.0, gt=0, description="Requests per second per key (token refill).")
     rate_burst: int = Field(default=100, ge=1, description="Token bucket size per key.")
+    anon_rate_limit: float = Field(
+        default=5.0, gt=0, description="Requests per second per client address without a valid key (401/403)."
+    )
+    anon_rate_burst: int = Field(default=20, ge=1, description="Token bucket size per client address without a key.")
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, description="Larger request bodies get 413.")
     as_of: str | None = Field(
         default=None,
