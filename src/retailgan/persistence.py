@@ -114,7 +114,7 @@ def check_arrays(arrays: dict[str, np.ndarray]) -> None:
             flat = a.ravel()
             bad = int(np.flatnonzero(~np.isfinite(flat))[0])
             where = tuple(int(i) for i in np.unravel_index(bad, a.shape)) if a.ndim > 1 else bad
-            raise ModelFileError(f"{key}: entry {where} is {flat[bad]} (weights must be finite)")
+            raise ModelFileError(f"{key}: entry {where} is {flat[bad]} (not finite)")
 
 
 def _json_nan(x: float) -> float | None:

@@ -107,11 +107,12 @@ class ServiceState:
     def stop(self) -> None:
         if self.store is not None:
             self.store.close()
+            self.store = None
 
     @property
     def started(self) -> bool:
-        """:meth:`start` succeeded (the model is loaded last)."""
-        return self.bundle is not None
+        """:meth:`start` succeeded (the model is loaded last) and :meth:`stop` has not run since."""
+        return self.store is not None and self.bundle is not None
 
     def load_bundle(self, path: Path) -> ModelBundle:
         """Load a model directory and check it against the store's catalogue; a model that follows
