@@ -3,6 +3,11 @@
 Loading needs neither the training data nor pickle: arrays come from safetensors, everything else
 from JSON. A directory is written to a temporary sibling first and renamed into place, so a
 crash never leaves a half-written model where a server might load it.
+
+Everything read is checked before it is used (:func:`load_model`): each array's dtype and shape
+against what the model saves and its id maps, every float array finite, sparse offsets monotone
+and indices in range (scipy and torch index without bounds checks, so a corrupt index would read
+out of bounds). A file that fails raises :class:`ModelFileError` naming the file and the array.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from safetensors.numpy import load_file, save_file
 
 from retailgan import __version__
 from retailgan.data.dataset import ItemInfo, Vocabulary
-from retailgan.errors import ModelFileError
+from retailgan.errors import ModelFileError, RetailganError
 
 FORMAT_VERSION = 1
 META_FILE = "model.json"
@@ -38,11 +43,78 @@ def _csr_arrays(prefix: str, m: sp.csr_matrix) -> dict[str, np.ndarray]:
     }
 
 
-def _csr_from(prefix: str, arrays: dict[str, np.ndarray], shape: tuple[int, int]) -> sp.csr_matrix:
-    return sp.csr_matrix(
-        (arrays.pop(f"{prefix}.data"), arrays.pop(f"{prefix}.indices"), arrays.pop(f"{prefix}.indptr")),
-        shape=shape,
-    )
+# -- checks of the arrays read from a model file ---------------------------------------------------
+# Each check reads every entry once: O(total array size), the same order as reading the file.
+
+SAVED_DTYPES = frozenset(np.dtype(t) for t in (np.float32, np.float64, np.int64, np.uint8))
+"""The dtypes retailgan writes; anything else (float16, int32, bool, ...) is a foreign or corrupt file."""
+
+
+def _shape_text(shape: tuple[int | None, ...]) -> str:
+    return "(" + ", ".join("any" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def take(arrays: dict[str, np.ndarray], key: str, dtype: Any, shape: tuple[int | None, ...]) -> np.ndarray:
+    """``arrays[key]``, checked against the dtype and shape the model saves (None: any length).
+
+    Raises :class:`ModelFileError` ("<key>: ...") when missing or different."""
+    if key not in arrays:
+        raise ModelFileError(f"{key}: missing")
+    a = arrays[key]
+    if a.dtype != np.dtype(dtype):
+        raise ModelFileError(f"{key}: dtype {a.dtype}, expected {np.dtype(dtype)}")
+    if a.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, a.shape, strict=True)):
+        raise ModelFileError(f"{key}: shape {a.shape}, expected {_shape_text(shape)}")
+    return a
+
+
+def check_indices(a: np.ndarray, key: str, n: int) -> None:
+    """Every entry of the integer array ``a`` is an index in ``[0, n)``."""
+    if a.size and (int(a.min()) < 0 or int(a.max()) >= n):
+        bad = int(np.flatnonzero((a < 0) | (a >= n))[0])
+        raise ModelFileError(f"{key}: entry {bad} is {int(a[bad])}, outside [0, {n})")
+
+
+def check_offsets(indptr: np.ndarray, key: str, total: int) -> None:
+    """CSR-style row offsets: start at 0, never decrease, end at ``total`` (the entries' count)."""
+    if indptr[0] != 0:
+        raise ModelFileError(f"{key}: starts at {int(indptr[0])}, expected 0")
+    step = np.diff(indptr)
+    if (step < 0).any():
+        bad = int(np.flatnonzero(step < 0)[0]) + 1
+        raise ModelFileError(f"{key}: decreases at entry {bad} ({int(indptr[bad - 1])} -> {int(indptr[bad])})")
+    if indptr[-1] != total:
+        raise ModelFileError(f"{key}: ends at {int(indptr[-1])}, expected {total} (the number of entries)")
+
+
+def check_nonnegative(a: np.ndarray, key: str) -> None:
+    """Counts (popularity, recent sales) are >= 0 (negative ones turn ``log1p`` into NaN)."""
+    if a.size and (a < 0).any():
+        bad = int(np.flatnonzero(a.ravel() < 0)[0])
+        raise ModelFileError(f"{key}: entry {bad} is {a.ravel()[bad]}, expected a count >= 0")
+
+
+def take_csr(arrays: dict[str, np.ndarray], prefix: str, shape: tuple[int, int]) -> sp.csr_matrix:
+    """The sparse matrix saved as ``prefix.data`` / ``.indices`` / ``.indptr``, checked in full
+    before scipy sees it (scipy trusts the offsets and indices it is given)."""
+    indptr = take(arrays, f"{prefix}.indptr", np.int64, (shape[0] + 1,))
+    indices = take(arrays, f"{prefix}.indices", np.int64, (None,))
+    data = take(arrays, f"{prefix}.data", np.float32, (len(indices),))
+    check_offsets(indptr, f"{prefix}.indptr", len(indices))
+    check_indices(indices, f"{prefix}.indices", shape[1])
+    return sp.csr_matrix((data, indices, indptr), shape=shape)
+
+
+def check_arrays(arrays: dict[str, np.ndarray]) -> None:
+    """What holds for every array of every model: a dtype retailgan saves, finite floats."""
+    for key, a in arrays.items():
+        if a.dtype not in SAVED_DTYPES:
+            raise ModelFileError(f"{key}: dtype {a.dtype} is not one retailgan saves")
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            flat = a.ravel()
+            bad = int(np.flatnonzero(~np.isfinite(flat))[0])
+            where = tuple(int(i) for i in np.unravel_index(bad, a.shape)) if a.ndim > 1 else bad
+            raise ModelFileError(f"{key}: entry {where} is {flat[bad]} (not finite)")
 
 
 def _json_nan(x: float) -> float | None:
@@ -128,37 +200,54 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 
 
 def load_model(path: str | Path) -> Any:
-    """Load a recommender saved by :func:`save_model`."""
-    from retailgan.models.registry import get_model_class
-
+    """Load a recommender saved by :func:`save_model`; every array is checked first (module
+    docstring). Raises :class:`ModelFileError` naming the file (and array) for any defect."""
     path = Path(path)
     meta = read_meta(path)
-    cls = get_model_class(meta["model"])
+    meta_path, arrays_path = path / META_FILE, path / ARRAYS_FILE
     try:
-        arrays = load_file(str(path / ARRAYS_FILE))
+        model = _model_from_meta(meta)
+    except (RetailganError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ModelFileError(f"{meta_path}: {detail}") from None
+    try:
+        arrays = load_file(str(arrays_path))
     except FileNotFoundError:
-        raise ModelFileError(f"{path / ARRAYS_FILE}: missing") from None
+        raise ModelFileError(f"{arrays_path}: missing") from None
     except Exception as exc:  # safetensors raises its own error types on corrupt headers
-        raise ModelFileError(f"{path / ARRAYS_FILE}: corrupt ({exc})") from None
+        raise ModelFileError(f"{arrays_path}: corrupt ({exc})") from None
+    try:
+        check_arrays(arrays)
+        n_users, n_items = len(model.users), len(model.items)
+        model.seen = take_csr(arrays, "_seen", (n_users, n_items))
+        model.popularity = take(arrays, "_popularity", np.float32, (n_items,))
+        check_nonnegative(model.popularity, "_popularity")
+        model._load_state({k: v for k, v in arrays.items() if not k.startswith(("_seen.", "_popularity"))})
+    except ModelFileError as exc:
+        raise ModelFileError(f"{arrays_path}: {exc}") from None
+    except Exception as exc:  # anything else a file that passed the checks can still raise
+        raise ModelFileError(f"{path}: inconsistent model files ({type(exc).__name__}: {exc})") from None
+    return model
+
+
+def _model_from_meta(meta: dict[str, Any]) -> Any:
+    """An unfitted model with the config, id maps, catalogue and extras of ``meta``."""
+    from retailgan.models.registry import get_model_class
+
+    cls = get_model_class(meta["model"])
     model = cls(cls.config_class.from_dict(meta["config"]))
     model.users = Vocabulary(meta["user_ids"])
     model.items = Vocabulary(meta["item_ids"])
     info = meta["item_info"]
+    model.item_info = ItemInfo(
+        titles=np.asarray(info["titles"], dtype=object),
+        categories=np.asarray(info["categories"], dtype=object),
+        prices=np.asarray([np.nan if p is None else p for p in info["prices"]], dtype=np.float64),
+    )
     n_items = len(model.items)
-    try:
-        model.item_info = ItemInfo(
-            titles=np.asarray(info["titles"], dtype=object),
-            categories=np.asarray(info["categories"], dtype=object),
-            prices=np.asarray([np.nan if p is None else p for p in info["prices"]], dtype=np.float64),
-        )
-        model.seen = _csr_from("_seen", arrays, (len(model.users), n_items))
-        model.popularity = arrays.pop("_popularity")
-    except (KeyError, ValueError) as exc:
-        raise ModelFileError(f"{path}: inconsistent model files ({exc})") from None
-    if len(model.item_info.titles) != n_items or model.popularity.shape != (n_items,):
-        raise ModelFileError(f"{path}: item metadata does not match the {n_items} item ids")
+    if any(len(a) != n_items for a in (model.item_info.titles, model.item_info.categories, model.item_info.prices)):
+        raise ModelFileError(f"item_info does not match the {n_items} item ids")
     model.fit_seconds = float(meta.get("fit_seconds", 0.0))
     if hasattr(model, "_load_extra_meta"):
         model._load_extra_meta(meta.get("extra", {}))
-    model._load_state(arrays)
     return model

@@ -8,6 +8,7 @@ import shutil
 import pytest
 from fastapi.testclient import TestClient
 
+from retailgan.data.store import Store
 from retailgan.models.base import TrainingOptions
 from retailgan.models.registry import MODELS, get_model_class
 from retailgan.serving import Settings, create_app
@@ -24,7 +25,11 @@ def test_registered_model_serves_every_path(name, built, tmp_path):
     model = get_model_class(name)(**FAST_CONFIGS[name]).fit(ds, TrainingOptions(seed=0))
     model_dir = model.save(tmp_path / name)
     store = tmp_path / "shop.duckdb"
-    shutil.copy(built["store"], store)  # catalogue and event log; the model's items need not be in it
+    shutil.copy(built["store"], store)
+    with Store.open(store) as st, st.transaction() as con:  # the service serves catalogue products only
+        info = ds.item_info
+        for item, title, category, price in zip(ds.items.ids, info.titles, info.categories, info.prices, strict=True):
+            con.execute("INSERT INTO items VALUES (?, ?, ?, ?)", [str(item), title, category, float(price)])
     app = create_app(Settings(model_dir=model_dir, store=store, keys_file=built["keys"]))
     with TestClient(app) as c:
         user = "u0_1"

@@ -12,6 +12,7 @@ import torch
 from retailgan.data.dataset import InteractionDataset
 from retailgan.errors import ConfigError
 from retailgan.models.base import IterativeRecommender, ModelConfig, Recommender, TrainingOptions, clear_rows
+from retailgan.persistence import take, take_csr
 
 
 def _feedback(dataset: InteractionDataset, kind: str) -> sp.csr_matrix:
@@ -83,6 +84,11 @@ class _ItemItem(Recommender):
     def _forget_rows(self, user_idx: np.ndarray) -> None:
         if getattr(self, "_feedback_matrix", None) is not None:
             self._feedback_matrix = clear_rows(self._feedback_matrix, user_idx)
+
+    def _load_feedback(self, arrays: dict[str, np.ndarray]) -> None:
+        """The weighted feedback matrix saved as ``F.*`` (only non-binary feedback saves one)."""
+        if self.config.feedback != "binary":  # type: ignore[attr-defined]
+            self._feedback_matrix = take_csr(arrays, "F", (self.n_users, self.n_items))
 
     @property
     def _train_matrix(self) -> sp.csr_matrix:
@@ -160,12 +166,8 @@ class ItemKNN(_ItemItem):
         return state
 
     def _load_state(self, arrays: dict[str, np.ndarray]) -> None:
-        n = self.n_items
-        self.W = sp.csr_matrix((arrays["W.data"], arrays["W.indices"], arrays["W.indptr"]), shape=(n, n))
-        if "F.data" in arrays:
-            self._feedback_matrix = sp.csr_matrix(
-                (arrays["F.data"], arrays["F.indices"], arrays["F.indptr"]), shape=(self.n_users, n)
-            )
+        self.W = take_csr(arrays, "W", (self.n_items, self.n_items))
+        self._load_feedback(arrays)
 
 
 @dataclass(frozen=True)
@@ -208,13 +210,8 @@ class EASE(_ItemItem):
         return state
 
     def _load_state(self, arrays: dict[str, np.ndarray]) -> None:
-        self.W = arrays["W"]
-        if self.W.shape != (self.n_items, self.n_items):
-            raise ConfigError(f"ease: weight matrix has shape {self.W.shape}, expected {(self.n_items,) * 2}")
-        if "F.data" in arrays:
-            self._feedback_matrix = sp.csr_matrix(
-                (arrays["F.data"], arrays["F.indices"], arrays["F.indptr"]), shape=(self.n_users, self.n_items)
-            )
+        self.W = take(arrays, "W", np.float32, (self.n_items, self.n_items))
+        self._load_feedback(arrays)
 
 
 # -- matrix factorisation ------------------------------------------------------------------------
@@ -226,6 +223,8 @@ class _Factorised(IterativeRecommender):
     user_factors: np.ndarray
     item_factors: np.ndarray
     item_bias: np.ndarray | None = None
+    saves_bias: bool = False
+    """Whether the model has (and saves) an item bias."""
 
     def score_users(self, user_idx: np.ndarray) -> np.ndarray:
         s = self.user_factors[np.asarray(user_idx, dtype=np.int64)] @ self.item_factors.T
@@ -244,11 +243,10 @@ class _Factorised(IterativeRecommender):
         return {k: np.array(v, dtype=np.float32) for k, v in state.items()}
 
     def _load_state(self, arrays: dict[str, np.ndarray]) -> None:
-        self.user_factors = arrays["user_factors"]
-        self.item_factors = arrays["item_factors"]
-        self.item_bias = arrays.get("item_bias")
-        if self.user_factors.shape[0] != self.n_users or self.item_factors.shape[0] != self.n_items:
-            raise ConfigError("factor matrices do not match the id maps")
+        f = self.config.factors  # type: ignore[attr-defined]
+        self.user_factors = take(arrays, "user_factors", np.float32, (self.n_users, f))
+        self.item_factors = take(arrays, "item_factors", np.float32, (self.n_items, f))
+        self.item_bias = take(arrays, "item_bias", np.float32, (self.n_items,)) if self.saves_bias else None
 
 
 @dataclass(frozen=True)
@@ -333,6 +331,7 @@ class BPR(_Factorised):
 
     name = "bpr"
     config_class = BPRConfig
+    saves_bias = True
 
     @staticmethod
     def search_space(trial: Any) -> dict[str, Any]:

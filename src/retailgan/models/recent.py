@@ -23,6 +23,7 @@ import scipy.sparse as sp
 from retailgan.data.dataset import InteractionDataset, Vocabulary
 from retailgan.errors import ConfigError, ModelFileError
 from retailgan.models.base import ModelConfig, Recommender, TrainingOptions
+from retailgan.persistence import check_nonnegative, take
 
 BASE_PREFIX = "base."
 
@@ -166,11 +167,10 @@ class RecentSalesBlend(Recommender):
         base.seen, base.popularity, base.fit_seconds = self.seen, self.popularity, self.fit_seconds
         if hasattr(base, "_load_extra_meta"):
             base._load_extra_meta(getattr(self, "_base_extra", {}))
-        base._load_state({k[len(BASE_PREFIX) :]: v for k, v in arrays.items() if k.startswith(BASE_PREFIX)})
         try:
-            self._recent = np.asarray(arrays["recent"], np.float64)
-        except KeyError:
-            raise ModelFileError("recent: missing array 'recent'") from None
-        if self._recent.shape != (self.n_items,):
-            raise ModelFileError(f"recent: {self._recent.shape[0]} recent counts for {self.n_items} products")
+            base._load_state({k[len(BASE_PREFIX) :]: v for k, v in arrays.items() if k.startswith(BASE_PREFIX)})
+        except ModelFileError as exc:  # name the array as it is in the file
+            raise ModelFileError(f"{BASE_PREFIX}{exc}") from None
+        self._recent = take(arrays, "recent", np.float64, (self.n_items,))
+        check_nonnegative(self._recent, "recent")
         self.base_model = base

@@ -115,11 +115,19 @@ class ServiceState:
     def stop(self) -> None:
         if self.store is not None:
             self.store.close()
+            self.store = None
+
+    @property
+    def started(self) -> bool:
+        """:meth:`start` succeeded (the model is loaded last) and :meth:`stop` has not run since."""
+        return self.store is not None and self.bundle is not None
 
     def load_bundle(self, path: Path) -> ModelBundle:
-        """Load a model directory; a model that follows recent sales (featgan ``trend_days``)
-        gets them from the store, as of its latest event, instead of the training snapshot."""
+        """Load a model directory and check it against the store's catalogue; a model that follows
+        recent sales (featgan ``trend_days``) gets them from the store, as of its latest event,
+        instead of the training snapshot."""
         bundle = ModelBundle.load(path)
+        bundle.check_catalogue(self.catalogue, self.settings.store)
         if bundle.trend_days and self.store is not None:
             bundle.set_recent_sales(self.store.recent_buyers(bundle.trend_days, parse_as_of(self.settings.as_of)))
         return bundle
@@ -366,7 +374,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await anyio.to_thread.run_sync(state.start)
+        if not state.started:  # `retailgan serve` starts it before binding, to exit 2 on a bad model
+            await anyio.to_thread.run_sync(state.start)
         try:
             yield
         finally:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -140,6 +140,17 @@ class ModelBundle:
             popularity=np.asarray(model.popularity, dtype=np.float64),
             category_index={c: np.asarray(v, dtype=np.int64) for c, v in index.items()},
         )
+
+    def check_catalogue(self, catalogue: Collection[str], store: Path) -> None:
+        """Refuse a model with products that are not in the store's catalogue (a model of another
+        store or shop): the service would recommend products it cannot describe or record."""
+        foreign = [str(i) for i in self.model.items.ids if str(i) not in catalogue]
+        if foreign:
+            shown = ", ".join(repr(i) for i in foreign[:5])
+            raise ModelFileError(
+                f"{self.path}: {len(foreign)} of the model's {self.model.n_items} products are not in the "
+                f"catalogue of {store} (e.g. {shown}); was it trained on another store?"
+            )
 
     # -- scoring ------------------------------------------------------------------------------
 

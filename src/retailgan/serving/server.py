@@ -65,7 +65,11 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000, work
     if not settings.auth:
         log.warning("serving WITHOUT API keys (--no-auth): anyone who can reach %s:%d can call every endpoint",
                     host, port)
-    uvicorn.run(create_app(settings), host=host, port=port, workers=1, log_level="warning", access_log=False,
+    app = create_app(settings)
+    # Open the store and load and check the model now: a corrupt model, or one of another store,
+    # is one clear error (exit 2) instead of a failed uvicorn start-up.
+    app.state.service.start()
+    uvicorn.run(app, host=host, port=port, workers=1, log_level="warning", access_log=False,
                 http=limited_http_protocol())
 
 

@@ -11,7 +11,7 @@ import torch
 
 from retailgan.data.dataset import InteractionDataset
 from retailgan.data.splits import split
-from retailgan.errors import ConfigError
+from retailgan.errors import ConfigError, ModelFileError
 from retailgan.evaluation import evaluate
 from retailgan.models.base import TrainingOptions
 from retailgan.models.gan import cfgan as cfgan_module
@@ -191,7 +191,7 @@ def test_state_keys_are_generator_parameters():
     model = CFGAN(**{**FAST, "epochs": 1}).fit(ds, TrainingOptions(seed=0))
     assert sorted(model._state()) == ["G.0.bias", "G.0.weight", "G.2.bias", "G.2.weight"]
     bad = {k: v[:-1] for k, v in model._state().items()}
-    with pytest.raises(ConfigError, match="does not match"):
+    with pytest.raises(ModelFileError, match=r"G\.0\.weight: shape \(31, 12\), expected \(32, 12\)"):
         model._load_state(bad)
 
 

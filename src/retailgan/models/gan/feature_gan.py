@@ -106,12 +106,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from retailgan.data.dataset import InteractionDataset, ItemInfo, Vocabulary
-from retailgan.errors import ConfigError, ModelFileError
+from retailgan.errors import ConfigError
 from retailgan.features.space import FeatureSpace, FeatureSpaceConfig
 from retailgan.index.topk import ExactIndex, TopKIndex, make_index
 from retailgan.models.base import IterativeRecommender, ModelConfig, Recommendations, TrainingOptions
 from retailgan.models.diversify import dpp, mmr
+from retailgan.models.gan.state import load_module_arrays
 from retailgan.models.recent import item_counts
+from retailgan.persistence import check_indices, check_nonnegative, check_offsets, take
 
 LOSSES = ("hinge", "bce")
 MERGES = ("max", "calibrated")
@@ -1297,21 +1299,17 @@ class FeatureGAN(IterativeRecommender):
         meta = getattr(self, "_space_meta", None)
         if meta is not None:  # loading from files; during training the fitted space is kept
             self.space = FeatureSpace.restore(meta, arrays, "features")
-        try:
-            self.X = np.asarray(arrays["X"], np.float32)
-            self._hist_indptr = np.asarray(arrays["hist.indptr"], np.int64)
-            self._hist_items = np.asarray(arrays["hist.items"], np.int64)
-            if cfg.trend_days:
-                self._recent = np.asarray(arrays["trend.recent"], np.float64)
-                self._cold_items = np.asarray(arrays["trend.cold"]).astype(bool)
-        except KeyError as exc:
-            raise ModelFileError(f"featgan: missing array {exc}") from None
-        nets = _Nets(self.X.shape[1], len(self.X), cfg)
-        state = {k[5:]: torch.tensor(np.asarray(v)) for k, v in arrays.items() if k.startswith("nets.")}
-        try:
-            nets.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise ModelFileError(f"featgan: saved networks do not match the config ({exc})") from None
+        self.X = take(arrays, "X", np.float32, (self.n_items, None))
+        # Time-ordered histories: offsets and product indices checked like any sparse matrix.
+        self._hist_indptr = take(arrays, "hist.indptr", np.int64, (self.n_users + 1,))
+        self._hist_items = take(arrays, "hist.items", np.int64, (None,))
+        check_offsets(self._hist_indptr, "hist.indptr", len(self._hist_items))
+        check_indices(self._hist_items, "hist.items", self.n_items)
+        if cfg.trend_days:
+            self._recent = take(arrays, "trend.recent", np.float64, (self.n_items,))
+            check_nonnegative(self._recent, "trend.recent")
+            self._cold_items = take(arrays, "trend.cold", np.uint8, (self.n_items,)).astype(bool)
+        nets = load_module_arrays(_Nets(self.X.shape[1], len(self.X), cfg), arrays, "nets", "featgan")
         nets.eval()
         self.nets = nets
         self._invalidate()

@@ -41,7 +41,7 @@ from torch import nn
 
 from retailgan import distributed
 from retailgan.data.dataset import InteractionDataset
-from retailgan.errors import ConfigError
+from retailgan.errors import ConfigError, ModelFileError
 from retailgan.models.base import IterativeRecommender, ModelConfig, TrainingOptions
 from retailgan.models.gan.cfgan import _torch_settings, sample_unobserved
 from retailgan.models.gan.state import load_module_arrays, module_arrays
@@ -49,6 +49,8 @@ from retailgan.models.gan.state import load_module_arrays, module_arrays
 BASES = ("frozen", "finetune", "none")
 LOSSES = ("hinge", "bce")
 SCORE_BATCH = 1024
+MAX_LOG_SCALE = 80.0
+"""exp(88.7) overflows float32; a trained scale is near exp(0)."""
 
 
 @dataclass(frozen=True)
@@ -376,4 +378,7 @@ class ResGAN(IterativeRecommender):
     def _load_state(self, arrays: dict[str, np.ndarray]) -> None:
         self._cfg.validate()
         G = load_module_arrays(self._build(), arrays, "G", "resgan")
+        log_scale = float(G.log_scale.detach())
+        if log_scale > MAX_LOG_SCALE:  # exp() of it would overflow float32: every score inf
+            raise ModelFileError(f"G.log_scale: {log_scale:g} is over {MAX_LOG_SCALE:g} (exp overflows)")
         self.G = G.to(self._device)
