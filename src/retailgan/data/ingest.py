@@ -355,6 +355,8 @@ def ingest(
     if fmt not in FORMATS:
         raise IngestError(f"unknown format {fmt!r}; expected one of: {', '.join(FORMATS)}",
                           path=source_path)
+    store_file = Path(store_path)
+    check_writable(store_file)  # before reading a possibly large source
     spec = _resolve_inputs(fmt, Path(source_path), catalogue)
     mapping = _check_mapping(fmt, mapping, catalogue_mapping, spec)
     inputs = [_digest(p, role) for role, p in spec.files()]
@@ -382,8 +384,6 @@ def ingest(
         "options": opts.model_dump(mode="json", exclude_defaults=True),
     }
 
-    store_file = Path(store_path)
-    check_writable(store_file)
     created = not store_file.exists()
     try:
         with _store_failures(store_file), Store.open(store_file, create=True) as store:
@@ -406,7 +406,7 @@ def ingest(
                         duration_s=round(time.perf_counter() - t0, 3),
                         **base,
                     )
-            with _session(con):
+            with _session(con), _lazy_read_errors(spec):
                 with _step(f"read and stage {spec.main.name}"):
                     prep = _PREPARE[fmt](con, spec, mapping, catalogue_mapping or {}, opts)
                 with _step("validate types"):
@@ -419,6 +419,29 @@ def ingest(
                     p.unlink(missing_ok=True)
         raise
     return report
+
+
+@contextmanager
+def _lazy_read_errors(spec: _Spec) -> Iterator[None]:
+    """Name the Parquet input in a DuckDB error raised while staging or writing.
+
+    A Parquet source is a view that DuckDB decodes lazily (an extra full scan to validate it
+    up front would cost ~10 % of a large ingest), so a corrupt page ("Snappy decompression
+    failure", "Out of buffer") fails whichever statement first reads it. With a Parquet input,
+    any DuckDB error that is not a store write failure is taken as that file's.
+    """
+    try:
+        yield
+    except duckdb.Error as exc:
+        parquet = [p for _, p in spec.files() if _kind(p)[0] == "parquet"]
+        if not parquet or write_failure(spec.main, exc) is not None:
+            raise
+        msg = str(exc)
+        path = next((p for p in parquet if str(p) in msg), parquet[0])
+        first = re.sub(r"^([A-Za-z]+ )*Error: ", "", msg.splitlines()[0] if msg else "")
+        first = re.sub(r'^Failed to read file "[^"]*": ', "", first)
+        raise IngestError(f"corrupt Parquet data ({first or type(exc).__name__})",
+                          path=path) from exc
 
 
 @contextmanager

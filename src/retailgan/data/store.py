@@ -144,8 +144,9 @@ class Store:
             _check_duckdb_file(p)
         elif read_only or not create:
             raise StoreError(f"{p}: no such store (run `retailgan ingest` to create one)")
-        elif not p.parent.exists():
-            raise StoreError(f"{p}: folder {p.parent} does not exist")
+        elif not p.parent.is_dir():
+            what = "is a file, not a folder" if p.parent.exists() else "does not exist"
+            raise StoreError(f"{p}: folder {p.parent} {what}")
         try:
             con = duckdb.connect(str(p), read_only=read_only)
         except duckdb.Error as exc:
