@@ -439,7 +439,7 @@ def _lazy_read_errors(spec: _Spec) -> Iterator[None]:
         msg = str(exc)
         path = next((p for p in parquet if str(p) in msg), parquet[0])
         first = re.sub(r"^([A-Za-z]+ )*Error: ", "", msg.splitlines()[0] if msg else "")
-        first = re.sub(r'^Failed to read file "[^"]*": ', "", first)
+        first = re.sub(r'^Failed to read file "[^"]*": ', "", first).replace(f' "{path}"', "")
         raise IngestError(f"corrupt Parquet data ({first or type(exc).__name__})",
                           path=path) from exc
 
@@ -700,7 +700,8 @@ def _duckdb_error(path: Path, exc: duckdb.Error) -> IngestError:
     m = re.search(r"in line (\d+)", msg)
     first = msg.splitlines()[0] if msg else type(exc).__name__
     first = re.sub(r"^[A-Za-z ]+Error: ", "", first)
-    first = re.sub(r' in file "[^"]*"', "", first).strip()  # the prefix names the file already
+    first = re.sub(r' in file "[^"]*"', "", first)  # the prefix names the file already
+    first = first.replace(f" '{path}'", "").strip()
     return IngestError(first, path=path, line=int(m.group(1)) if m else None)
 
 
@@ -742,7 +743,8 @@ def _read(
                 )
             exact = False  # decided below by comparing records with physical lines
         else:
-            first = _first_line(path, gz, encoding, MAX_HEADER_BYTES if header else 1 << 20)
+            # Without a header the first line is data: DuckDB's own line limit applies to it.
+            first = _first_line(path, gz, encoding, MAX_HEADER_BYTES if header else 2_000_000)
             if not first.strip():
                 raise IngestError("file is empty" if header else "first line is empty", path=path)
             delim = delimiter or opts.delimiter or _guess_delimiter(first)
