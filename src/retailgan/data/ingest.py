@@ -7,8 +7,9 @@ source row (with its reason and line) and one ``ingests`` row holding the
 :class:`IngestReport` as JSON. Any error rolls the whole ingest back.
 
 Line numbers
-    CSV files are read with every column as VARCHAR and cast afterwards, so a value of the wrong
-    type is reported with its line and column (``IngestError``). Line ``n`` is the ``n-1``-th
+    CSV files are read with every column as VARCHAR and cast afterwards, so a row with a value
+    of the wrong type goes to ``rejects`` with its line and the column (``invalid_value:<column>``;
+    when most rows have one, the file is refused naming the first). Line ``n`` is the ``n-1``-th
     data record (header = line 1, or line ``n`` = record ``n`` for files without a header); this
     is the physical line unless the file has blank lines or quoted line breaks (DuckDB skips the
     former, the latter span lines): the report then carries a note. Parquet: the 1-based row
@@ -20,6 +21,11 @@ Idempotency
     re-ingesting rows that are already in the store inserts nothing, whatever file they come
     from. A source whose sha256 (and format, mapping, catalogue and
     options) matches an earlier ingest is not read again: the report says ``skipped``.
+
+Limits
+    Only regular files are read (a device or FIFO may never end); a header line is at most
+    :data:`MAX_HEADER_BYTES`, a column name :data:`MAX_COLUMN_NAME` characters, a CSV line
+    DuckDB's 2,000,000 bytes. A UTF-8 byte-order mark is skipped.
 
 Formats (``fmt``): see :data:`FORMATS` and each ``_prepare_*`` function.
 """
@@ -549,7 +555,7 @@ def _check_regular(path: Path) -> None:
     except OSError as exc:
         raise IngestError(f"cannot read file ({exc.strerror or exc})", path=path) from exc
     if not stat.S_ISREG(mode):
-        what = next((name for test, name in _NOT_REGULAR if test(mode)), "not a regular file")
+        what = next((name for test, name in _NOT_REGULAR if test(mode)), "a special file")
         raise IngestError(f"{what}, not a regular file: ingest reads only regular files "
                           "(whose size is known)", path=path)
 
