@@ -501,7 +501,8 @@ def _bad_cases(tmp: Path) -> list[tuple[str, Path, str, dict[str, Any], list[str
         return write_csv(tmp / name, header, lines)
 
     good = RETAIL_LINES[0]
-    qty_abc = [good] * 5 + [good.replace(",6,", ",abc,")]  # the bad row is line 7
+    # Mostly bad cells: a wrong column, not bad rows (a few bad cells go to rejects instead).
+    qty_abc = [good] * 2 + [good.replace(",6,", ",abc,")] * 3  # the first bad row is line 4
     trunc = tmp / "trunc.csv.gz"
     full = gzip.compress(("\n".join([HEADER, *RETAIL_LINES * 400]) + "\n").encode())
     trunc.write_bytes(full[: len(full) // 2])
@@ -511,7 +512,7 @@ def _bad_cases(tmp: Path) -> list[tuple[str, Path, str, dict[str, Any], list[str
     pq.write_table(pa.table({"user": ["a"], "item": ["b"],
                              "quantity": pa.array([datetime(2024, 1, 1).date()])}), wrong_pq)
     jsonl = tmp / "bad.jsonl"
-    jsonl.write_text('{"user": "a", "item": "b", "price": 1}\n{"user": "a", "item": "c", "price": 2}\n'
+    jsonl.write_text('{"user": "a", "item": "b", "price": 1}\n{"user": "a", "item": "c", "price": "dear"}\n'
                      '{"user": "a", "item": "d", "price": "cheap"}\n')
     broken_json = tmp / "broken.jsonl"
     broken_json.write_text('{"user": "a", "item": "b"}\n{"user": "a", "item": "c"}\n{"user": "a", "item":\n')
@@ -534,13 +535,13 @@ def _bad_cases(tmp: Path) -> list[tuple[str, Path, str, dict[str, Any], list[str
         ("no user column", write_csv(tmp / "nouser.csv", "who,item", ["a,b"]), "events", {},
          ["nouser.csv", "no user column", "the file has: who, item"]),
         ("wrong type", retail("qty.csv", qty_abc), "online-retail", {},
-         ["qty.csv", "line 7", "column Quantity", "'abc' is not a number"]),
-        ("bad timestamp", retail("date.csv", [good, good.replace("2010-12-01 08:26:00", "yesterday")]),
+         ["qty.csv", "line 4", "column Quantity", "'abc' is not a number", "3 of 5 rows"]),
+        ("bad timestamp", retail("date.csv", [good, *[good.replace("2010-12-01 08:26:00", "yesterday")] * 2]),
          "online-retail", {}, ["date.csv", "line 3", "column InvoiceDate", "'yesterday'"]),
         ("empty required value", retail("nodate.csv", [good.replace("2010-12-01 08:26:00", "")]),
          "online-retail", {}, ["nodate.csv", "line 2", "column InvoiceDate", "empty value"]),
         ("wrong type jsonl", jsonl, "events", {},
-         ["bad.jsonl", "line 3", "column price", "'cheap' is not a number"]),
+         ["bad.jsonl", "line 2", "column price", "'dear' is not a number"]),
         ("wrong parquet type", wrong_pq, "events", {},
          ["typed.parquet", "column quantity", "has type DATE, expected a number"]),
         ("malformed jsonl", broken_json, "events", {}, ["broken.jsonl", "line 4", "Malformed JSON"]),
@@ -601,8 +602,11 @@ def test_wrong_type_error_carries_location(tmp_path: Path) -> None:
     src, fmt, _, _ = cases["wrong type"]
     with pytest.raises(IngestError) as err:
         ingest(tmp_path / "s.duckdb", src, fmt)
-    assert (err.value.path, err.value.line, err.value.column) == (str(src), 7, "Quantity")
-    assert str(err.value) == f"{src}: line 7, column Quantity: 'abc' is not a number"
+    assert (err.value.path, err.value.line, err.value.column) == (str(src), 4, "Quantity")
+    assert str(err.value) == (
+        f"{src}: line 4, column Quantity: 'abc' is not a number (3 of 5 rows have wrong or "
+        "missing values, too many to reject row by row; this is the first)"
+    )
 
 
 def test_store_that_is_not_a_database(tmp_path: Path, retail_csv: Path) -> None:

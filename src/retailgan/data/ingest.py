@@ -7,8 +7,9 @@ source row (with its reason and line) and one ``ingests`` row holding the
 :class:`IngestReport` as JSON. Any error rolls the whole ingest back.
 
 Line numbers
-    CSV files are read with every column as VARCHAR and cast afterwards, so a value of the wrong
-    type is reported with its line and column (``IngestError``). Line ``n`` is the ``n-1``-th
+    CSV files are read with every column as VARCHAR and cast afterwards, so a row with a value
+    of the wrong type goes to ``rejects`` with its line and the column (``invalid_value:<column>``;
+    when most rows have one, the file is refused naming the first). Line ``n`` is the ``n-1``-th
     data record (header = line 1, or line ``n`` = record ``n`` for files without a header); this
     is the physical line unless the file has blank lines or quoted line breaks (DuckDB skips the
     former, the latter span lines): the report then carries a note. Parquet: the 1-based row
@@ -20,6 +21,11 @@ Idempotency
     re-ingesting rows that are already in the store inserts nothing, whatever file they come
     from. A source whose sha256 (and format, mapping, catalogue and
     options) matches an earlier ingest is not read again: the report says ``skipped``.
+
+Limits
+    Only regular files are read (a device or FIFO may never end); a header line is at most
+    :data:`MAX_HEADER_BYTES`, a column name :data:`MAX_COLUMN_NAME` characters, a CSV line
+    DuckDB's 2,000,000 bytes. A UTF-8 byte-order mark is skipped.
 
 Formats (``fmt``): see :data:`FORMATS` and each ``_prepare_*`` function.
 """
@@ -34,10 +40,11 @@ import io
 import json
 import logging
 import re
+import stat
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,13 +54,15 @@ import duckdb
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from retailgan.data.schemas import EVENT_TYPES
-from retailgan.data.store import Store, fetch1
+from retailgan.data.store import Store, check_writable, fetch1, write_failure
 from retailgan.errors import ConfigError, IngestError
 
 __all__ = [
     "CATALOGUE_KEYS",
     "FORMATS",
     "MAPPING_KEYS",
+    "MAX_COLUMN_NAME",
+    "MAX_HEADER_BYTES",
     "NON_PRODUCT_CODES",
     "NON_PRODUCT_PREFIXES",
     "ONLINE_RETAIL_COLUMNS",
@@ -145,8 +154,13 @@ REASONS: dict[str, str] = {
     "unknown_event_type": "event type not one of " + ", ".join(EVENT_TYPES),
     "missing_rating": "rating event without a rating value",
     "negative_price": "price < 0",
+    "invalid_value": "a cell that does not parse as its column's type (number, timestamp); "
+    "stored as invalid_value:<column>",
+    "missing_value": "an empty cell in a required column; stored as missing_value:<column>",
 }
-"""Every reject reason, with what it means."""
+"""Every reject reason, with what it means. ``invalid_value`` and ``missing_value`` name the
+column: ``invalid_value:Quantity``. (Any format; when more than half of a file's rows have one,
+the file is refused instead: see ``_refuse_if_mostly_bad``.)"""
 
 # Reasons per format, in priority order: a row dropped by several rules counts under the first.
 _RULES: dict[str, tuple[str, ...]] = {
@@ -347,6 +361,8 @@ def ingest(
     if fmt not in FORMATS:
         raise IngestError(f"unknown format {fmt!r}; expected one of: {', '.join(FORMATS)}",
                           path=source_path)
+    store_file = Path(store_path)
+    check_writable(store_file)  # before reading a possibly large source
     spec = _resolve_inputs(fmt, Path(source_path), catalogue)
     mapping = _check_mapping(fmt, mapping, catalogue_mapping, spec)
     inputs = [_digest(p, role) for role, p in spec.files()]
@@ -374,10 +390,9 @@ def ingest(
         "options": opts.model_dump(mode="json", exclude_defaults=True),
     }
 
-    store_file = Path(store_path)
     created = not store_file.exists()
     try:
-        with Store.open(store_file, create=True) as store:
+        with _store_failures(store_file), Store.open(store_file, create=True) as store:
             con = store.con
             before = Counts(**store.counts())
             if not opts.force:
@@ -397,18 +412,55 @@ def ingest(
                         duration_s=round(time.perf_counter() - t0, 3),
                         **base,
                     )
-            with _session(con):
+            with _session(con), _lazy_read_errors(spec):
                 with _step(f"read and stage {spec.main.name}"):
                     prep = _PREPARE[fmt](con, spec, mapping, catalogue_mapping or {}, opts)
                 with _step("validate types"):
-                    _raise_first_bad(con, prep)
+                    _refuse_if_mostly_bad(con, prep)
                 report = _write(store, prep, fmt, spec, opts, before, base, t0)
     except BaseException:
         if created:  # leave no half-made store behind for a failed first ingest
             for p in (store_file, Path(f"{store_file}.wal")):
-                p.unlink(missing_ok=True)
+                with suppress(OSError):  # e.g. a read-only folder: keep the original error
+                    p.unlink(missing_ok=True)
         raise
     return report
+
+
+@contextmanager
+def _lazy_read_errors(spec: _Spec) -> Iterator[None]:
+    """Name the Parquet input in a DuckDB error raised while staging or writing.
+
+    A Parquet source is a view that DuckDB decodes lazily (an extra full scan to validate it
+    up front would cost ~10 % of a large ingest), so a corrupt page ("Snappy decompression
+    failure", "Out of buffer") fails whichever statement first reads it. With a Parquet input,
+    any DuckDB error that is not a store write failure is taken as that file's.
+    """
+    try:
+        yield
+    except duckdb.Error as exc:
+        parquet = [p for _, p in spec.files() if _kind(p)[0] == "parquet"]
+        if not parquet or write_failure(spec.main, exc) is not None:
+            raise
+        msg = str(exc)
+        path = next((p for p in parquet if str(p) in msg), parquet[0])
+        first = re.sub(r"^([A-Za-z]+ )*Error: ", "", msg.splitlines()[0] if msg else "")
+        first = re.sub(r'^Failed to read file "[^"]*": ', "", first).replace(f' "{path}"', "")
+        raise IngestError(f"corrupt Parquet data ({first or type(exc).__name__})",
+                          path=path) from exc
+
+
+@contextmanager
+def _store_failures(path: Path) -> Iterator[None]:
+    """Turn a DuckDB error caused by the file system (a folder that is not writable, a full
+    disk) into a one-line StoreError; the transaction has rolled back."""
+    try:
+        yield
+    except duckdb.Error as exc:
+        failure = write_failure(path, exc)
+        if failure is None:
+            raise
+        raise failure from exc
 
 
 # -- inputs -------------------------------------------------------------------------------------
@@ -485,7 +537,31 @@ def _resolve_inputs(fmt: str, source: Path, catalogue: str | Path | None) -> _Sp
     return _Spec(source, cat)
 
 
+_NOT_REGULAR: tuple[tuple[Callable[[int], bool], str], ...] = (
+    (stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _check_regular(path: Path) -> None:
+    """Refuse anything but a regular file (after symlinks) before opening it.
+
+    A device such as /dev/zero never ends and a FIFO blocks until a writer comes: reading one
+    would hang with no output. A regular file's size bounds every read of it.
+    """
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise IngestError(f"cannot read file ({exc.strerror or exc})", path=path) from exc
+    if not stat.S_ISREG(mode):
+        what = next((name for test, name in _NOT_REGULAR if test(mode)), "a special file")
+        raise IngestError(f"{what}, not a regular file: ingest reads only regular files "
+                          "(whose size is known)", path=path)
+
+
 def _digest(path: Path, role: str) -> InputFile:
+    _check_regular(path)
     h = hashlib.sha256()
     size = 0
     try:
@@ -528,6 +604,11 @@ def _check_mapping(
 # -- reading ------------------------------------------------------------------------------------
 
 _Kind = Literal["csv", "parquet", "json"]
+
+MAX_HEADER_BYTES = 128 * 1024
+"""Longest header line read (CSV files with a header); a longer first line is refused."""
+MAX_COLUMN_NAME = 1024
+"""Longest column name accepted, in characters."""
 
 
 def _kind(path: Path) -> tuple[_Kind, bool]:
@@ -575,19 +656,27 @@ def _open_bytes(path: Path, gz: bool) -> BinaryIO:
     return gzip.open(path, "rb") if gz else path.open("rb")
 
 
-def _first_line(path: Path, gz: bool, encoding: str) -> str:
-    """The header line (decoding only that line, so a bad byte further down is left to DuckDB,
-    which reports its line)."""
+def _first_line(path: Path, gz: bool, encoding: str, limit: int = 1 << 20) -> str:
+    """The first line, without a byte-order mark (decoding only that line, so a bad byte further
+    down is left to DuckDB, which reports its line). Raises when it is longer than ``limit``
+    bytes (characters for UTF-16)."""
     try:
         if encoding.lower().replace("-", "").startswith("utf16"):
             with io.TextIOWrapper(_open_bytes(path, gz), encoding=encoding, newline="") as fh:
-                return fh.readline(1 << 20)
-        with _open_bytes(path, gz) as fh:
-            return fh.readline(1 << 20).decode(encoding)
+                line = fh.readline(limit + 1)
+        else:
+            with _open_bytes(path, gz) as fh:
+                raw = fh.readline(limit + 1)
+            line = raw.decode(encoding)
     except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
         raise IngestError(f"cannot read file: {exc}", path=path) from exc
     except UnicodeDecodeError as exc:
         raise IngestError(f"not valid {encoding} text ({exc.reason})", path=path, line=1) from exc
+    if len(line) > limit:
+        raise IngestError(f"first line is longer than {limit:,} bytes",
+                          path=path, line=1)
+    # Excel and Notepad start UTF-8 files with a BOM; DuckDB skips it, the header parse must too.
+    return line.removeprefix("\ufeff")
 
 
 def _count_newlines(path: Path, gz: bool) -> int:
@@ -617,7 +706,8 @@ def _duckdb_error(path: Path, exc: duckdb.Error) -> IngestError:
     m = re.search(r"in line (\d+)", msg)
     first = msg.splitlines()[0] if msg else type(exc).__name__
     first = re.sub(r"^[A-Za-z ]+Error: ", "", first)
-    first = re.sub(r' in file "[^"]*"', "", first).strip()  # the prefix names the file already
+    first = re.sub(r' in file "[^"]*"', "", first)  # the prefix names the file already
+    first = first.replace(f" '{path}'", "").strip()
     return IngestError(first, path=path, line=int(m.group(1)) if m else None)
 
 
@@ -659,19 +749,12 @@ def _read(
                 )
             exact = False  # decided below by comparing records with physical lines
         else:
-            first = _first_line(path, gz, encoding)
+            # Without a header the first line is data: DuckDB's own line limit applies to it.
+            first = _first_line(path, gz, encoding, MAX_HEADER_BYTES if header else 2_000_000)
             if not first.strip():
                 raise IngestError("file is empty" if header else "first line is empty", path=path)
             delim = delimiter or opts.delimiter or _guess_delimiter(first)
-            if columns is None:
-                cols = next(csv.reader([first], delimiter=delim, quotechar=quote or None))
-                cols = [c.strip() for c in cols]
-                dup = sorted({c for c in cols if cols.count(c) > 1})
-                if dup or "" in cols:
-                    raise IngestError(f"header has empty or repeated column names: {cols}",
-                                      path=path, line=1)
-            else:
-                cols = columns
+            cols = _header_columns(path, first, delim, quote) if columns is None else columns
             spec = "{" + ", ".join(f"{_lit(c)}: 'VARCHAR'" for c in cols) + "}"
             q = _lit(quote)
             with _file_order(con):
@@ -711,6 +794,26 @@ def _file_order(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
         yield
     finally:
         con.execute("SET preserve_insertion_order = false")
+
+
+def _header_columns(path: Path, line: str, delim: str, quote: str) -> list[str]:
+    """Column names of a header line; raises for empty, repeated or over-long names."""
+    # The line is at most MAX_HEADER_BYTES, the csv module's field size limit, so no field
+    # can exceed that limit; csv.Error is still caught in case a Python version adds a rule.
+    try:
+        cols = next(csv.reader([line], delimiter=delim, quotechar=quote or None))
+    except csv.Error as exc:
+        raise IngestError(f"cannot parse the header: {exc}", path=path, line=1) from exc
+    cols = [c.strip() for c in cols]
+    dup = sorted({c for c in cols if cols.count(c) > 1})
+    if dup or "" in cols:
+        shown = cols if sum(map(len, cols)) < 2000 else f"{len(cols)} names"
+        raise IngestError(f"header has empty or repeated column names: {shown}", path=path, line=1)
+    long = next((c for c in cols if len(c) > MAX_COLUMN_NAME), None)
+    if long is not None:
+        raise IngestError(f"column name {long[:40]!r}... is {len(long):,} characters long "
+                          f"(at most {MAX_COLUMN_NAME:,})", path=path, line=1)
+    return cols
 
 
 def _guess_delimiter(header: str) -> str:
@@ -835,22 +938,23 @@ def _typed(src: _Source, col: str, kind: str, *, ts_format: str | None = None) -
 def _checked(
     checks: list[tuple[str, _Typed, str]], required: frozenset[str] | set[str] = frozenset()
 ) -> tuple[list[str], str, list[str]]:
-    """SQL for converted values plus a ``_bad`` flag.
+    """SQL for converted values plus a ``_bad`` reject reason.
 
     ``checks``: (source column, conversion, alias). Returns the select items (value as alias,
     plus a presence flag ``_p_<alias>`` where a non-empty cell can fail to convert), a CASE
-    naming the first column whose cell is required-but-empty or did not convert (to be
-    evaluated over those items), and the helper columns to exclude afterwards.
+    giving ``invalid_value:<column>`` for the first cell that did not convert or
+    ``missing_value:<column>`` for the first required-but-empty one (to be evaluated over those
+    items), and the helper columns to exclude afterwards.
     """
     items, whens, helpers = [], [], []
     for col, typed, alias in checks:
         items.append(f"{typed.value} AS {alias}")
-        if col in required:
-            whens.append(f"WHEN {alias} IS NULL THEN {_lit(col)}")
-        elif typed.present is not None:
+        if typed.present is not None:
             items.append(f"{typed.present} AS _p_{alias}")
             helpers.append(f"_p_{alias}")
-            whens.append(f"WHEN _p_{alias} AND {alias} IS NULL THEN {_lit(col)}")
+            whens.append(f"WHEN _p_{alias} AND {alias} IS NULL THEN {_lit('invalid_value:' + col)}")
+        if col in required:
+            whens.append(f"WHEN {alias} IS NULL THEN {_lit('missing_value:' + col)}")
     case = f"CASE {' '.join(whens)} END" if whens else "CAST(NULL AS VARCHAR)"
     return items, case, helpers
 
@@ -1024,7 +1128,7 @@ def _prepare_online_retail(
         CREATE OR REPLACE TEMP TABLE _stage AS
         SELECT *, {_EVENT_KEY} AS _k FROM (
             SELECT _line, _bad,
-                   CASE WHEN _bad IS NULL THEN {reason} END AS _reason,
+                   coalesce(_bad, {reason}) AS _reason,
                    user_id, stock AS item_id, ts, 'purchase' AS event_type, quantity, price,
                    CAST(NULL AS DOUBLE) AS rating, invoice AS _disc, descr, country
             FROM _t)
@@ -1144,7 +1248,7 @@ def _simple_stage(
         CREATE OR REPLACE TEMP TABLE _stage AS
         SELECT *, {_EVENT_KEY} AS _k FROM (
             SELECT _line, _bad,
-                   CASE WHEN _bad IS NULL THEN {_reason_case(reasons)} END AS _reason,
+                   coalesce(_bad, {_reason_case(reasons)}) AS _reason,
                    user_id, item_id, ts, event_type, quantity, price, rating, _disc
             FROM (
                 SELECT *{_exclude(helpers)}, {bad} AS _bad FROM (
@@ -1447,14 +1551,21 @@ def _session(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
             pass
 
 
-def _raise_first_bad(con: duckdb.DuckDBPyConnection, prep: _Prepared) -> None:
-    """Raise IngestError for the first (lowest line) value that has the wrong type."""
-    row = fetch1(con.execute(
+def _refuse_if_mostly_bad(con: duckdb.DuckDBPyConnection, prep: _Prepared) -> None:
+    """Refuse the file when more than half of its rows have a missing or unparsable value.
+
+    A few bad cells are bad rows: they go to ``rejects`` like any other (reason
+    ``invalid_value:<column>`` / ``missing_value:<column>``). A column that is mostly bad is a
+    wrong mapping, format or ``timestamp_format``, not bad rows: the error names the first one.
+    """
+    n_bad = int(fetch1(con.execute(  # type: ignore[index]
+        f"SELECT count(*) FROM {prep.stage} WHERE _bad IS NOT NULL"))[0])
+    if n_bad * 2 <= prep.rows_in:
+        return
+    line, bad = fetch1(con.execute(  # type: ignore[misc]
         f"SELECT _line, _bad FROM {prep.stage} WHERE _bad IS NOT NULL ORDER BY _line LIMIT 1"
     ))
-    if row is None:
-        return
-    line, col = int(row[0]), str(row[1])
+    col = str(bad).split(":", 1)[1]
     value = fetch1(con.execute(
         f"SELECT CAST({_q(col)} AS VARCHAR) FROM {prep.source.name} WHERE _line = ?", [line]
     ))
@@ -1465,12 +1576,12 @@ def _raise_first_bad(con: duckdb.DuckDBPyConnection, prep: _Prepared) -> None:
         msg = f"empty value, expected {expected}"
     else:
         msg = f"{shown!r} is not {expected}"
-    n_bad = fetch1(con.execute(f"SELECT count(*) FROM {prep.stage} WHERE _bad IS NOT NULL"))
-    if n_bad and n_bad[0] > 1:
-        msg += f" ({n_bad[0]:,} rows have wrong or missing values; this is the first)"
+    if n_bad > 1:
+        msg += (f" ({n_bad:,} of {prep.rows_in:,} rows have wrong or missing values, too many to "
+                "reject row by row; this is the first)")
     if not prep.source.exact_lines:
         msg += " [line counted in records: the file has blank lines or quoted line breaks]"
-    raise IngestError(msg, path=prep.source.path, line=line, column=col)
+    raise IngestError(msg, path=prep.source.path, line=int(line), column=col)
 
 
 def _write(
@@ -1498,7 +1609,7 @@ def _write(
     rules = _RULES[fmt]
     rejected = {r: 0 for r in rules}
     for reason, n in con.execute(
-        f"SELECT _reason, count(*) FROM {stage} WHERE _reason IS NOT NULL GROUP BY 1"
+        f"SELECT _reason, count(*) FROM {stage} WHERE _reason IS NOT NULL GROUP BY 1 ORDER BY 1"
     ).fetchall():
         rejected[str(reason)] = int(n)
     rows_rejected = sum(rejected.values())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -29,7 +30,10 @@ from retailgan.errors import StoreError
 if TYPE_CHECKING:
     from retailgan.data.ingest import IngestReport
 
-__all__ = ["DEFAULT_MEMORY_LIMIT", "TABLES", "Reject", "Store", "fetch1"]
+__all__ = [
+    "DEFAULT_MEMORY_LIMIT", "TABLES", "Reject", "Store", "check_writable", "fetch1",
+    "write_failure",
+]
 
 DEFAULT_MEMORY_LIMIT = os.environ.get("RETAILGAN_DUCKDB_MEMORY_LIMIT", "4GB")
 """DuckDB ``memory_limit`` for store connections (env ``RETAILGAN_DUCKDB_MEMORY_LIMIT``);
@@ -77,6 +81,38 @@ def _check_duckdb_file(path: Path) -> None:
         raise StoreError(f"{path} is not a retailgan store ({what})")
 
 
+# Phrases of DuckDB errors that come from the file system rather than from the SQL.
+_IO_FAILURES = ("cannot open file", "permission denied", "read-only file system",
+                "no space left", "could not write", "could not fsync")
+
+
+def check_writable(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`StoreError` unless the folder of store ``path`` takes new files.
+
+    DuckDB writes ``<store>.wal`` (and, above the memory limit, ``<store>.tmp``) next to the
+    store on every write, so a writable store file in a read-only folder still cannot take a
+    commit. (``os.access``: root passes on a local disk, but not on a read-only file system.)
+    """
+    folder = Path(path).absolute().parent
+    if folder.is_dir() and not os.access(folder, os.W_OK):
+        raise StoreError(f"{path}: cannot write the store: folder {folder} is not writable "
+                         f"(the store needs to create {Path(path).name}.wal there)")
+
+
+def write_failure(path: str | os.PathLike[str], exc: duckdb.Error) -> StoreError | None:
+    """A one-line :class:`StoreError` for a DuckDB error caused by the file system (permission
+    denied, read-only, disk full), or ``None`` when ``exc`` is something else."""
+    msg = str(exc)
+    if not isinstance(exc, (duckdb.IOException, duckdb.PermissionException)) and not any(
+        phrase in msg.lower() for phrase in _IO_FAILURES
+    ):
+        return None
+    first = msg.splitlines()[0] if msg else type(exc).__name__
+    first = re.sub(r"^([A-Za-z]+ )*Error: ", "", first)
+    first = re.sub(r"^Failed to commit: ", "", first)
+    return StoreError(f"{path}: cannot write the store: {first}")
+
+
 class Store:
     """A connection to one store file. Use :meth:`open`; close with ``with`` or :meth:`close`."""
 
@@ -109,8 +145,9 @@ class Store:
             _check_duckdb_file(p)
         elif read_only or not create:
             raise StoreError(f"{p}: no such store (run `retailgan ingest` to create one)")
-        elif not p.parent.exists():
-            raise StoreError(f"{p}: folder {p.parent} does not exist")
+        elif not p.parent.is_dir():
+            what = "is a file, not a folder" if p.parent.exists() else "does not exist"
+            raise StoreError(f"{p}: folder {p.parent} {what}")
         try:
             con = duckdb.connect(str(p), read_only=read_only)
         except duckdb.Error as exc:
