@@ -148,3 +148,23 @@ def test_load_dataset_reports_ignored_events(stray, caplog):
     with caplog.at_level(logging.WARNING, logger="retailgan.data"):
         load_dataset(store)
     assert "2 event(s) dated after the reference time" in caplog.text
+
+
+def test_ingest_rejects_future_dated_rows(tmp_path):
+    src = tmp_path / "events.csv"
+    src.write_text("customer,sku,ts,action\n"
+                   "a,p1,2011-12-01 10:00:00,purchase\n"
+                   "b,p2,2099-01-01 00:00:00,purchase\n"
+                   "c,p3,2011-12-02 10:00:00,view\n", encoding="utf-8")
+    store = tmp_path / "s.duckdb"
+    _invoke_ok("ingest", src, "--format", "events", "--store", store, "--user-col", "customer",
+               "--item-col", "sku", "--time-col", "ts", "--event-col", "action")
+    with Store.open(store, read_only=True) as s:
+        (rej,) = s.rejects(reason="future_timestamp")
+        assert rej.line == 3 and "2099" in rej.raw
+        assert s.reference_time().ts == datetime(2011, 12, 2, 10)
+
+
+def _invoke_ok(*args) -> None:
+    res = runner.invoke(app, [str(a) for a in args])
+    assert res.exit_code == 0, res.output

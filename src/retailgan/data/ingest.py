@@ -53,6 +53,7 @@ from typing import Any, BinaryIO, Literal
 import duckdb
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from retailgan.data.reftime import FUTURE_SLACK
 from retailgan.data.schemas import EVENT_TYPES
 from retailgan.data.store import Store, check_writable, fetch1, write_failure
 from retailgan.errors import ConfigError, IngestError
@@ -157,6 +158,8 @@ REASONS: dict[str, str] = {
     "invalid_value": "a cell that does not parse as its column's type (number, timestamp); "
     "stored as invalid_value:<column>",
     "missing_value": "an empty cell in a required column; stored as missing_value:<column>",
+    "future_timestamp": "dated more than a day after the ingest ran (a clock or parsing error): "
+    "kept, it would become every recency rule's \"now\" (retailgan.data.reftime)",
 }
 """Every reject reason, with what it means. ``invalid_value`` and ``missing_value`` name the
 column: ``invalid_value:Quantity``. (Any format; when more than half of a file's rows have one,
@@ -188,6 +191,7 @@ log = logging.getLogger(__name__)
 
 _SEP = "chr(31)"  # unit separator between hashed fields: cannot be confused with field content
 _EPOCH = "TIMESTAMP '1970-01-01 00:00:00'"
+
 
 
 # -- public models ------------------------------------------------------------------------------
@@ -1598,6 +1602,9 @@ def _write(
     con = store.con
     con.execute("SET preserve_insertion_order = false")
     stage, order = prep.stage, prep.order
+    # A day of slack: a shop's local "today" is within it in every time zone.
+    latest = datetime.now(timezone.utc).replace(tzinfo=None) + FUTURE_SLACK
+    con.execute(f"UPDATE {stage} SET _reason = 'future_timestamp' WHERE _reason IS NULL AND ts > ?", [latest])
     # Same content as an earlier kept row of this file -> 'duplicate' (keeps the first).
     t_dedupe = time.perf_counter()
     con.execute(f"""

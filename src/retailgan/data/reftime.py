@@ -19,12 +19,16 @@ event.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Literal
 
 import duckdb
 
 from retailgan.errors import ConfigError
+
+FUTURE_SLACK = timedelta(days=1)
+"""Ingest rejects rows (``future_timestamp``) and the service refuses events dated later than
+the wall clock plus this: a shop's local "today" is within it in every time zone."""
 
 API_INGEST_ID = 0
 """``events.ingest_id`` of events written by the service (file ingests number from 1)."""

@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from retailgan.data.reftime import FUTURE_SLACK
+
 MAX_K = 100
 MAX_LIST = 1000
 """Longest exclude / candidate list."""
@@ -262,8 +264,13 @@ class EventIn(Body):
             utc = ts.astimezone(timezone.utc).replace(tzinfo=None) if ts.tzinfo else ts
         except (OverflowError, ValueError):
             raise ValueError("time out of range") from None
-        if not 1970 <= utc.year <= 2100:
-            raise ValueError("time must be between 1970 and 2100")
+        if utc.year < 1970:
+            raise ValueError("time must be after 1970")
+        latest = datetime.now(timezone.utc).replace(tzinfo=None) + FUTURE_SLACK
+        if utc > latest:
+            # A future-dated event would move no "now" (retailgan.data.reftime), but it is a
+            # client's clock or parsing error: refuse it rather than store what is ignored.
+            raise ValueError(f"time is more than {FUTURE_SLACK.days} day after the server's clock")
         return utc
 
 
