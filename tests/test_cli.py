@@ -37,6 +37,20 @@ def test_ingest_report_and_info(store):
     assert "events" in res.output
 
 
+def test_ingest_force_reads_an_ingested_file_again(tmp_path):
+    events, _ = write_shop_logs(tmp_path, customers=5, events=40, products=3)
+    args = ["ingest", str(events), "--format", "events", "--store", str(tmp_path / "s.duckdb"),
+            "--user-col", "customer", "--item-col", "sku", "--time-col", "ts", "--event-col", "action"]
+    assert runner.invoke(app, args).exit_code == 0
+    again = runner.invoke(app, [*args, "--json", str(tmp_path / "again.json")])
+    assert again.exit_code == 0 and "--force re-reads it" in again.output
+    assert json.loads((tmp_path / "again.json").read_text())["skipped"]
+    forced = runner.invoke(app, [*args, "--force", "--json", str(tmp_path / "forced.json")])
+    assert forced.exit_code == 0, forced.output
+    report = json.loads((tmp_path / "forced.json").read_text())
+    assert not report["skipped"] and report["rows_in"] == 40 and report["new_events"] == 0
+
+
 def test_compare_writes_json_table_plot_report(store, tmp_path):
     out = tmp_path / "c.json"
     res = runner.invoke(app, [
@@ -80,6 +94,20 @@ def test_train_then_recommend_shows_titles(store, tmp_path):
     assert recs[0]["items"][0]["price"] is not None
     res = runner.invoke(app, ["recommend", "--model-dir", str(model_dir), "--user", "C0", "--k", "3"])
     assert res.exit_code == 0 and "Product" in res.output
+
+
+def test_train_shows_only_what_validation_chose(store, tmp_path):
+    res = runner.invoke(app, ["train", "--store", str(store), "--model", "ials", "--out", str(tmp_path / "ials"),
+                              "--params", '{"factors": 4, "epochs": 3}'])
+    assert res.exit_code == 0, res.output
+    chosen = res.output.split("chosen on validation: ")[1].split(" (")[0]
+    assert list(json.loads(chosen)) == ["epochs"]  # the early-stopped epoch count, not every parameter
+    res = runner.invoke(app, ["train", "--store", str(store), "--model", "ease", "--out", str(tmp_path / "ease")])
+    assert res.exit_code == 0 and "chosen on validation" not in res.output
+    res = runner.invoke(app, ["train", "--store", str(store), "--model", "ease", "--out", str(tmp_path / "tuned"),
+                              "--tune-trials", "2"])
+    chosen = res.output.split("chosen on validation: ")[1].split(" (")[0]
+    assert list(json.loads(chosen)) == ["l2"]
 
 
 def test_tune_command(store, tmp_path):

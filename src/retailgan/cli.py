@@ -137,6 +137,9 @@ def ingest(
     category_col: str | None = typer.Option(None, "--category-col"),
     catalogue_price_col: str | None = typer.Option(None, "--catalogue-price-col"),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the ingest report as JSON here."),
+    force: bool = typer.Option(
+        False, "--force", help="Read the file again even if it was ingested before (events already stored stay once)."
+    ),
 ) -> None:
     """Ingest a behaviour log into the store: clean, report, and keep every dropped row."""
     from retailgan.data.ingest import ingest as do_ingest
@@ -172,6 +175,7 @@ def ingest(
         mapping=mapping or None,
         catalogue=catalogue,
         catalogue_mapping=cat_mapping or None,
+        options={"force": force},
     )
     Console().print(report.to_markdown(), highlight=False, soft_wrap=True)
     if json_out:
@@ -494,8 +498,9 @@ def _train_job(job: dict[str, Any]) -> None:
             job["model"], split(ds, job["protocol"], seed=seed), n_trials=job["tune_trials"], seed=seed, fixed=chosen
         )
         chosen = result.params
-        if main_process:
-            console.print(f"chosen on validation: {json.dumps(chosen)} ({result.metric} {result.value:.4f})")
+        tuned = {name: chosen[name] for name in result.searched if name in chosen}
+        if main_process and tuned:  # defaults and --params values were not chosen: not shown
+            console.print(f"chosen on validation: {json.dumps(tuned)} ({result.metric} {result.value:.4f})")
     fitted = cls(**chosen).fit(ds, TrainingOptions(seed=seed, progress=main_process and sys.stderr.isatty()))
     if not main_process:
         return
@@ -655,6 +660,7 @@ def demo(
         category_col=None,
         catalogue_price_col=None,
         json_out=out / "ingest.json",
+        force=False,
     )
     console.rule("2. temporal split, tune on validation, evaluate on test")
     _run(

@@ -31,6 +31,9 @@ class TuneResult:
     metric: str
     trials: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    searched: list[str] = field(default_factory=list)
+    """Names of the parameters chosen on validation: the searched ones, and ``epochs`` for
+    iterative models (the rest of ``params`` are defaults or fixed)."""
 
 
 def validate_once(
@@ -106,7 +109,8 @@ def tune(
     if n_trials == 0 or not has_space:
         value, params = validate_once(name, fixed, split, seed=seed, metric=metric)
         return TuneResult(
-            name, params, value, metric, [{"params": params, "value": value}], time.perf_counter() - start
+            name, params, value, metric, [{"params": params, "value": value}], time.perf_counter() - start,
+            searched=_with_epochs([], cls),
         )
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -140,4 +144,12 @@ def tune(
         {"number": t.number, "params": {**t.params, **fixed}, "value": t.value, "state": t.state.name}
         for t in study.trials
     ]
-    return TuneResult(name, finals[best.number], float(best.value), metric, trials, time.perf_counter() - start)
+    return TuneResult(
+        name, finals[best.number], float(best.value), metric, trials, time.perf_counter() - start,
+        searched=_with_epochs(list(best.params), cls),
+    )
+
+
+def _with_epochs(names: list[str], cls: type) -> list[str]:
+    """``names`` plus ``epochs`` for iterative models (early stopping on validation picks it)."""
+    return [*names, "epochs"] if issubclass(cls, IterativeRecommender) and "epochs" not in names else names

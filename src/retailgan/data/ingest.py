@@ -391,7 +391,7 @@ def ingest(
                         ingest_id=None,
                         skipped=True,
                         skipped_reason=f"identical input already ingested (ingest #{prev[0]}); "
-                        "nothing was read or written (use force to re-read)",
+                        "nothing was read or written (--force re-reads it)",
                         before=before,
                         after=before,
                         duration_s=round(time.perf_counter() - t0, 3),
