@@ -88,7 +88,7 @@ def test_train_then_recommend_shows_titles(store, tmp_path):
                               "--k", "3", "--json"])
     assert res.exit_code == 0, res.output
     recs = json.loads(res.output)
-    assert [r["known"] for r in recs] == [True, False]
+    assert [(r["customer_id"], r["known_customer"]) for r in recs] == [("C0", True), ("nobody", False)]
     assert len(recs[0]["items"]) == 3
     assert recs[0]["items"][0]["title"].startswith("Product ")
     assert recs[0]["items"][0]["price"] is not None
@@ -108,6 +108,14 @@ def test_train_shows_only_what_validation_chose(store, tmp_path):
                               "--tune-trials", "2"])
     chosen = res.output.split("chosen on validation: ")[1].split(" (")[0]
     assert list(json.loads(chosen)) == ["l2"]
+
+
+def test_recommend_suggests_the_known_id_an_unknown_one_is_close_to(store, tmp_path):
+    model_dir = tmp_path / "ease"
+    assert runner.invoke(app, ["train", "--store", str(store), "--out", str(model_dir)]).exit_code == 0
+    res = runner.invoke(app, ["recommend", "--model-dir", str(model_dir), "--user", "c0.0", "--json"])
+    assert res.exit_code == 0 and "did you mean C0?" in res.stderr
+    assert json.loads(res.stdout)[0]["known_customer"] is False
 
 
 def test_tune_command(store, tmp_path):

@@ -568,7 +568,7 @@ def recommend(
                 price = float(info.prices[j])
                 item = {
                     "rank": rank,
-                    "item_id": iid,
+                    "product_id": iid,
                     "title": info.titles[j],
                     "price": None if price != price else price,
                     "score": float(score),
@@ -577,21 +577,28 @@ def recommend(
                     why = reasons[rank - 1]
                     item["reasons"] = [w.text for w in why]
                     item["because"] = [
-                        {"item_id": w.product_id, "weight": w.contribution} for w in why if w.kind == "history_item"
+                        {"product_id": w.product_id, "contribution": w.contribution}
+                        for w in why
+                        if w.kind == "history_item"
                     ]
                 items.append(item)
-            out.append({"user_id": uid, "known": bool(recs.known[r]), "items": items})
+            # The names of the HTTP API's responses (retailgan.serving.schemas), so one vocabulary.
+            out.append({"customer_id": uid, "known_customer": bool(recs.known[r]), "items": items})
+            close = None if recs.known[r] else mdl.users.close_match(str(uid))
+            if close is not None:
+                console.print(f"customer {uid!r} is unknown (popular products shown): did you mean {close}?",
+                              highlight=False, markup=False)
         if json_out:
             typer.echo(json.dumps(out, indent=2))
             return
         for entry in out:
-            note = "" if entry["known"] else " (unknown customer: popular products)"
-            table = Table(title=f"customer {entry['user_id']}{note}")
-            for col in ("rank", "item", "title", "price", "score", *(["why"] if explain else [])):
+            note = "" if entry["known_customer"] else " (unknown customer: popular products)"
+            table = Table(title=f"customer {entry['customer_id']}{note}")
+            for col in ("rank", "product", "title", "price", "score", *(["why"] if explain else [])):
                 table.add_column(col)
             for it in entry["items"]:
                 price = "" if it["price"] is None else f"{it['price']:.2f}"
-                row = [str(it["rank"]), it["item_id"], str(it["title"] or ""), price, f"{it['score']:.4f}"]
+                row = [str(it["rank"]), it["product_id"], str(it["title"] or ""), price, f"{it['score']:.4f}"]
                 if explain:
                     row.append("; ".join(it["reasons"]))
                 table.add_row(*row)

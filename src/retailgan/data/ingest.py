@@ -397,7 +397,7 @@ def ingest(
                         duration_s=round(time.perf_counter() - t0, 3),
                         **base,
                     )
-            with _session(con):
+            with _session(con), _format_hint(spec.main, fmt, opts):
                 with _step(f"read and stage {spec.main.name}"):
                     prep = _PREPARE[fmt](con, spec, mapping, catalogue_mapping or {}, opts)
                 with _step("validate types"):
@@ -483,6 +483,41 @@ def _resolve_inputs(fmt: str, source: Path, catalogue: str | Path | None) -> _Sp
     if source.is_dir():
         raise IngestError(f"the {fmt} format reads one file, not a folder", path=source)
     return _Spec(source, cat)
+
+
+def guess_format(first_line: str) -> str | None:
+    """The format whose files start like ``first_line`` (a header or first record), if any."""
+    line = first_line.strip()
+    fields = [f.strip().strip('"').lower() for f in re.split(r"[,;\t|]", line)]
+    if {"invoiceno", "stockcode"} <= set(fields):
+        return "online-retail"
+    if line.split("\t")[:3] == ["user_id", "item_id", "time"]:
+        return "rechorus"
+    if re.fullmatch(r"\d+\t\d+\t\d+(\.\d+)?\t\d+", line):
+        return "movielens-100k"
+    if re.fullmatch(r"\d+( \d+)+", line):
+        return "amazon-s3rec"
+    names = {key: set(_DEFAULT_NAMES[key]) for key in ("user", "item")}
+    if all(names[key] & set(fields) for key in names):
+        return "events"
+    return None
+
+
+@contextmanager
+def _format_hint(path: Path, fmt: str, opts: IngestOptions) -> Iterator[None]:
+    """Add "looks like FORMAT" to a read error when the file starts like another format's files."""
+    try:
+        yield
+    except IngestError as exc:
+        try:
+            guess = guess_format(_first_line(path, _kind(path)[1], opts.encoding))
+        except IngestError:
+            guess = None
+        if guess is None or guess == fmt:
+            raise
+        hinted = IngestError(f"{exc} (the file looks like {guess} data: try --format {guess})")
+        hinted.path, hinted.line, hinted.column = exc.path, exc.line, exc.column
+        raise hinted from exc
 
 
 def _digest(path: Path, role: str) -> InputFile:
@@ -1348,7 +1383,7 @@ def _prepare_events(
     for key in ("user", "item"):
         if key not in cols:
             raise IngestError(
-                f"no {key} column: map one with mapping={{'{key}': '<column>'}}; "
+                f"no {key} column: name it with --{key}-col COLUMN (in Python: mapping={{'{key}': 'COLUMN'}}); "
                 f"the file has: {', '.join(src.columns)}",
                 path=spec.main,
             )
