@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -153,6 +154,21 @@ def test_bad_arguments_give_one_clear_error(store, args, message):
     assert res.exit_code == 2
     assert message in res.output
     assert "Traceback" not in res.output
+
+
+def test_featgan_with_a_faiss_index_needs_the_ann_extra_before_training(store, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", None)  # as if faiss-cpu were not installed
+    res = runner.invoke(app, ["train", "--store", str(store), "--model", "featgan", "--out", str(tmp_path / "fg"),
+                              "--params", '{"index": "hnsw"}'])
+    assert res.exit_code == 2
+    assert "pip install 'retailgan[ann]'" in res.output and "pip install -e '.[ann]'" in res.output
+    assert not (tmp_path / "fg").exists()
+
+
+def test_serve_without_the_serve_extra_names_it(store, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    res = runner.invoke(app, ["serve", "--model-dir", str(tmp_path), "--store", str(store), "--no-auth"])
+    assert res.exit_code == 2 and "pip install 'retailgan[serve]'" in res.output
 
 
 def test_compare_on_missing_store(tmp_path):

@@ -12,6 +12,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from retailgan.errors import ConfigError, RetailganError
 
@@ -26,7 +27,8 @@ BUNDLED_RETAIL = Path(__file__).resolve().parents[2] / "data" / "online-retail" 
 
 
 def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # Escaped: a message may hold brackets ("pip install 'retailgan[serve]'") that rich reads as markup.
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

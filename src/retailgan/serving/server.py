@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from retailgan.errors import ConfigError
+from retailgan.errors import ConfigError, extra_needed
 from retailgan.serving.settings import Settings
 
 log = logging.getLogger("retailgan.serving")
@@ -17,7 +17,7 @@ def check_serving_extra() -> None:
         import prometheus_client  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as exc:
-        raise ConfigError(f"serving needs the 'serve' extra: pip install 'retailgan[serve]' ({exc})") from None
+        raise extra_needed("serving", "serve", str(exc)) from None
 
 
 def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
