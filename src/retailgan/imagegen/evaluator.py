@@ -17,8 +17,6 @@ space for every distribution metric:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from retailgan.errors import ConfigError, ModelFileError
+from retailgan.fileio import atomic_write
 from retailgan.imagegen.data import to_model_range
-from retailgan.imagegen.provenance import file_mode
 from retailgan.models.base import torch_threads
 
 EVAL_FORMAT = "retailgan-image-evaluator"
@@ -128,15 +126,7 @@ class Evaluator:
             ),
             ("model.json", lambda p: Path(p).write_text(json.dumps(meta, indent=1), encoding="utf-8")),
         ):
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=path)
-            os.close(fd)
-            try:
-                write(tmp)
-                os.chmod(tmp, file_mode())
-                os.replace(tmp, path / name)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            atomic_write(path / name, write)
         return path
 
     @classmethod

@@ -34,7 +34,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from retailgan import __version__
 from retailgan.errors import ConfigError, ModelFileError
-from retailgan.imagegen.provenance import file_mode
+from retailgan.fileio import file_mode, write_text_atomic
 from retailgan.models.base import ModelConfig
 
 FORMAT = "retailgan-imagegen"
@@ -387,7 +387,7 @@ class ConditionalGAN:
             os.chmod(tmp_arrays, file_mode())
             digest = hashlib.sha256(Path(tmp_arrays).read_bytes()).hexdigest()[:12]
             self.version = f"{GENERATOR_NAME}-{digest}"
-            _write_text_atomic(path / META_FILE, json.dumps(self.meta(), indent=1))
+            write_text_atomic(path / META_FILE, json.dumps(self.meta(), indent=1))
             os.replace(tmp_arrays, path / ARRAYS_FILE)
         except BaseException:
             Path(tmp_arrays).unlink(missing_ok=True)
@@ -445,18 +445,6 @@ class ConditionalGAN:
         model.D.eval()
         model.G_ema.eval()
         return model
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def timed(fn, *args, **kwargs) -> tuple[Any, float]:
