@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import pytest
@@ -60,7 +61,11 @@ def test_compare_writes_json_table_plot_report(store, tmp_path):
         "--report", str(tmp_path / "r.md"), "--tune-trials", "2", "--save-dir", str(tmp_path / "models"),
     ])
     assert res.exit_code == 0, res.output
-    assert "| model | ndcg@5" in res.output
+    assert "| model | ndcg@5" in res.stdout
+    # Progress on stderr, a line per step, with the time spent (and left, where the steps are alike).
+    assert "compare: model 3/3 done, itemknn: test ndcg@10" in res.stderr
+    trial = r"  tune ease: trial 2/2 done, validation ndcg@10 [\d.]+ \(best [\d.]+\); \d+ s elapsed"
+    assert re.search(trial, res.stderr)
     doc = json.loads(out.read_text())
     assert doc["dataset"] and doc["protocol"] == "random" and doc["seed"] == 1
     names = [r["model"] for r in doc["results"]]

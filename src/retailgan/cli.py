@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +12,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from retailgan import progress
 from retailgan.errors import ConfigError, RetailganError
+from retailgan.fileio import write_text_atomic
 
 app = typer.Typer(
     add_completion=False,
@@ -33,30 +33,11 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _write_json_atomic(path: Path, payload: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2, default=str)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(payload, indent=2, default=str) + "\n")
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text)
 
 
 def _parse_ks(text: str) -> tuple[int, ...]:
@@ -114,6 +95,7 @@ def _run(fn, *args, **kwargs):
 @app.callback()
 def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details.")) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    progress.enable()  # long steps report on stderr, in a terminal and in logs alike
 
 
 # -- ingest -----------------------------------------------------------------------------------
@@ -292,16 +274,7 @@ def _compare(
         f"(validation {len(sp_.validation):,} carved from train)",
         highlight=False,
     )
-    with console.status("starting") as status:
-        runs = run_comparison(
-            sp_,
-            names,
-            ks=ks,
-            seed=seed,
-            tune_trials=tune_trials,
-            params=fixed,
-            on_model=lambda name, step: status.update(f"{name}: {step}"),
-        )
+    runs = run_comparison(sp_, names, ks=ks, seed=seed, tune_trials=tune_trials, params=fixed)
     primary = f"ndcg@{ks[-1]}"
     metric_names = [f"{m}@{kk}" for kk in ks for m in ("ndcg", "recall", "precision", "map", "mrr", "hitrate")]
     extra = [f"{m}@{ks[0]}" for m in ("coverage", "novelty", "ild", "revenue")]
@@ -491,6 +464,7 @@ def _train_job(job: dict[str, Any]) -> None:
     from retailgan.tuning import tune
 
     main_process = distributed.rank() == 0
+    progress.enable(main_process)  # one process reports
     cls = get_model_class(job["model"])
     ds = _load(job["store"], job["event_weights"], job["rating_threshold"], job["min_user"], job["min_item"])
     chosen = job["fixed"]
@@ -503,7 +477,7 @@ def _train_job(job: dict[str, Any]) -> None:
         tuned = {name: chosen[name] for name in result.searched if name in chosen}
         if main_process and tuned:  # defaults and --params values were not chosen: not shown
             console.print(f"chosen on validation: {json.dumps(tuned)} ({result.metric} {result.value:.4f})")
-    fitted = cls(**chosen).fit(ds, TrainingOptions(seed=seed, progress=main_process and sys.stderr.isatty()))
+    fitted = cls(**chosen).fit(ds, TrainingOptions(seed=seed))
     if not main_process:
         return
     fitted.save(job["out"])
@@ -651,7 +625,21 @@ def demo(
     """End to end on the bundled UCI Online Retail log: ingest, clean, split, tune, evaluate, report."""
     out.mkdir(parents=True, exist_ok=True)
     store = out / "retail.duckdb"
-    console.rule("1. ingest and clean")
+    with progress.steps("demo", 2, "step", estimate=False) as steps:
+        steps.begin(1, "ingest and clean")
+        _demo_ingest(source, store, out)
+        steps.done(1, "ingested")
+        steps.begin(2, f"temporal split, tune {models} on validation ({tune_trials} trials each), evaluate on test")
+        _run(_compare, store, "temporal", models, tune_trials, "10,20", seed, 0.2, 1, None, None, 1, 1, None,
+             out / "compare.json", out / "compare.png", out / "report.md", out / "models")
+        steps.done(2, "compared")
+    console.print(
+        f"wrote {out / 'report.md'}, {out / 'compare.json'}, {out / 'compare.png'}, models in {out / 'models'}"
+    )
+
+
+def _demo_ingest(source: Path, store: Path, out: Path) -> None:
+    """Step 1 of the demo: ``retailgan ingest`` of the Online Retail file."""
     ingest(
         source=source,
         store=store,
@@ -670,30 +658,6 @@ def demo(
         catalogue_price_col=None,
         json_out=out / "ingest.json",
         force=False,
-    )
-    console.rule("2. temporal split, tune on validation, evaluate on test")
-    _run(
-        _compare,
-        store,
-        "temporal",
-        models,
-        tune_trials,
-        "10,20",
-        seed,
-        0.2,
-        1,
-        None,
-        None,
-        1,
-        1,
-        None,
-        out / "compare.json",
-        out / "compare.png",
-        out / "report.md",
-        out / "models",
-    )
-    console.print(
-        f"wrote {out / 'report.md'}, {out / 'compare.json'}, {out / 'compare.png'}, models in {out / 'models'}"
     )
 
 

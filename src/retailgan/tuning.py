@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from retailgan import progress
 from retailgan.data.splits import Split
 from retailgan.errors import ConfigError
 from retailgan.models.base import IterativeRecommender, TrainingOptions
@@ -135,7 +136,17 @@ def tune(
         finals[trial.number] = final
         return value
 
-    study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=())
+    with progress.steps(f"tune {name}", n_trials, "trial") as steps:
+
+        def report_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+            if trial.state == optuna.trial.TrialState.COMPLETE:
+                note = f"validation {metric} {trial.value:.4f} (best {max(t.value for t in done):.4f})"
+            else:
+                note = trial.state.name.lower()  # pruned: its epochs fell behind the median trial
+            steps.done(trial.number + 1, note)
+
+        study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(), callbacks=[report_trial])
     completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not completed:
         raise ConfigError(f"tuning {name}: no trial completed")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import typer
@@ -69,7 +68,6 @@ def train_cmd(
             params=_params(params),
             time_budget_s=None if time_budget is None else time_budget * 60.0,
             num_threads=threads,
-            progress=sys.stderr.isatty(),
         )
         m = res.model
         _echo_json(
