@@ -210,6 +210,9 @@ class ConditionalGAN:
     shape: tuple[int, int, int]
     seed: int = 0
     data_name: str = ""
+    data_source: str = ""
+    """The ``--data`` it was trained on (``fashion-mnist`` or a folder's absolute path): the default
+    real data of ``images evaluate`` / ``personalize`` / ``generate --like``."""
     history: list[dict[str, float]] = field(default_factory=list)
     train_seconds: float = 0.0
     version: str = ""
@@ -370,6 +373,7 @@ class ConditionalGAN:
             "shape": list(self.shape),
             "seed": self.seed,
             "data": self.data_name,
+            "data_source": self.data_source,
             "train_seconds": self.train_seconds,
             "history": self.history,
         }
@@ -423,6 +427,7 @@ class ConditionalGAN:
                 tuple(meta["shape"]),  # type: ignore[arg-type]
                 seed=int(meta.get("seed", 0)),
                 data_name=str(meta.get("data", "")),
+                data_source=str(meta.get("data_source", "")),
                 history=list(meta.get("history", [])),
                 train_seconds=float(meta.get("train_seconds", 0.0)),
                 version=str(meta.get("version", "")),
