@@ -273,6 +273,7 @@ def _compare(
         f"{protocol} split: train {len(sp_.train):,} / test {len(sp_.test):,} "
         f"(validation {len(sp_.validation):,} carved from train)",
         highlight=False,
+        soft_wrap=True,  # one line in a log too (a non-terminal console would wrap at 80 columns)
     )
     runs = run_comparison(sp_, names, ks=ks, seed=seed, tune_trials=tune_trials, params=fixed)
     primary = f"ndcg@{ks[-1]}"
