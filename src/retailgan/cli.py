@@ -22,7 +22,7 @@ app = typer.Typer(
     help="retailgan: personalised recommendations from raw retail logs.",
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # a line stays one line in a log (no wrap at 80 columns)
 BUNDLED_RETAIL = Path(__file__).resolve().parents[2] / "data" / "online-retail" / "online_retail.csv.gz"
 
 
@@ -273,7 +273,6 @@ def _compare(
         f"{protocol} split: train {len(sp_.train):,} / test {len(sp_.test):,} "
         f"(validation {len(sp_.validation):,} carved from train)",
         highlight=False,
-        soft_wrap=True,  # one line in a log too (a non-terminal console would wrap at 80 columns)
     )
     runs = run_comparison(sp_, names, ks=ks, seed=seed, tune_trials=tune_trials, params=fixed)
     primary = f"ndcg@{ks[-1]}"
