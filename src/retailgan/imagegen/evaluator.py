@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from retailgan import progress
 from retailgan.errors import ConfigError, ModelFileError
 from retailgan.fileio import atomic_write
 from retailgan.imagegen.data import to_model_range
@@ -180,16 +181,18 @@ def train_classifier(
         opt = torch.optim.Adam(ev.net.parameters(), lr=lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * -(-len(x) // batch_size))
         rng = np.random.default_rng(seed)
-        for _ in range(epochs):
-            ev.net.train()
-            order = torch.from_numpy(rng.permutation(len(x)))
-            for i in range(0, len(x), batch_size):
-                idx = order[i : i + batch_size]
-                loss = F.cross_entropy(ev.net(x[idx]), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
+        with progress.steps("train the quality evaluator", epochs, "epoch") as steps:
+            for epoch in range(1, epochs + 1):
+                ev.net.train()
+                order = torch.from_numpy(rng.permutation(len(x)))
+                for i in range(0, len(x), batch_size):
+                    idx = order[i : i + batch_size]
+                    loss = F.cross_entropy(ev.net(x[idx]), y[idx])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+                steps.done(epoch, f"last batch loss {loss.item():.3f}")
         ev.net.eval()
         ev.epochs = epochs
         ev.train_seconds = time.perf_counter() - t0
