@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -37,6 +39,20 @@ def test_ingest_report_and_info(store):
     assert "events" in res.output
 
 
+def test_ingest_force_reads_an_ingested_file_again(tmp_path):
+    events, _ = write_shop_logs(tmp_path, customers=5, events=40, products=3)
+    args = ["ingest", str(events), "--format", "events", "--store", str(tmp_path / "s.duckdb"),
+            "--user-col", "customer", "--item-col", "sku", "--time-col", "ts", "--event-col", "action"]
+    assert runner.invoke(app, args).exit_code == 0
+    again = runner.invoke(app, [*args, "--json", str(tmp_path / "again.json")])
+    assert again.exit_code == 0 and "--force re-reads it" in again.output
+    assert json.loads((tmp_path / "again.json").read_text())["skipped"]
+    forced = runner.invoke(app, [*args, "--force", "--json", str(tmp_path / "forced.json")])
+    assert forced.exit_code == 0, forced.output
+    report = json.loads((tmp_path / "forced.json").read_text())
+    assert not report["skipped"] and report["rows_in"] == 40 and report["new_events"] == 0
+
+
 def test_compare_writes_json_table_plot_report(store, tmp_path):
     out = tmp_path / "c.json"
     res = runner.invoke(app, [
@@ -45,7 +61,11 @@ def test_compare_writes_json_table_plot_report(store, tmp_path):
         "--report", str(tmp_path / "r.md"), "--tune-trials", "2", "--save-dir", str(tmp_path / "models"),
     ])
     assert res.exit_code == 0, res.output
-    assert "| model | ndcg@5" in res.output
+    assert "| model | ndcg@5" in res.stdout
+    # Progress on stderr, a line per step, with the time spent (and left, where the steps are alike).
+    assert "compare: model 3/3 done, itemknn: test ndcg@10" in res.stderr
+    trial = r"  tune ease: trial 2/2 done, validation ndcg@10 [\d.]+ \(best [\d.]+\); \d+ s elapsed"
+    assert re.search(trial, res.stderr)
     doc = json.loads(out.read_text())
     assert doc["dataset"] and doc["protocol"] == "random" and doc["seed"] == 1
     names = [r["model"] for r in doc["results"]]
@@ -74,12 +94,34 @@ def test_train_then_recommend_shows_titles(store, tmp_path):
                               "--k", "3", "--json"])
     assert res.exit_code == 0, res.output
     recs = json.loads(res.output)
-    assert [r["known"] for r in recs] == [True, False]
+    assert [(r["customer_id"], r["known_customer"]) for r in recs] == [("C0", True), ("nobody", False)]
     assert len(recs[0]["items"]) == 3
     assert recs[0]["items"][0]["title"].startswith("Product ")
     assert recs[0]["items"][0]["price"] is not None
     res = runner.invoke(app, ["recommend", "--model-dir", str(model_dir), "--user", "C0", "--k", "3"])
     assert res.exit_code == 0 and "Product" in res.output
+
+
+def test_train_shows_only_what_validation_chose(store, tmp_path):
+    res = runner.invoke(app, ["train", "--store", str(store), "--model", "ials", "--out", str(tmp_path / "ials"),
+                              "--params", '{"factors": 4, "epochs": 3}'])
+    assert res.exit_code == 0, res.output
+    chosen = res.output.split("chosen on validation: ")[1].split(" (")[0]
+    assert list(json.loads(chosen)) == ["epochs"]  # the early-stopped epoch count, not every parameter
+    res = runner.invoke(app, ["train", "--store", str(store), "--model", "ease", "--out", str(tmp_path / "ease")])
+    assert res.exit_code == 0 and "chosen on validation" not in res.output
+    res = runner.invoke(app, ["train", "--store", str(store), "--model", "ease", "--out", str(tmp_path / "tuned"),
+                              "--tune-trials", "2"])
+    chosen = res.output.split("chosen on validation: ")[1].split(" (")[0]
+    assert list(json.loads(chosen)) == ["l2"]
+
+
+def test_recommend_suggests_the_known_id_an_unknown_one_is_close_to(store, tmp_path):
+    model_dir = tmp_path / "ease"
+    assert runner.invoke(app, ["train", "--store", str(store), "--out", str(model_dir)]).exit_code == 0
+    res = runner.invoke(app, ["recommend", "--model-dir", str(model_dir), "--user", "c0.0", "--json"])
+    assert res.exit_code == 0 and "did you mean C0?" in res.stderr
+    assert json.loads(res.stdout)[0]["known_customer"] is False
 
 
 def test_tune_command(store, tmp_path):
@@ -117,6 +159,21 @@ def test_bad_arguments_give_one_clear_error(store, args, message):
     assert res.exit_code == 2
     assert message in res.output
     assert "Traceback" not in res.output
+
+
+def test_featgan_with_a_faiss_index_needs_the_ann_extra_before_training(store, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", None)  # as if faiss-cpu were not installed
+    res = runner.invoke(app, ["train", "--store", str(store), "--model", "featgan", "--out", str(tmp_path / "fg"),
+                              "--params", '{"index": "hnsw"}'])
+    assert res.exit_code == 2
+    assert "pip install 'retailgan[ann]'" in res.output and "pip install -e '.[ann]'" in res.output
+    assert not (tmp_path / "fg").exists()
+
+
+def test_serve_without_the_serve_extra_names_it(store, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    res = runner.invoke(app, ["serve", "--model-dir", str(tmp_path), "--store", str(store), "--no-auth"])
+    assert res.exit_code == 2 and "pip install 'retailgan[serve]'" in res.output
 
 
 def test_compare_on_missing_store(tmp_path):

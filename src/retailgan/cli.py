@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from retailgan import progress
 from retailgan.errors import ConfigError, RetailganError
+from retailgan.fileio import write_text_atomic
 
 app = typer.Typer(
     add_completion=False,
@@ -21,40 +22,22 @@ app = typer.Typer(
     help="retailgan: personalised recommendations from raw retail logs.",
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # a line stays one line in a log (no wrap at 80 columns)
 BUNDLED_RETAIL = Path(__file__).resolve().parents[2] / "data" / "online-retail" / "online_retail.csv.gz"
 
 
 def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # Escaped: a message may hold brackets ("pip install 'retailgan[serve]'") that rich reads as markup.
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
 def _write_json_atomic(path: Path, payload: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2, default=str)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(payload, indent=2, default=str) + "\n")
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text)
 
 
 def _parse_ks(text: str) -> tuple[int, ...]:
@@ -121,6 +104,7 @@ def _run(fn, *args, **kwargs):
 @app.callback()
 def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details.")) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    progress.enable()  # long steps report on stderr, in a terminal and in logs alike
 
 
 # -- ingest -----------------------------------------------------------------------------------
@@ -146,6 +130,9 @@ def ingest(
     category_col: str | None = typer.Option(None, "--category-col"),
     catalogue_price_col: str | None = typer.Option(None, "--catalogue-price-col"),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the ingest report as JSON here."),
+    force: bool = typer.Option(
+        False, "--force", help="Read the file again even if it was ingested before (events already stored stay once)."
+    ),
 ) -> None:
     """Ingest a behaviour log into the store: clean, report, and keep every dropped row."""
     from retailgan.data.ingest import ingest as do_ingest
@@ -181,6 +168,7 @@ def ingest(
         mapping=mapping or None,
         catalogue=catalogue,
         catalogue_mapping=cat_mapping or None,
+        options={"force": force},
     )
     Console().print(report.to_markdown(), highlight=False, soft_wrap=True)
     if json_out:
@@ -298,16 +286,7 @@ def _compare(
         f"(validation {len(sp_.validation):,} carved from train)",
         highlight=False,
     )
-    with console.status("starting") as status:
-        runs = run_comparison(
-            sp_,
-            names,
-            ks=ks,
-            seed=seed,
-            tune_trials=tune_trials,
-            params=fixed,
-            on_model=lambda name, step: status.update(f"{name}: {step}"),
-        )
+    runs = run_comparison(sp_, names, ks=ks, seed=seed, tune_trials=tune_trials, params=fixed)
     primary = f"ndcg@{ks[-1]}"
     metric_names = [f"{m}@{kk}" for kk in ks for m in ("ndcg", "recall", "precision", "map", "mrr", "hitrate")]
     extra = [f"{m}@{ks[0]}" for m in ("coverage", "novelty", "ild", "revenue")]
@@ -500,6 +479,7 @@ def _train_job(job: dict[str, Any]) -> None:
     from retailgan.tuning import tune
 
     main_process = distributed.rank() == 0
+    progress.enable(main_process)  # one process reports
     cls = get_model_class(job["model"])
     ds = _load(job["store"], job["event_weights"], job["rating_threshold"], job["min_user"], job["min_item"],
                job["as_of"])
@@ -510,9 +490,10 @@ def _train_job(job: dict[str, Any]) -> None:
             job["model"], split(ds, job["protocol"], seed=seed), n_trials=job["tune_trials"], seed=seed, fixed=chosen
         )
         chosen = result.params
-        if main_process:
-            console.print(f"chosen on validation: {json.dumps(chosen)} ({result.metric} {result.value:.4f})")
-    fitted = cls(**chosen).fit(ds, TrainingOptions(seed=seed, progress=main_process and sys.stderr.isatty()))
+        tuned = {name: chosen[name] for name in result.searched if name in chosen}
+        if main_process and tuned:  # defaults and --params values were not chosen: not shown
+            console.print(f"chosen on validation: {json.dumps(tuned)} ({result.metric} {result.value:.4f})")
+    fitted = cls(**chosen).fit(ds, TrainingOptions(seed=seed))
     if not main_process:
         return
     fitted.save(job["out"])
@@ -579,7 +560,7 @@ def recommend(
                 price = float(info.prices[j])
                 item = {
                     "rank": rank,
-                    "item_id": iid,
+                    "product_id": iid,
                     "title": info.titles[j],
                     "price": None if price != price else price,
                     "score": float(score),
@@ -588,21 +569,28 @@ def recommend(
                     why = reasons[rank - 1]
                     item["reasons"] = [w.text for w in why]
                     item["because"] = [
-                        {"item_id": w.product_id, "weight": w.contribution} for w in why if w.kind == "history_item"
+                        {"product_id": w.product_id, "contribution": w.contribution}
+                        for w in why
+                        if w.kind == "history_item"
                     ]
                 items.append(item)
-            out.append({"user_id": uid, "known": bool(recs.known[r]), "items": items})
+            # The names of the HTTP API's responses (retailgan.serving.schemas), so one vocabulary.
+            out.append({"customer_id": uid, "known_customer": bool(recs.known[r]), "items": items})
+            close = None if recs.known[r] else mdl.users.close_match(str(uid))
+            if close is not None:
+                console.print(f"customer {uid!r} is unknown (popular products shown): did you mean {close}?",
+                              highlight=False, markup=False)
         if json_out:
             typer.echo(json.dumps(out, indent=2))
             return
         for entry in out:
-            note = "" if entry["known"] else " (unknown customer: popular products)"
-            table = Table(title=f"customer {entry['user_id']}{note}")
-            for col in ("rank", "item", "title", "price", "score", *(["why"] if explain else [])):
+            note = "" if entry["known_customer"] else " (unknown customer: popular products)"
+            table = Table(title=f"customer {entry['customer_id']}{note}")
+            for col in ("rank", "product", "title", "price", "score", *(["why"] if explain else [])):
                 table.add_column(col)
             for it in entry["items"]:
                 price = "" if it["price"] is None else f"{it['price']:.2f}"
-                row = [str(it["rank"]), it["item_id"], str(it["title"] or ""), price, f"{it['score']:.4f}"]
+                row = [str(it["rank"]), it["product_id"], str(it["title"] or ""), price, f"{it['score']:.4f}"]
                 if explain:
                     row.append("; ".join(it["reasons"]))
                 table.add_row(*row)
@@ -699,7 +687,21 @@ def demo(
     """End to end on the bundled UCI Online Retail log: ingest, clean, split, tune, evaluate, report."""
     out.mkdir(parents=True, exist_ok=True)
     store = out / "retail.duckdb"
-    console.rule("1. ingest and clean")
+    with progress.steps("demo", 2, "step", estimate=False) as steps:
+        steps.begin(1, "ingest and clean")
+        _demo_ingest(source, store, out)
+        steps.done(1, "ingested")
+        steps.begin(2, f"temporal split, tune {models} on validation ({tune_trials} trials each), evaluate on test")
+        _run(_compare, store, "temporal", models, tune_trials, "10,20", seed, 0.2, 1, None, None, 1, 1, None,
+             out / "compare.json", out / "compare.png", out / "report.md", out / "models")
+        steps.done(2, "compared")
+    console.print(
+        f"wrote {out / 'report.md'}, {out / 'compare.json'}, {out / 'compare.png'}, models in {out / 'models'}"
+    )
+
+
+def _demo_ingest(source: Path, store: Path, out: Path) -> None:
+    """Step 1 of the demo: ``retailgan ingest`` of the Online Retail file."""
     ingest(
         source=source,
         store=store,
@@ -717,30 +719,7 @@ def demo(
         category_col=None,
         catalogue_price_col=None,
         json_out=out / "ingest.json",
-    )
-    console.rule("2. temporal split, tune on validation, evaluate on test")
-    _run(
-        _compare,
-        store,
-        "temporal",
-        models,
-        tune_trials,
-        "10,20",
-        seed,
-        0.2,
-        1,
-        None,
-        None,
-        1,
-        1,
-        None,
-        out / "compare.json",
-        out / "compare.png",
-        out / "report.md",
-        out / "models",
-    )
-    console.print(
-        f"wrote {out / 'report.md'}, {out / 'compare.json'}, {out / 'compare.png'}, models in {out / 'models'}"
+        force=False,
     )
 
 

@@ -50,6 +50,15 @@ class ConfigError(RetailganError):
     """An invalid option or configuration value."""
 
 
+def extra_needed(what: str, extra: str, detail: str = "") -> ConfigError:
+    """The error for an optional dependency that is not installed, with the command that adds it."""
+    more = f" ({detail})" if detail else ""
+    return ConfigError(
+        f"{what} needs the '{extra}' extra: pip install 'retailgan[{extra}]' "
+        f"(in a source checkout: pip install -e '.[{extra}]'){more}"
+    )
+
+
 class ImageError(RetailganError):
     """A product image file is unreadable, too large, or names no catalogue product."""
 

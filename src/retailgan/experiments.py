@@ -8,13 +8,14 @@ arrays are kept so every model can be compared to the best one with a paired tes
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
+from retailgan import progress
 from retailgan.data.dataset import InteractionDataset
 from retailgan.data.splits import Split
 from retailgan.evaluation.protocols import EvaluationResult, evaluate
@@ -56,7 +57,6 @@ def run_comparison(
     tune_trials: int = 0,
     metric: str | None = None,
     params: dict[str, dict[str, Any]] | None = None,
-    on_model: Callable[[str, str], None] | None = None,
 ) -> list[ModelRun]:
     """Tune (validation only), fit on ``split.train`` and evaluate on ``split.test``, per model."""
     ks = tuple(sorted(set(int(k) for k in ks)))
@@ -66,37 +66,32 @@ def run_comparison(
     prices = train.item_info.prices if train.item_info.has_prices() else None
     features = item_features_for_diversity(train)
     runs: list[ModelRun] = []
-    for name in models:
-        cls = get_model_class(name)
-        if on_model:
-            on_model(name, "tuning")
-        tuned = tune(name, split, n_trials=tune_trials, seed=seed, metric=metric, fixed=params.get(name))
-        if on_model:
-            on_model(name, "fitting")
-        model = cls(**tuned.params)
-        model.fit(train, TrainingOptions(seed=seed))
-        if on_model:
-            on_model(name, "evaluating")
-        result = evaluate(
-            model,
-            train.matrix(),
-            split.test.matrix(),
-            ks=ks,
-            item_prices=prices,
-            item_features=features,
-        )
-        runs.append(
-            ModelRun(
-                name=name,
-                params=tuned.params,
-                model=model,
-                result=result,
-                validation_value=tuned.value,
-                timings={"tune_s": tuned.seconds, "fit_s": model.fit_seconds, "eval_s": result.eval_seconds},
-                trials=tuned.trials,
-            )
-        )
+    # Models differ too much in cost (pop: a second; a GAN: minutes) for a time-left estimate.
+    with progress.steps("compare", len(models), "model", estimate=False) as steps:
+        for i, name in enumerate(models, start=1):
+            steps.begin(i, f"{name}: tune on validation ({tune_trials} trials), fit, evaluate on test")
+            runs.append(_run_one(name, split, ks, seed, tune_trials, metric, params.get(name), prices, features))
+            steps.done(i, f"{name}: test {metric} {runs[-1].result.summary()[metric]:.4f}")
     return runs
+
+
+def _run_one(name, split, ks, seed, tune_trials, metric, fixed, prices, features) -> ModelRun:
+    """One model of :func:`run_comparison`: tune, fit on the training part, evaluate on the test part."""
+    cls = get_model_class(name)
+    train = split.train
+    tuned = tune(name, split, n_trials=tune_trials, seed=seed, metric=metric, fixed=fixed)
+    model = cls(**tuned.params)
+    model.fit(train, TrainingOptions(seed=seed))
+    result = evaluate(model, train.matrix(), split.test.matrix(), ks=ks, item_prices=prices, item_features=features)
+    return ModelRun(
+        name=name,
+        params=tuned.params,
+        model=model,
+        result=result,
+        validation_value=tuned.value,
+        timings={"tune_s": tuned.seconds, "fit_s": model.fit_seconds, "eval_s": result.eval_seconds},
+        trials=tuned.trials,
+    )
 
 
 def comparison_json(

@@ -17,7 +17,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from safetensors.numpy import load_file, save_file
 from retailgan import __version__
 from retailgan.data.dataset import ItemInfo, Vocabulary
 from retailgan.errors import ModelFileError, RetailganError
+from retailgan.fileio import file_mode, make_temp_dir
 
 FORMAT_VERSION = 1
 META_FILE = "model.json"
@@ -159,11 +159,15 @@ def save_model(model: Any, path: str | Path) -> Path:
 def atomic_directory(path: Path) -> Iterator[Path]:
     """Write a directory's files into the yielded temporary directory; on success it replaces
     ``path`` in one rename (readers never see a half-written directory), on error it is removed
-    and ``path`` is left as it was."""
+    and ``path`` is left as it was. The folder and its files get the modes of a plain write
+    (:mod:`retailgan.fileio`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = make_temp_dir(path.parent, prefix=f".{path.name}.")
     try:
         yield tmp
+        for f in tmp.rglob("*"):  # safetensors writes its files 0600; give them a plain file's mode
+            if f.is_file():
+                os.chmod(f, file_mode())
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)

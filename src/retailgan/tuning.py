@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from retailgan import progress
 from retailgan.data.splits import Split
 from retailgan.errors import ConfigError
 from retailgan.models.base import IterativeRecommender, TrainingOptions
@@ -31,6 +32,9 @@ class TuneResult:
     metric: str
     trials: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    searched: list[str] = field(default_factory=list)
+    """Names of the parameters chosen on validation: the searched ones, and ``epochs`` for
+    iterative models (the rest of ``params`` are defaults or fixed)."""
 
 
 def validate_once(
@@ -106,7 +110,8 @@ def tune(
     if n_trials == 0 or not has_space:
         value, params = validate_once(name, fixed, split, seed=seed, metric=metric)
         return TuneResult(
-            name, params, value, metric, [{"params": params, "value": value}], time.perf_counter() - start
+            name, params, value, metric, [{"params": params, "value": value}], time.perf_counter() - start,
+            searched=_with_epochs([], cls),
         )
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -131,7 +136,17 @@ def tune(
         finals[trial.number] = final
         return value
 
-    study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=())
+    with progress.steps(f"tune {name}", n_trials, "trial") as steps:
+
+        def report_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+            if trial.state == optuna.trial.TrialState.COMPLETE:
+                note = f"validation {metric} {trial.value:.4f} (best {max(t.value for t in done):.4f})"
+            else:
+                note = trial.state.name.lower()  # pruned: its epochs fell behind the median trial
+            steps.done(trial.number + 1, note)
+
+        study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(), callbacks=[report_trial])
     completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not completed:
         raise ConfigError(f"tuning {name}: no trial completed")
@@ -140,4 +155,12 @@ def tune(
         {"number": t.number, "params": {**t.params, **fixed}, "value": t.value, "state": t.state.name}
         for t in study.trials
     ]
-    return TuneResult(name, finals[best.number], float(best.value), metric, trials, time.perf_counter() - start)
+    return TuneResult(
+        name, finals[best.number], float(best.value), metric, trials, time.perf_counter() - start,
+        searched=_with_epochs(list(best.params), cls),
+    )
+
+
+def _with_epochs(names: list[str], cls: type) -> list[str]:
+    """``names`` plus ``epochs`` for iterative models (early stopping on validation picks it)."""
+    return [*names, "epochs"] if issubclass(cls, IterativeRecommender) and "epochs" not in names else names

@@ -38,6 +38,8 @@ def test_build_all_customers(shop, tmp_path):
     out = tmp_path / "camp"
     res = _build(shop, out, "--k", "4", "--chunk-size", "16")
     assert res.exit_code == 0, res.output
+    # One line, even in a log (not wrapped at 80 columns).
+    assert any(ln.startswith("wrote ") and ln.endswith("report.html)") for ln in res.stderr.splitlines())
     assert sorted(p.name for p in out.iterdir()) == ["banners", "campaign.parquet", "emails", "report.html",
                                                       "report.png", "summary.json"]
     assert not list(tmp_path.glob(".*"))  # no work directory left behind
@@ -163,7 +165,7 @@ class Stop(Exception):
     pass
 
 
-def test_resumed_run_is_byte_identical(shop, tmp_path):
+def test_resumed_run_is_byte_identical(shop, tmp_path, capsys):
     store, model = shop
     kwargs = dict(segment="all", theme="max_price:10", k=3, recent_days=30, chunk_size=7)
     full = build_campaign(store, model, tmp_path / "full", **kwargs)
@@ -179,8 +181,12 @@ def test_resumed_run_is_byte_identical(shop, tmp_path):
     progress = json.loads((tmp_path / ".resumed.work" / "progress.json").read_text())
     assert progress["done"] == 2
     seen: list[int] = []
-    resumed = build_campaign(store, model, out, after_chunk=seen.append, **kwargs)
+    capsys.readouterr()
+    resumed = build_campaign(store, model, out, after_chunk=seen.append, progress=True, **kwargs)
     assert seen == [2, 3, 4, 5]  # 40 customers in chunks of 7: chunks 0 and 1 were not redone
+    lines = capsys.readouterr().err.splitlines()  # progress counts the chunks left
+    assert lines[0].startswith("campaign: chunk 1/4 done, 3/6 with the earlier run's; ") and "left" in lines[0]
+    assert lines[-1].startswith("campaign: chunk 4/4 done, 6/6 with the earlier run's; ")
     assert resumed == full
     assert _files(out) == _files(tmp_path / "full")
     assert not (tmp_path / ".resumed.work").exists()

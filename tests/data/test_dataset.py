@@ -72,3 +72,11 @@ def test_k_core_invariant(pairs, min_user, min_item):
     orig = set(zip(ds.users.decode(ds.user_idx), ds.items.decode(ds.item_idx), strict=True))
     surv_u, surv_i = set(core.users.ids), set(core.items.ids)
     assert kept == {(u, i) for u, i in orig if u in surv_u and i in surv_i}
+
+
+def test_vocabulary_close_match_forgives_spaces_case_and_a_trailing_point_zero():
+    vocab = Vocabulary(["17850", "C12", "85123A"])
+    assert vocab.close_match("17850.0") == "17850"
+    assert vocab.close_match(" 17850 ") == "17850"
+    assert vocab.close_match("c12") == "C12" and vocab.close_match("85123a") == "85123A"
+    assert vocab.close_match("17850") is None and vocab.close_match("17851") is None

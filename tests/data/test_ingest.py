@@ -533,7 +533,11 @@ def _bad_cases(tmp: Path) -> list[tuple[str, Path, str, dict[str, Any], list[str
          {"mapping": {"user": "customer"}},
          ["ev.csv", "missing column 'customer'", "the file has: user, item, timestamp"]),
         ("no user column", write_csv(tmp / "nouser.csv", "who,item", ["a,b"]), "events", {},
-         ["nouser.csv", "no user column", "the file has: who, item"]),
+         ["nouser.csv", "no user column: name it with --user-col COLUMN", "the file has: who, item"]),
+        ("another format", retail("retail.csv", [good]), "movielens-100k", {},
+         ["retail.csv", "looks like online-retail data: try --format online-retail"]),
+        ("events as online-retail", write_events(tmp / "clicks.csv"), "online-retail", {},
+         ["clicks.csv", "missing column", "try --format events"]),
         ("wrong type", retail("qty.csv", qty_abc), "online-retail", {},
          ["qty.csv", "line 4", "column Quantity", "'abc' is not a number", "3 of 5 rows"]),
         ("bad timestamp", retail("date.csv", [good, *[good.replace("2010-12-01 08:26:00", "yesterday")] * 2]),
@@ -565,7 +569,8 @@ def _bad_cases(tmp: Path) -> list[tuple[str, Path, str, dict[str, Any], list[str
 
 
 BAD_IDS = [  # the names of _bad_cases (which needs a tmp_path to build its files)
-    "missing column", "misnamed column", "mapped column absent", "no user column", "wrong type",
+    "missing column", "misnamed column", "mapped column absent", "no user column", "another format",
+    "events as online-retail", "wrong type",
     "bad timestamp", "empty required value", "wrong type jsonl", "wrong parquet type",
     "malformed jsonl", "not utf-8", "malformed csv", "empty file", "empty gzip", "header only",
     "truncated gzip", "not gzip", "unknown format", "missing path", "unsupported extension",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
@@ -171,3 +173,20 @@ def test_helpers_after_an_ingest(tmp_path: Path) -> None:
         assert summary["dataset_name"] == "ev"
         assert summary["ingests"][0]["rows_in"] == 3
         assert summary["ingests"][0]["sha256"] == _sha(src)
+
+
+def test_a_store_open_in_another_process_names_it_and_the_way_around(tmp_path: Path) -> None:
+    path = tmp_path / "s.duckdb"
+    Store.open(path).close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import duckdb, sys; c = duckdb.connect({str(path)!r}); print('open', flush=True); "
+         "sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        for read_only in (False, True):  # reading is refused too while another process has it open
+            with pytest.raises(StoreError, match=rf"in use by another process \(PID {holder.pid}\).*copy"):
+                Store.open(path, read_only=read_only)
+    finally:
+        holder.communicate("", timeout=30)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,3 +124,36 @@ def test_read_image_file_resizes_and_converts(tmp_path):
     assert a.shape == (1, 28, 28) and a.dtype == np.uint8
     with pytest.raises(ConfigError, match="no such image file"):
         read_image_file(tmp_path / "nope.png", (1, 28, 28))
+
+
+def test_bundled_fashion_mnist_subset_is_read_when_shared_is_absent(tmp_path, monkeypatch):
+    import retailgan.imagegen.data as data_module
+
+    monkeypatch.setattr(data_module, "__file__", str(tmp_path / "repo" / "src" / "retailgan" / "imagegen" / "data.py"))
+    monkeypatch.chdir(tmp_path)
+    assert data_module.default_fashion_mnist_root() == data_module.BUNDLED_FASHION_MNIST
+    assert "the subset bundled in" in data_module.describe_source("fashion-mnist")
+    train, test = load_images("fashion-mnist", "train"), load_images("fashion-mnist", "test")
+    assert train.classes == test.classes == FASHION_MNIST_CLASSES
+    assert np.bincount(train.labels).tolist() == [300] * 10 and np.bincount(test.labels).tolist() == [100] * 10
+    # ../shared wins when it is there: the full set.
+    full = tmp_path / "shared" / "data" / "fashion-mnist"
+    full.mkdir(parents=True)
+    _write_idx(full, "train", np.zeros((2, 28, 28), np.uint8), np.array([0, 1]))
+    assert data_module.default_fashion_mnist_root() == full
+    assert data_module.describe_source("fashion-mnist") == f"fashion-mnist: the full set in {full}"
+
+
+def test_a_trained_model_remembers_its_data_and_the_image_commands_default_to_it(trained_tiny, capsys):
+    from retailgan.imagegen.cli import _model_data
+    from retailgan.imagegen.model import ConditionalGAN
+
+    model = ConditionalGAN.load(trained_tiny.model_dir)
+    assert model.data_source == str(Path(trained_tiny.data.paths[0]).parents[1].resolve())
+    assert _model_data(model, None) == model.data_source and _model_data(model, "fashion-mnist") == "fashion-mnist"
+    assert f"real data: {model.data_source}" in capsys.readouterr().err
+    model.data_source, model.data_name = "", "fashion-mnist-train"  # saved before sources were recorded
+    assert _model_data(model, None) == "fashion-mnist"
+    model.data_name = "products"
+    with pytest.raises(ConfigError, match="pass --data"):
+        _model_data(model, None)

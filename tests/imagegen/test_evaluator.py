@@ -83,9 +83,13 @@ def test_evaluator_learns_trains_saves_and_loads(tmp_path):
         Evaluator.load(tmp_path / "nothing")
 
 
-def test_classifier_training_is_seeded():
+def test_classifier_training_is_seeded(capsys, monkeypatch):
+    from retailgan import progress
+
+    monkeypatch.setattr(progress, "_enabled", True)
     images, labels = synthetic_images(8, seed=0)
     a = train_classifier(images, labels, CATEGORIES, epochs=1, batch_size=8, seed=4)
+    assert capsys.readouterr().err.startswith("train the quality evaluator: epoch 1/1 done, last batch loss ")
     b = train_classifier(images, labels, CATEGORIES, epochs=1, batch_size=8, seed=4)
     np.testing.assert_array_equal(a.features(images), b.features(images))
 

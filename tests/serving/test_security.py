@@ -54,6 +54,26 @@ def test_new_key_command_prints_key_and_matching_entry(capsys):
     assert len(key) >= 40
 
 
+def test_key_maker_appends_to_a_private_keys_file_and_refuses_a_duplicate_name(tmp_path, capsys):
+    keys = tmp_path / "keys.txt"
+    main(["--name", "ops", "--role", "admin", "--keys-file", str(keys)])
+    main(["--name", "shop", "--keys-file", str(keys)])
+    printed = [line.split()[-1] for line in capsys.readouterr().out.splitlines() if line.startswith("key:")]
+    assert keys.stat().st_mode & 0o777 == 0o600
+    ring = KeyRing(load_keys(keys, None))
+    assert [ring.identify(k).name for k in printed] == ["ops", "shop"] and ring.identify(printed[0]).is_admin
+    before = keys.read_bytes()
+    with pytest.raises(SystemExit) as exc:
+        main(["--name", "ops", "--keys-file", str(keys)])
+    assert exc.value.code == 2 and "'ops' is already there" in capsys.readouterr().err
+    assert keys.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["keys.txt"]
+
+
+def test_a_pasted_entry_label_is_accepted():
+    (key,) = parse_entries([f"entry: shop:user:{hash_key('k')}"], "keys.txt")
+    assert (key.name, key.role, key.digest) == ("shop", "user", hash_key("k"))
+
+
 def test_token_bucket_refills_and_limits():
     bucket = TokenBucket(rate=1000.0, burst=2)
     assert bucket.take() == 0.0 and bucket.take() == 0.0

@@ -95,3 +95,34 @@ def test_serve_refuses_missing_model_dir(built, tmp_path):
     res = CliRunner().invoke(app, ["serve", "--model-dir", str(tmp_path / "none"), "--store", str(built["store"]),
                                    "--no-auth"])
     assert res.exit_code == 2 and "no such model directory" in res.output
+
+
+def test_serve_on_a_busy_port_is_one_clear_line(built):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = CliRunner().invoke(app, ["serve", "--model-dir", str(built["models"]["ease"]), "--store",
+                                       str(built["store"]), "--no-auth", "--port", str(port)])
+    assert res.exit_code == 2, res.output
+    assert f"port {port}" in res.output and "pick another with --port" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_serve_says_where_it_listens(built, monkeypatch):
+    import uvicorn
+
+    ran = []
+
+    def run(self, sockets):
+        ran.append(sockets[0].getsockname())
+        sockets[0].close()
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    port = free_port()
+    res = CliRunner().invoke(app, ["serve", "--model-dir", str(built["models"]["ease"]), "--store",
+                                   str(built["store"]), "--no-auth", "--port", str(port)])
+    assert res.exit_code == 0, res.output
+    assert ran == [("127.0.0.1", port)]
+    assert f"serving ease from {built['models']['ease']}" in res.stderr
+    assert f"on http://127.0.0.1:{port}" in res.stderr

@@ -47,9 +47,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from retailgan import progress as progress_lines
 from retailgan.campaign import DEFAULT_CHUNK_SIZE
 from retailgan.campaign.query import (
     parse_segment,
@@ -419,16 +418,17 @@ def build_campaign(
         workers = min(workers, len(todo)) or 1
         if workers > 1:
             store.close()  # the workers open their own read-only connections
-        with Progress(TextColumn("campaign"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      console=Console(stderr=True), disable=not progress) as bar:
-            done_customers = sum(len(customers[c * chunk_size:(c + 1) * chunk_size]) for c in finished)
-            task = bar.add_task("customers", total=len(customers), completed=done_customers)
+        # The chunks left (all of them, unless a stopped run is taken up again).
+        with progress_lines.steps("campaign", len(todo), "chunk", every_s=2.0,
+                                  enabled=True if progress else None) as steps:
 
             def record(c: int) -> None:
                 # Called only once the chunk's files are all in place.
                 finished.add(c)
                 _write_json(work / PROGRESS_FILE, _progress(fingerprint, n_chunks, finished))
-                bar.update(task, advance=len(customers[c * chunk_size:(c + 1) * chunk_size]))
+                resumed = len(todo) < n_chunks
+                steps.done(len(finished) - (n_chunks - len(todo)),
+                           f"{len(finished)}/{n_chunks} with the earlier run's" if resumed else "")
                 if after_chunk is not None:
                     after_chunk(c)
 

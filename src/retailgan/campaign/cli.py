@@ -14,7 +14,7 @@ campaign_app = typer.Typer(
     help="Personalised campaigns: per-customer products, reasons and e-mails.",
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # a line stays one line in a log (no wrap at 80 columns)
 
 
 @campaign_app.command("build")

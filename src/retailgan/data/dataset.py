@@ -14,6 +14,7 @@ Orientation is fixed: rows are users, columns are items, everywhere.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,18 @@ class Vocabulary:
     def decode(self, idx: np.ndarray | Sequence[int]) -> np.ndarray:
         """Raw ids of indices (object array, same shape)."""
         return self._ids[np.asarray(idx, dtype=np.int64)]
+
+    def close_match(self, raw_id: str) -> str | None:
+        """A known id that ``raw_id`` differs from only by spaces, letter case or a trailing ``.0``
+        (as a spreadsheet writes a numeric id), or None."""
+
+        def norm(s: str) -> str:
+            return re.sub(r"\.0+$", "", s.strip()).lower()
+
+        key = norm(str(raw_id))
+        if key in self._index and key != raw_id:
+            return key
+        return next((i for i in self._ids if norm(i) == key and i != raw_id), None)
 
 
 @dataclass(frozen=True)

@@ -410,13 +410,13 @@ def ingest(
                         ingest_id=None,
                         skipped=True,
                         skipped_reason=f"identical input already ingested (ingest #{prev[0]}); "
-                        "nothing was read or written (use force to re-read)",
+                        "nothing was read or written (--force re-reads it)",
                         before=before,
                         after=before,
                         duration_s=round(time.perf_counter() - t0, 3),
                         **base,
                     )
-            with _session(con), _lazy_read_errors(spec):
+            with _session(con), _lazy_read_errors(spec), _format_hint(spec.main, fmt, opts):
                 with _step(f"read and stage {spec.main.name}"):
                     prep = _PREPARE[fmt](con, spec, mapping, catalogue_mapping or {}, opts)
                 with _step("validate types"):
@@ -562,6 +562,41 @@ def _check_regular(path: Path) -> None:
         what = next((name for test, name in _NOT_REGULAR if test(mode)), "a special file")
         raise IngestError(f"{what}, not a regular file: ingest reads only regular files "
                           "(whose size is known)", path=path)
+
+
+def guess_format(first_line: str) -> str | None:
+    """The format whose files start like ``first_line`` (a header or first record), if any."""
+    line = first_line.strip()
+    fields = [f.strip().strip('"').lower() for f in re.split(r"[,;\t|]", line)]
+    if {"invoiceno", "stockcode"} <= set(fields):
+        return "online-retail"
+    if line.split("\t")[:3] == ["user_id", "item_id", "time"]:
+        return "rechorus"
+    if re.fullmatch(r"\d+\t\d+\t\d+(\.\d+)?\t\d+", line):
+        return "movielens-100k"
+    if re.fullmatch(r"\d+( \d+)+", line):
+        return "amazon-s3rec"
+    names = {key: set(_DEFAULT_NAMES[key]) for key in ("user", "item")}
+    if all(names[key] & set(fields) for key in names):
+        return "events"
+    return None
+
+
+@contextmanager
+def _format_hint(path: Path, fmt: str, opts: IngestOptions) -> Iterator[None]:
+    """Add "looks like FORMAT" to a read error when the file starts like another format's files."""
+    try:
+        yield
+    except IngestError as exc:
+        try:
+            guess = guess_format(_first_line(path, _kind(path)[1], opts.encoding))
+        except IngestError:
+            guess = None
+        if guess is None or guess == fmt:
+            raise
+        hinted = IngestError(f"{exc} (the file looks like {guess} data: try --format {guess})")
+        hinted.path, hinted.line, hinted.column = exc.path, exc.line, exc.column
+        raise hinted from exc
 
 
 def _digest(path: Path, role: str) -> InputFile:
@@ -1456,7 +1491,7 @@ def _prepare_events(
     for key in ("user", "item"):
         if key not in cols:
             raise IngestError(
-                f"no {key} column: map one with mapping={{'{key}': '<column>'}}; "
+                f"no {key} column: name it with --{key}-col COLUMN (in Python: mapping={{'{key}': 'COLUMN'}}); "
                 f"the file has: {', '.join(src.columns)}",
                 path=spec.main,
             )

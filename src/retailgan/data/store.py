@@ -153,7 +153,12 @@ class Store:
         except duckdb.Error as exc:
             msg = str(exc)
             if "lock" in msg.lower():
-                raise StoreError(f"{p}: the store is in use by another process ({msg})") from exc
+                pid = re.search(r"\(PID (\d+)\)", msg)
+                raise StoreError(
+                    f"{p}: the store is in use by another process{f' (PID {pid[1]})' if pid else ''}, a running "
+                    "`retailgan serve` perhaps: DuckDB lets one process open a store, even to read; stop that "
+                    "process, or work on a copy of the store made while it was stopped"
+                ) from exc
             if "not a valid DuckDB database" in msg:
                 raise StoreError(f"{p} is not a retailgan store (not a DuckDB database)") from exc
             raise StoreError(f"{p}: cannot open store: {msg}") from exc

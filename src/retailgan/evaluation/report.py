@@ -10,14 +10,14 @@ A *result dict* has the shape::
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from retailgan.fileio import atomic_write
 
 __all__ = ["plot_results", "results_table_markdown"]
 
@@ -112,16 +112,8 @@ def plot_results(
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
             fig.savefig(fh, format="png", dpi=120)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return out
+
+    return atomic_write(out, write)

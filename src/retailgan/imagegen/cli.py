@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import typer
@@ -58,8 +57,10 @@ def train_cmd(
     """Train the class-conditional GAN; saves model.json + arrays.safetensors and sample grids."""
 
     def go() -> None:
+        from retailgan.imagegen.data import describe_source
         from retailgan.imagegen.generate import train_gan
 
+        typer.echo(f"training data: {describe_source(data)}", err=True)
         res = train_gan(
             data,
             out,
@@ -69,7 +70,6 @@ def train_cmd(
             params=_params(params),
             time_budget_s=None if time_budget is None else time_budget * 60.0,
             num_threads=threads,
-            progress=sys.stderr.isatty(),
         )
         m = res.model
         _echo_json(
@@ -86,6 +86,19 @@ def train_cmd(
         )
 
     _run(go, threads)
+
+
+def _model_data(model, data: str | None) -> str:
+    """``--data`` if given, else the data the model was trained on (said on stderr)."""
+    from retailgan.imagegen.data import FASHION_MNIST, describe_source
+
+    if data is None:
+        # Models saved before the source was recorded name it only in data_name ("fashion-mnist-train").
+        data = model.data_source or (FASHION_MNIST if model.data_name.startswith(FASHION_MNIST) else None)
+        if data is None:
+            raise ConfigError("the model does not record the data it was trained on: pass --data")
+    typer.echo(f"real data: {describe_source(data)}", err=True)
+    return data
 
 
 def _parse_like(like: list[str], data: str, category_label: int, shape) -> tuple[list[str], object]:
@@ -118,7 +131,9 @@ def generate_cmd(
     like: list[str] = typer.Option(
         [], "--like", help="Image file of a similar product, or a training-split index (repeatable)."
     ),
-    data: str = typer.Option("fashion-mnist", "--data", help="Data set that --like indices refer to."),
+    data: str | None = typer.Option(
+        None, "--data", help="Data set that --like indices refer to (default: the one the model was trained on)."
+    ),
     seed: int = typer.Option(0, "--seed"),
     spread: float = typer.Option(0.5, "--spread", help="--like: noise added around the inverted latents."),
     labelled: bool = typer.Option(False, "--labelled", help="Also write a display copy with a visible label."),
@@ -139,7 +154,7 @@ def generate_cmd(
         extra: dict[str, object] = {"category": model.classes[label]}
         report: dict[str, object] = {"model_version": model.version, "category": model.classes[label], "seed": seed}
         if like:
-            sources, targets = _parse_like(like, data, label, model.shape)
+            sources, targets = _parse_like(like, _model_data(model, data), label, model.shape)
             images, err = generate_like(model, targets, label, n, spread=spread, seed=seed)
             extra["like"] = ";".join(sources)
             report["inversion_mse"] = [round(float(e), 5) for e in err]
@@ -163,7 +178,7 @@ def generate_cmd(
 def evaluate_cmd(
     model_dir: Path = typer.Option(..., "--model-dir"),
     out: Path = typer.Option(..., "--out", help="Folder for evaluation.json and samples.png."),
-    data: str = typer.Option("fashion-mnist", "--data"),
+    data: str | None = typer.Option(None, "--data", help="Real data (default: the data the model was trained on)."),
     evaluator_dir: Path | None = typer.Option(
         None, "--evaluator-dir", help="Trained evaluator (trained on the real training split and saved here if absent)."
     ),
@@ -186,7 +201,7 @@ def evaluate_cmd(
         model = ConditionalGAN.load(model_dir)
         result = evaluate_gan(
             model,
-            data=data,
+            data=_model_data(model, data),
             evaluator_dir=evaluator_dir or (model_dir / "evaluator"),
             n=n,
             seed=seed,
@@ -220,7 +235,9 @@ def personalize_cmd(
     liked: list[Path] = typer.Option([], "--liked", help="Image the customer bought or liked (repeatable)."),
     category: str | None = typer.Option(None, "--category", help="Category (default: the customer's first)."),
     n: int = typer.Option(4, "--n", min=1, max=8, help="Images to return (the best of 8 search starts)."),
-    data: str = typer.Option("fashion-mnist", "--data", help="Real data: the category catalogue (training split)."),
+    data: str | None = typer.Option(
+        None, "--data", help="Real data: the category catalogue (default: the data the model was trained on)."
+    ),
     evaluator_dir: Path | None = typer.Option(None, "--evaluator-dir", help="Default: MODEL_DIR/evaluator."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
@@ -240,9 +257,10 @@ def personalize_cmd(
         model = ConditionalGAN.load(model_dir)
         ev_dir = evaluator_dir or model_dir / "evaluator"
         ev = Evaluator.load(ev_dir)
-        train = load_images(data, "train")
+        data_ = _model_data(model, data)
+        train = load_images(data_, "train")
         if customer is not None:
-            test = load_images(data, "test")
+            test = load_images(data_, "test")
             customers = {c.id: c for c in define_customers(test, ev)}
             if customer not in customers:
                 raise ConfigError(f"unknown customer {customer!r}; known: {', '.join(customers)}")

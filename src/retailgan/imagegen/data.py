@@ -196,12 +196,28 @@ def load_images(source: str | Path, split: str = "train", shared_root: str | Pat
     return load_image_folder(path)
 
 
+BUNDLED_FASHION_MNIST = Path(__file__).resolve().parents[3] / "data" / "fashion-mnist"
+"""The subset bundled with the repository: 300 training and 100 test images per class."""
+
+
 def default_fashion_mnist_root() -> Path:
-    """``../shared/data/fashion-mnist`` next to the repository (or under the working directory)."""
-    here = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "fashion-mnist"
-    if here.is_dir():
-        return here
-    return Path.cwd().parent / "shared" / "data" / "fashion-mnist"
+    """The full set in ``../shared/data/fashion-mnist`` (next to the repository, or to the working
+    directory) when present, else the subset bundled in ``data/fashion-mnist``."""
+    for shared in (Path(__file__).resolve().parents[3].parent, Path.cwd().parent):
+        root = shared / "shared" / "data" / "fashion-mnist"
+        if (root / "train-images-idx3-ubyte.gz").is_file():
+            return root
+    return BUNDLED_FASHION_MNIST
+
+
+def describe_source(source: str | Path) -> str:
+    """Where ``--data`` is read from, in words (``fashion-mnist`` may be the full set or the subset)."""
+    if str(source) != FASHION_MNIST:
+        return str(Path(source).resolve())
+    root = default_fashion_mnist_root()
+    if root == BUNDLED_FASHION_MNIST:
+        return f"fashion-mnist: the subset bundled in {root} (../shared/data/fashion-mnist, the full set, is absent)"
+    return f"fashion-mnist: the full set in {root}"
 
 
 def read_image_file(path: str | Path, shape: tuple[int, int, int]) -> np.ndarray:

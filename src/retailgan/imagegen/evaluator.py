@@ -17,8 +17,6 @@ space for every distribution metric:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,9 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from retailgan import progress
 from retailgan.errors import ConfigError, ModelFileError
+from retailgan.fileio import atomic_write
 from retailgan.imagegen.data import to_model_range
-from retailgan.imagegen.provenance import file_mode
 from retailgan.models.base import torch_threads
 
 EVAL_FORMAT = "retailgan-image-evaluator"
@@ -128,15 +127,7 @@ class Evaluator:
             ),
             ("model.json", lambda p: Path(p).write_text(json.dumps(meta, indent=1), encoding="utf-8")),
         ):
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=path)
-            os.close(fd)
-            try:
-                write(tmp)
-                os.chmod(tmp, file_mode())
-                os.replace(tmp, path / name)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            atomic_write(path / name, write)
         return path
 
     @classmethod
@@ -190,16 +181,18 @@ def train_classifier(
         opt = torch.optim.Adam(ev.net.parameters(), lr=lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * -(-len(x) // batch_size))
         rng = np.random.default_rng(seed)
-        for _ in range(epochs):
-            ev.net.train()
-            order = torch.from_numpy(rng.permutation(len(x)))
-            for i in range(0, len(x), batch_size):
-                idx = order[i : i + batch_size]
-                loss = F.cross_entropy(ev.net(x[idx]), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
+        with progress.steps("train the quality evaluator", epochs, "epoch") as steps:
+            for epoch in range(1, epochs + 1):
+                ev.net.train()
+                order = torch.from_numpy(rng.permutation(len(x)))
+                for i in range(0, len(x), batch_size):
+                    idx = order[i : i + batch_size]
+                    loss = F.cross_entropy(ev.net(x[idx]), y[idx])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+                steps.done(epoch, f"last batch loss {loss.item():.3f}")
         ev.net.eval()
         ev.epochs = epochs
         ev.train_seconds = time.perf_counter() - t0

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from retailgan.errors import ConfigError
 from retailgan.imagegen import DEFAULT_TRUNCATION
-from retailgan.imagegen.data import ImageSet, load_images, to_model_range, to_uint8
+from retailgan.imagegen.data import FASHION_MNIST, ImageSet, load_images, to_model_range, to_uint8
 from retailgan.imagegen.model import ConditionalGAN, GANConfig
 from retailgan.imagegen.provenance import image_grid, provenance, save_png
 from retailgan.imagegen.training import LoopOptions, run_epochs
@@ -75,7 +75,8 @@ def train_gan(
         params.setdefault("images_per_epoch", 64)
     cfg = GANConfig.from_dict({**params, "epochs": epochs})
     out = Path(out)
-    model = ConditionalGAN(cfg, ds.classes, ds.shape, seed=seed, data_name=ds.name)
+    source = FASHION_MNIST if str(data) == FASHION_MNIST else str(Path(data).resolve())
+    model = ConditionalGAN(cfg, ds.classes, ds.shape, seed=seed, data_name=ds.name, data_source=source)
     grids: list[Path] = []
 
     def on_epoch(epoch: int, logged: dict[str, float]) -> None:

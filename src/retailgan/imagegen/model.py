@@ -34,7 +34,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from retailgan import __version__
 from retailgan.errors import ConfigError, ModelFileError
-from retailgan.imagegen.provenance import file_mode
+from retailgan.fileio import file_mode, write_text_atomic
 from retailgan.models.base import ModelConfig
 
 FORMAT = "retailgan-imagegen"
@@ -210,6 +210,9 @@ class ConditionalGAN:
     shape: tuple[int, int, int]
     seed: int = 0
     data_name: str = ""
+    data_source: str = ""
+    """The ``--data`` it was trained on (``fashion-mnist`` or a folder's absolute path): the default
+    real data of ``images evaluate`` / ``personalize`` / ``generate --like``."""
     history: list[dict[str, float]] = field(default_factory=list)
     train_seconds: float = 0.0
     version: str = ""
@@ -370,6 +373,7 @@ class ConditionalGAN:
             "shape": list(self.shape),
             "seed": self.seed,
             "data": self.data_name,
+            "data_source": self.data_source,
             "train_seconds": self.train_seconds,
             "history": self.history,
         }
@@ -387,7 +391,7 @@ class ConditionalGAN:
             os.chmod(tmp_arrays, file_mode())
             digest = hashlib.sha256(Path(tmp_arrays).read_bytes()).hexdigest()[:12]
             self.version = f"{GENERATOR_NAME}-{digest}"
-            _write_text_atomic(path / META_FILE, json.dumps(self.meta(), indent=1))
+            write_text_atomic(path / META_FILE, json.dumps(self.meta(), indent=1))
             os.replace(tmp_arrays, path / ARRAYS_FILE)
         except BaseException:
             Path(tmp_arrays).unlink(missing_ok=True)
@@ -423,6 +427,7 @@ class ConditionalGAN:
                 tuple(meta["shape"]),  # type: ignore[arg-type]
                 seed=int(meta.get("seed", 0)),
                 data_name=str(meta.get("data", "")),
+                data_source=str(meta.get("data_source", "")),
                 history=list(meta.get("history", [])),
                 train_seconds=float(meta.get("train_seconds", 0.0)),
                 version=str(meta.get("version", "")),
@@ -445,18 +450,6 @@ class ConditionalGAN:
         model.D.eval()
         model.G_ema.eval()
         return model
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def timed(fn, *args, **kwargs) -> tuple[Any, float]:

@@ -8,21 +8,14 @@ stamps a visible banner for images shown to people.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from retailgan.fileio import atomic_write
+
 REQUIRED_KEYS = ("generator", "model_version", "seed", "synthetic")
-
-
-def file_mode() -> int:
-    """The mode a plain ``open()`` would give a new file (0666 less the umask); temp files start at 0600."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 def _to_pil(image: np.ndarray):
@@ -52,18 +45,7 @@ def save_png(image, path: str | Path, metadata: Mapping[str, str] | None = None)
     info = PngImagePlugin.PngInfo()
     for k, v in (metadata or {}).items():
         info.add_text(str(k), str(v))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        im.save(tmp, format="PNG", pnginfo=info)
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: im.save(tmp, format="PNG", pnginfo=info), suffix=".png")
 
 
 def read_provenance(path: str | Path) -> dict[str, str]:

@@ -21,6 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
+from retailgan import progress
 from retailgan.models.base import torch_threads
 
 log = logging.getLogger(__name__)
@@ -59,35 +60,36 @@ def run_epochs(model: EpochModel, images: np.ndarray, labels: np.ndarray, option
     with torch_threads(options.num_threads):
         model.init_training(images, labels, options.seed)
         model.history = []
-        bar = None
-        if options.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=options.epochs, desc="train images", unit="epoch", leave=False)
-        for epoch in range(1, options.epochs + 1):
-            t0 = time.perf_counter()
-            logged = dict(model.train_epoch(epoch))
-            logged["epoch"] = epoch
-            logged["epoch_s"] = time.perf_counter() - t0
-            logged["elapsed_s"] = time.perf_counter() - start
-            model.history.append(logged)
-            model.train_seconds = logged["elapsed_s"]
-            if options.on_epoch is not None:
-                options.on_epoch(epoch, logged)
-            if options.checkpoint_dir is not None:
-                model.save(options.checkpoint_dir)
-            if bar is not None:
-                bar.set_postfix({k: f"{v:.3g}" for k, v in logged.items() if k.startswith("loss")})
-                bar.update(1)
-            log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in logged.items()})
-            if options.time_budget_s is not None and epoch < options.epochs:
-                elapsed = time.perf_counter() - start
-                # The last epoch's time predicts the next one best on a machine whose load changes.
-                if elapsed + logged["epoch_s"] > options.time_budget_s:
-                    log.info("time budget: stopping after epoch %d (%.0f s)", epoch, elapsed)
-                    break
-        if bar is not None:
-            bar.close()
+        with progress.steps(
+            "train images", options.epochs, "epoch", every_s=5.0, upper_bound=options.time_budget_s is not None,
+            enabled=True if options.progress else None,
+        ) as steps:
+            _epochs(model, options, start, steps)
         model.finish_training()
     model.train_seconds = time.perf_counter() - start
     return model
+
+
+def _epochs(model: EpochModel, options: LoopOptions, start: float, steps: progress.Steps) -> None:
+    """The epochs of :func:`run_epochs` (until ``options.epochs`` or the time budget)."""
+    for epoch in range(1, options.epochs + 1):
+        t0 = time.perf_counter()
+        logged = dict(model.train_epoch(epoch))
+        logged["epoch"] = epoch
+        logged["epoch_s"] = time.perf_counter() - t0
+        logged["elapsed_s"] = time.perf_counter() - start
+        model.history.append(logged)
+        model.train_seconds = logged["elapsed_s"]
+        if options.on_epoch is not None:
+            options.on_epoch(epoch, logged)
+        if options.checkpoint_dir is not None:
+            model.save(options.checkpoint_dir)
+        steps.done(epoch, ", ".join(f"{k} {v:.3g}" for k, v in logged.items() if k.startswith("loss")))
+        log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in logged.items()})
+        if options.time_budget_s is not None and epoch < options.epochs:
+            elapsed = time.perf_counter() - start
+            # The last epoch's time predicts the next one best on a machine whose load changes.
+            if elapsed + logged["epoch_s"] > options.time_budget_s:
+                log.info("time budget: stopping after epoch %d (%.0f s)", epoch, elapsed)
+                steps.stop(epoch, "time budget reached")
+                break

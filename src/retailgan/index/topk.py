@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from retailgan.errors import ConfigError
+from retailgan.errors import ConfigError, extra_needed
 
 KINDS = ("exact", "hnsw", "ivf")
 
@@ -132,7 +132,7 @@ class FaissIndex(TopKIndex):
         try:
             import faiss
         except ImportError:
-            raise ConfigError("faiss is not installed: pip install 'retailgan[ann]' (faiss-cpu)") from None
+            raise extra_needed(f"the {kind} index", "ann", "faiss-cpu is not installed") from None
         self._faiss = faiss
         if threads:
             faiss.omp_set_num_threads(int(threads))

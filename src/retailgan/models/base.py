@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 import scipy.sparse as sp
 
+from retailgan import progress
 from retailgan.data.dataset import InteractionDataset, ItemInfo, Vocabulary
 from retailgan.errors import ConfigError
 
@@ -99,7 +100,7 @@ class TrainingOptions:
     seed: int = 0
     device: str = "cpu"
     progress: bool = False
-    """Show a progress bar over epochs."""
+    """Report every epoch on stderr even when :func:`retailgan.progress.enable` was not called."""
     callback: ProgressFn | None = None
     """Called after every epoch with (epoch, logged values)."""
     validation: InteractionDataset | None = None
@@ -357,7 +358,7 @@ class IterativeRecommender(Recommender):
     """A model trained in epochs by the shared trainer loop.
 
     Subclasses implement :meth:`init_training` and :meth:`train_epoch`; the loop provides the
-    progress bar, validation-based early stopping (restoring the best epoch) and checkpoints.
+    progress lines, validation-based early stopping (restoring the best epoch) and checkpoints.
     Their config must have ``epochs``, ``patience`` and ``eval_every`` fields.
     """
 
@@ -366,24 +367,33 @@ class IterativeRecommender(Recommender):
             self._train_loop(dataset, options)
 
     def _train_loop(self, dataset: InteractionDataset, options: TrainingOptions) -> None:
-        cfg = self.config
-        epochs: int = cfg.epochs  # type: ignore[attr-defined]
-        patience: int = cfg.patience  # type: ignore[attr-defined]
-        eval_every: int = cfg.eval_every  # type: ignore[attr-defined]
+        epochs: int = self.config.epochs  # type: ignore[attr-defined]
         self.init_training(dataset, options)
         self.history = []
-        best_value, best_state, best_epoch = -math.inf, None, -1
         validation = options.validation
         if validation is not None and (validation.users != dataset.users or validation.items != dataset.items):
             raise ConfigError("the validation data must share the training data's vocabularies")
         from retailgan import distributed
 
         main_process = distributed.rank() == 0
-        bar = None
-        if options.progress and main_process:
-            from tqdm.auto import tqdm
+        with progress.steps(
+            f"fit {self.name}", epochs, "epoch", every_s=5.0, upper_bound=validation is not None,
+            enabled=(True if options.progress else None) if main_process else False,
+        ) as steps:
+            self._epochs(options, steps)
+        self.finish_training()
 
-            bar = tqdm(total=epochs, desc=f"fit {self.name}", unit="epoch", leave=False)
+    def _epochs(self, options: TrainingOptions, steps: progress.Steps) -> None:
+        """The epochs of :meth:`_train_loop`: train, validate, stop early, restore the best."""
+        from retailgan import distributed
+
+        cfg = self.config
+        epochs: int = cfg.epochs  # type: ignore[attr-defined]
+        patience: int = cfg.patience  # type: ignore[attr-defined]
+        eval_every: int = cfg.eval_every  # type: ignore[attr-defined]
+        validation = options.validation
+        main_process = distributed.rank() == 0
+        best_value, best_state, best_epoch = -math.inf, None, -1
         bad_epochs = 0
         for epoch in range(1, epochs + 1):
             logged = dict(self.train_epoch(epoch))
@@ -403,18 +413,15 @@ class IterativeRecommender(Recommender):
             self.history.append(logged)
             if options.callback is not None:
                 options.callback(epoch, logged)
-            if bar is not None:
-                bar.set_postfix({k: f"{v:.4g}" for k, v in logged.items() if k != "epoch"})
-                bar.update(1)
+            score = logged.get(f"val_{options.validation_metric}")
+            steps.done(epoch, "" if score is None else f"validation {options.validation_metric} {score:.4f}")
             if validation is not None and bad_epochs >= patience:
                 log.info("%s: early stop at epoch %d (best %d)", self.name, epoch, best_epoch)
+                steps.stop(epoch, f"early stop (best epoch {best_epoch})")
                 break
-        if bar is not None:
-            bar.close()
         if best_state is not None:
             self._load_state(best_state)
         self.best_epoch = best_epoch if best_state is not None else len(self.history)
-        self.finish_training()
 
     def validation_score(self, validation: InteractionDataset, metric: str) -> float:
         from retailgan.evaluation.protocols import evaluate

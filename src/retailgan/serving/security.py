@@ -11,7 +11,10 @@ Key entries are lines ``name:role:sha256hex`` (role ``user`` or ``admin``; blank
 environment variable ``RETAILGAN_API_KEYS`` (entries separated by commas or newlines). Make one
 with::
 
-    python -m retailgan.serving.security --name shop --role user     # prints the key and its entry
+    python -m retailgan.serving.security --name shop --role user --keys-file keys.txt
+
+which prints the key and appends its entry to ``keys.txt`` (created with mode 0600). A line
+pasted from the command's output with its ``entry:`` label is accepted too.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import hashlib
 import hmac
 import math
+import os
 import secrets
 import threading
 import time
@@ -62,6 +66,8 @@ def parse_entries(lines: Iterable[str], source: str) -> list[ApiKey]:
         if not line or line.startswith("#"):
             continue
         parts = line.split(":")
+        if len(parts) == 4 and parts[0].strip() == "entry":  # pasted with the key maker's label
+            parts = parts[1:]
         if len(parts) != 3:
             raise ConfigError(f"{source}: line {n}: expected name:role:sha256hex, got {len(parts)} field(s)")
         name, role, digest = (p.strip() for p in parts)
@@ -167,17 +173,56 @@ class RateLimiter:
         return 0 if wait == 0.0 else max(1, math.ceil(wait))
 
 
+def append_entry(keys_file: Path, entry: str) -> None:
+    """Add one ``name:role:sha256hex`` line to a keys file, refusing a name already in it.
+
+    The file is rewritten whole through a temporary file and a rename (never half-written); a new
+    file gets mode 0600, an existing one keeps its mode.
+    """
+    keys_file = Path(keys_file)
+    try:
+        old = keys_file.read_text(encoding="utf-8")
+        mode = keys_file.stat().st_mode & 0o777
+    except FileNotFoundError:
+        old, mode = "", 0o600
+    except OSError as exc:
+        raise ConfigError(f"{keys_file}: cannot read keys file ({exc.strerror or exc})") from None
+    name = parse_entries([entry], "new entry")[0].name
+    if name in {k.name for k in parse_entries(old.splitlines(), str(keys_file))}:
+        raise ConfigError(f"{keys_file}: a key named {name!r} is already there (pick another --name)")
+    text = old + ("\n" if old and not old.endswith("\n") else "") + entry + "\n"
+    tmp = keys_file.with_name(f".{keys_file.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, mode)  # os.open's mode is filtered by the umask
+        os.replace(tmp, keys_file)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Print a new key and the line to add to a keys file (the key itself is not stored)."""
+    """Print a new key and its entry; with --keys-file, add the entry to that file (the key itself is not stored)."""
     parser = argparse.ArgumentParser(prog="python -m retailgan.serving.security", description=main.__doc__)
     parser.add_argument("--name", required=True, help="Key name (rate limits and logs use it).")
     parser.add_argument("--role", choices=ROLES, default="user")
+    parser.add_argument("--keys-file", type=Path, help="Append the entry to this keys file (created with mode 0600).")
     args = parser.parse_args(argv)
     if ":" in args.name:
         parser.error("the name must not contain ':'")
     key = new_key()
+    entry = f"{args.name}:{args.role}:{hash_key(key)}"
+    if args.keys_file is not None:
+        try:
+            append_entry(args.keys_file, entry)
+        except ConfigError as exc:
+            parser.exit(2, f"error: {exc}\n")
     print(f"key:   {key}")
-    print(f"entry: {args.name}:{args.role}:{hash_key(key)}")
+    print(f"entry: {entry}")
+    if args.keys_file is not None:
+        print(f"added to {args.keys_file}")
 
 
 if __name__ == "__main__":  # pragma: no cover

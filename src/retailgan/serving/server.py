@@ -9,11 +9,14 @@ connection without reading the rest.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import socket
+import sys
 from typing import Any
 
-from retailgan.errors import ConfigError
+from retailgan.errors import ConfigError, extra_needed
 from retailgan.serving.settings import Settings
 
 log = logging.getLogger("retailgan.serving")
@@ -31,7 +34,7 @@ def check_serving_extra() -> None:
         import prometheus_client  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as exc:
-        raise ConfigError(f"serving needs the 'serve' extra: pip install 'retailgan[serve]' ({exc})") from None
+        raise extra_needed("serving", "serve", str(exc)) from None
 
 
 def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
@@ -53,7 +56,7 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000, work
         )
     if not 0 < port < 65536:
         raise ConfigError(f"--port must be in 1..65535, got {port}")
-    read_meta(settings.model_dir)
+    meta = read_meta(settings.model_dir)
     parse_as_of(settings.as_of)
     Store.open(settings.store, create=False).close()
     if settings.auth and not load_keys(settings.keys_file, settings.api_keys):
@@ -66,11 +69,41 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000, work
         log.warning("serving WITHOUT API keys (--no-auth): anyone who can reach %s:%d can call every endpoint",
                     host, port)
     app = create_app(settings)
-    # Open the store and load and check the model now: a corrupt model, or one of another store,
-    # is one clear error (exit 2) instead of a failed uvicorn start-up.
-    app.state.service.start()
-    uvicorn.run(app, host=host, port=port, workers=1, log_level="warning", access_log=False,
-                http=limited_http_protocol())
+    sock = bind(host, port)  # bound here, so a busy port is one clear line and no other process takes it meanwhile
+    try:
+        # Open the store and load and check the model now: a corrupt model, or one of another store,
+        # is one clear error (exit 2) instead of a failed uvicorn start-up.
+        app.state.service.start()
+    except BaseException:
+        sock.close()
+        raise
+    shown = f"[{host}]" if ":" in host else host
+    print(
+        f"serving {meta['model']} from {settings.model_dir} with store {settings.store} "
+        f"on http://{shown}:{port} (Ctrl+C stops)",
+        file=sys.stderr,
+        flush=True,
+    )
+    config = uvicorn.Config(app, host=host, port=port, workers=1, log_level="warning", access_log=False,
+                            http=limited_http_protocol())
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (uvicorn listens on it); ConfigError naming the port if busy."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as exc:
+        raise ConfigError(f"--host {host}: cannot resolve ({exc.strerror})") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restart over TIME_WAIT
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        busy = " (another server is using it; pick another with --port)" if exc.errno == errno.EADDRINUSE else ""
+        raise ConfigError(f"cannot listen on {host} port {port}: {exc.strerror or exc}{busy}") from None
+    return sock
 
 
 def limited_http_protocol() -> type:

@@ -233,7 +233,7 @@ def test_cli_recommend_explain(fitted, tmp_path):
     items = json.loads(res.output)[0]["items"]
     history = set(model.items.decode(model.seen[model.users.index([u])[0]].indices))
     assert len(items) == 2 and all(1 <= len(it["because"]) <= 3 for it in items)
-    assert {b["item_id"] for it in items for b in it["because"]} <= history
+    assert {b["product_id"] for it in items for b in it["because"]} <= history
     res = runner.invoke(app, ["recommend", "--model-dir", str(path), "--user", u, "--k", "2", "--explain"])
     assert res.exit_code == 0 and "close to" in res.output and "Product" in res.output
     # Item-item models explain by contributions: the history products that add most to the score.
@@ -242,7 +242,7 @@ def test_cli_recommend_explain(fitted, tmp_path):
     assert res.exit_code == 0, res.output
     items = json.loads(res.output)[0]["items"]
     assert all(it["reasons"] for it in items)
-    assert {b["item_id"] for it in items for b in it["because"]} <= history
+    assert {b["product_id"] for it in items for b in it["because"]} <= history
 
 
 @pytest.mark.skipif(not faiss_available(), reason="faiss-cpu not installed (extra 'ann')")

@@ -4,23 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write via a temporary sibling and ``os.replace``, so readers never see a partial file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from retailgan.fileio import atomic_write
 
 
 def _clean(value: Any) -> Any:
@@ -49,7 +37,7 @@ def save_curves(history: Sequence[dict[str, float]], out_dir: str | Path, *, tit
     series = {k: [_clean(float(h[k])) if k in h else None for h in history] for k in names}
     json_path, png_path = out / "curves.json", out / "curves.png"
     doc = json.dumps({"epochs": epochs, "series": series}, indent=1)
-    _atomic_write(json_path, lambda tmp: Path(tmp).write_text(doc, encoding="utf-8"))
+    atomic_write(json_path, lambda tmp: Path(tmp).write_text(doc, encoding="utf-8"))
 
     fig, ax = plt.subplots(figsize=(7, 4))
     val_ax = None
@@ -76,7 +64,7 @@ def save_curves(history: Sequence[dict[str, float]], out_dir: str | Path, *, tit
         ax.set_title(title)
     fig.tight_layout()
     try:
-        _atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+        atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     finally:
         plt.close(fig)
     return json_path, png_path

@@ -106,9 +106,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from retailgan.data.dataset import InteractionDataset, ItemInfo, Vocabulary
-from retailgan.errors import ConfigError
+from retailgan.errors import ConfigError, extra_needed
 from retailgan.features.space import FeatureSpace, FeatureSpaceConfig
-from retailgan.index.topk import ExactIndex, TopKIndex, make_index
+from retailgan.index.topk import ExactIndex, TopKIndex, faiss_available, make_index
 from retailgan.models.base import IterativeRecommender, ModelConfig, Recommendations, TrainingOptions
 from retailgan.models.diversify import dpp, mmr
 from retailgan.models.gan.state import load_module_arrays
@@ -238,6 +238,8 @@ class FeatureGANConfig(ModelConfig):
             (0.0 < self.history_keep <= 1.0, "history_keep in (0, 1]"),
         ]
         self.require("featgan", checks)
+        if self.index != "exact" and not faiss_available():  # fail now, not at the first recommend
+            raise extra_needed(f"featgan: index={self.index!r}", "ann", "faiss-cpu is not installed")
 
     def feature_config(self) -> FeatureSpaceConfig:
         return FeatureSpaceConfig(
