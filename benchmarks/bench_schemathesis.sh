@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 out=${1:-out/schemathesis}
 max_time=${2:-300}
 seed=${3:-0}
+if [ -z "${BIN:-}" ] && [ ! -x .venv/bin/retailgan ]; then BIN=$(dirname "$(command -v retailgan)"); fi  # an active venv
 bin=${BIN:-.venv/bin}
 mkdir -p "$out"
 rm -f "$out/retail.duckdb" "$out/retail.duckdb.wal"

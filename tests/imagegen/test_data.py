@@ -157,3 +157,11 @@ def test_a_trained_model_remembers_its_data_and_the_image_commands_default_to_it
     model.data_name = "products"
     with pytest.raises(ConfigError, match="pass --data"):
         _model_data(model, None)
+
+
+def test_fashion_mnist_location_from_the_environment(monkeypatch, tmp_path):
+    from retailgan.imagegen.data import BUNDLED_FASHION_MNIST, default_fashion_mnist_root, describe_source
+
+    monkeypatch.setenv("RETAILGAN_FASHION_MNIST", str(BUNDLED_FASHION_MNIST))
+    assert default_fashion_mnist_root() == BUNDLED_FASHION_MNIST.resolve()
+    assert "$RETAILGAN_FASHION_MNIST" in describe_source("fashion-mnist")

@@ -7,6 +7,7 @@ stored); models see them scaled to [-1, 1] by :func:`to_tensor_range`.
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,9 +201,16 @@ BUNDLED_FASHION_MNIST = Path(__file__).resolve().parents[3] / "data" / "fashion-
 """The subset bundled with the repository: 300 training and 100 test images per class."""
 
 
+FASHION_MNIST_ENV = "RETAILGAN_FASHION_MNIST"
+"""Environment variable: a folder with Fashion-MNIST's ``*-idx*-ubyte.gz`` files, used instead."""
+
+
 def default_fashion_mnist_root() -> Path:
-    """The full set in ``../shared/data/fashion-mnist`` (next to the repository, or to the working
-    directory) when present, else the subset bundled in ``data/fashion-mnist``."""
+    """``$RETAILGAN_FASHION_MNIST`` when set; else the full set in ``../shared/data/fashion-mnist``
+    (next to the repository, or to the working directory) when present, else the subset bundled in
+    ``data/fashion-mnist``."""
+    if os.environ.get(FASHION_MNIST_ENV):
+        return Path(os.environ[FASHION_MNIST_ENV]).resolve()
     for shared in (Path(__file__).resolve().parents[3].parent, Path.cwd().parent):
         root = shared / "shared" / "data" / "fashion-mnist"
         if (root / "train-images-idx3-ubyte.gz").is_file():
@@ -215,6 +223,8 @@ def describe_source(source: str | Path) -> str:
     if str(source) != FASHION_MNIST:
         return str(Path(source).resolve())
     root = default_fashion_mnist_root()
+    if os.environ.get(FASHION_MNIST_ENV):
+        return f"fashion-mnist: {root} (${FASHION_MNIST_ENV})"
     if root == BUNDLED_FASHION_MNIST:
         return f"fashion-mnist: the subset bundled in {root} (../shared/data/fashion-mnist, the full set, is absent)"
     return f"fashion-mnist: the full set in {root}"
