@@ -5,6 +5,7 @@
 # Usage: bash benchmarks/bench_schemathesis.sh [OUT_DIR] [MAX_TIME=300] [SEED=0]   (BIN: the venv's bin folder)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+config=$(dirname "$(readlink -f "$0")")/../schemathesis.toml  # the repository's, wherever this runs from
 out=${1:-out/schemathesis}
 max_time=${2:-300}
 seed=${3:-0}
@@ -29,5 +30,5 @@ for _ in $(seq 600); do
     kill -0 "$server" || { cat "$out/serve.log"; exit 1; }
     sleep 0.2
 done
-"$bin/schemathesis" run "http://127.0.0.1:$port/openapi.json" --checks all -H "X-API-Key: $key" \
+"$bin/schemathesis" --config-file "$config" run "http://127.0.0.1:$port/openapi.json" --checks all -H "X-API-Key: $key" \
     --max-time "$max_time" --seed "$seed" --generation-database none --no-color

@@ -136,14 +136,14 @@ def test_readme_walkthrough_runs_as_written(tmp_path):
     # The image commands read the bundled subset, whether or not ../shared holds the full set
     # (the evaluator trains for minutes on the full set).
     env["RETAILGAN_FASHION_MNIST"] = str(ROOT / "data" / "fashion-mnist")
-    proc = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=2300)
-    output = proc.stdout + proc.stderr
+    proc = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=2300)
+    output = proc.stdout  # both streams, in order
     tail = "\n".join(output.splitlines()[-60:])
     assert proc.returncode == 0, f"the walkthrough failed (exit {proc.returncode}):\n{tail}"
     assert "Traceback" not in output, tail
     assert not re.search(r"^error:", output, flags=re.M), tail
     # Seconds per command (shown with pytest -s): what a new user waits for each step.
-    marks = re.findall(r"^### (\d+) s (.*)$", proc.stderr, flags=re.M)
+    marks = re.findall(r"^### (\d+) s (.*)$", output, flags=re.M)
     for (t0, what), (t1, _) in itertools.pairwise(marks):
         print(f"{int(t1) - int(t0):5d} s  {what}")
