@@ -77,19 +77,66 @@ def select_top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     the k-th place; padded with -1 / -inf (and -inf scores count as missing)."""
     n, m = scores.shape
     kk = min(k, m)
-    if kk < m:
-        part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
-        kth = np.take_along_axis(scores, part, axis=1).min(axis=1, keepdims=True)
-        chosen = scores >= kth
-        # argpartition picks arbitrary members of a tie at the k-th place: take the lowest indices.
-        over = np.flatnonzero(chosen.sum(axis=1) > kk)
-        if len(over):
-            sub, t = scores[over], kth[over]
-            above, tied = sub > t, sub == t
-            chosen[over] = above | (tied & (np.cumsum(tied, axis=1) <= kk - above.sum(axis=1, keepdims=True)))
-        top = np.nonzero(chosen)[1].reshape(n, kk)
-    else:
-        top = np.tile(np.arange(m), (n, 1))
+    if m >= SAMPLE_STRIDE * 4 * kk:
+        found = _candidates(scores, kk)
+        if found is not None:
+            values, cols = found
+            return _finish_top_k(scores, np.take_along_axis(cols, _partition_top(values, kk), axis=1), k)
+    return _finish_top_k(scores, _partition_top(scores, kk), k)
+
+
+def _partition_top(scores: np.ndarray, kk: int) -> np.ndarray:
+    """(n, kk) indices of each row's kk best (unordered), ties at the kk-th place by lower index."""
+    n, m = scores.shape
+    if kk >= m:
+        return np.tile(np.arange(m), (n, 1))
+    top = np.argpartition(scores, m - kk, axis=1)[:, m - kk :]
+    kth = np.take_along_axis(scores, top, axis=1).min(axis=1, keepdims=True)
+    # argpartition picks arbitrary members of a tie at the k-th place: take the lowest indices.
+    over = np.flatnonzero(np.count_nonzero(scores >= kth, axis=1) > kk)
+    if len(over):
+        sub, t = scores[over], kth[over]
+        above, tied = sub > t, sub == t
+        chosen = above | (tied & (np.cumsum(tied, axis=1) <= kk - above.sum(axis=1, keepdims=True)))
+        top[over] = np.nonzero(chosen)[1].reshape(len(over), kk)
+    return top
+
+
+SAMPLE_STRIDE = 16
+"""Every SAMPLE_STRIDE-th column gives each row a threshold that its k best scores pass."""
+
+
+def _candidates(scores: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """For wide rows: the scores that can be among a row's kk best, as (n, c) values (-inf
+    padded) and their columns (ascending in a row). The kk-th best score of a column sample is a
+    lower bound of the row's kk-th best, so only about SAMPLE_STRIDE x kk scores a row pass it.
+    None when far more pass (heavy ties), for the plain partition."""
+    n, m = scores.shape
+    sample = scores[:, ::SAMPLE_STRIDE]
+    thr = np.partition(sample, sample.shape[1] - kk, axis=1)[:, sample.shape[1] - kk]
+    # Compare into a row width padded to 8 bytes: nonzero() then scans 8 columns per uint64 word.
+    passed = np.zeros((n, m + (-m) % 8), dtype=bool)
+    np.greater_equal(scores, thr[:, None], out=passed[:, :m])
+    words_r, words_c = np.nonzero(passed.view(np.uint64))
+    rows = np.repeat(words_r, 8)
+    cols = (words_c[:, None] * 8 + np.arange(8)).ravel()
+    keep = passed[rows, cols]
+    rows, cols = rows[keep], cols[keep]  # row-major: columns ascending within a row
+    counts = np.bincount(rows, minlength=n)
+    width = int(counts.max()) if n else 0
+    if width > max(64 * kk, m // 8):
+        return None
+    pos = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    values = np.full((n, width), -np.inf, dtype=scores.dtype)
+    out_cols = np.full((n, width), m, dtype=np.int64)  # pads sort after every real column
+    values[rows, pos] = scores[rows, cols]
+    out_cols[rows, pos] = cols
+    return values, out_cols
+
+
+def _finish_top_k(scores: np.ndarray, top: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sort the chosen ``top`` indices by score then index; pad to k; -1 / -inf where missing."""
+    kk = top.shape[1]
     top_scores = np.take_along_axis(scores, top, axis=1)
     order = np.lexsort((top, -top_scores), axis=1)
     top = np.take_along_axis(top, order, axis=1)
