@@ -1,4 +1,5 @@
-"""Per-product reasons for a recommendation list, shared by the service and campaigns.
+"""Per-product reasons for a recommendation list, shared by the service, campaigns and batch
+recommendations.
 
 * item-item models (a ``W`` matrix, score = history @ W): the history products that add most to
   the recommended product's score ("because of <title>");

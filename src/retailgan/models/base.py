@@ -6,7 +6,12 @@ batch-first and users x items:
 
 * ``score_users(user_idx) -> (len(user_idx), n_items)`` dense scores, the one method evaluation
   needs;
-* ``recommend(user_ids, k, exclude_seen=..., exclude=..., candidates=...)`` for raw ids.
+* ``recommend(user_ids, k, exclude_seen=..., exclude=..., candidates=...)`` for raw ids;
+* ``top_k(...)``, same arguments and lists, for batches of any size: no dense float64 (users x
+  items) matrix, row blocks of bounded size; a model with a faster path than scoring every item
+  (a retrieval index) overrides ``_top_k_known``.
+
+Lists are ordered by score, ties by item index (also at the k-th place: :func:`select_top_k`).
 
 Users unknown to the model, and known users without any training interaction, get the popularity
 ranking (flagged ``known=False``), in ``recommend`` and in evaluation alike: a model can only

@@ -1004,7 +1004,9 @@ class FeatureGAN(IterativeRecommender):
         self, user_idx: np.ndarray, k: int, banned: sp.csr_matrix, allowed: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Batch ranking as :meth:`recommend` ranks: the dense exact path for the plain ranking
-        with the exact index, else retrieval through the index (and slates), in row blocks."""
+        with the exact index, else retrieval through the index (and slates), in row blocks.
+        (Customers without a training history get the popularity ranking here, as in the base
+        class; only ``recommend``'s retrieval path would generate a vector for them.)"""
         samples, diversity, merge = self._slate_params(None, None, None)
         if samples == 1 and diversity == 0.0 and self._cfg.index == "exact":
             return super()._top_k_known(user_idx, k, banned, allowed)
