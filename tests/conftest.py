@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -99,3 +100,28 @@ def write_shop_logs(
             if catalogue_only:
                 w.writerow([f"P{b}99", f"Never bought {b}", f"dept{b}", 1.0])
     return events_path, products_path
+
+
+def shop_store_and_model(root: Path, *, customers: int, **logs: Any) -> tuple[Path, Path]:
+    """A store of :func:`write_shop_logs` (1200 events over ~80 days, 12 products a block; ``logs``
+    overrides) whose first 20 customers (by id) live in the United Kingdom and the others in
+    France, and an EASE model trained on it."""
+    from typer.testing import CliRunner
+
+    from retailgan.cli import app
+    from retailgan.data.store import Store
+
+    runner = CliRunner()
+    events, products = write_shop_logs(root, customers=customers, **{"events": 1200, "products": 12,
+                                                                     "step_s": 6000, **logs})
+    store = root / "shop.duckdb"
+    res = runner.invoke(app, ["ingest", str(events), "--store", str(store), "--catalogue", str(products),
+                              *SHOP_INGEST_ARGS])
+    assert res.exit_code == 0, res.output
+    with Store.open(store) as s:
+        s.con.execute("UPDATE users SET country = CASE WHEN user_id < 'C20' THEN 'United Kingdom' ELSE 'France' END")
+    model = root / "ease"
+    res = runner.invoke(app, ["train", "--store", str(store), "--model", "ease", "--out", str(model),
+                              "--params", '{"l2": 10}'])
+    assert res.exit_code == 0, res.output
+    return store, model

@@ -533,13 +533,37 @@ def _reasons(model, user_id: str, top, known: bool) -> list:
 @app.command()
 def recommend(
     model_dir: Path = typer.Option(..., "--model-dir"),
-    user: list[str] = typer.Option(..., "--user", help="Raw customer id (repeatable)."),
+    user: list[str] | None = typer.Option(None, "--user", help="Raw customer id (repeatable)."),
     k: int = typer.Option(10, "--k", min=1, max=1000),
     include_seen: bool = typer.Option(False, "--include-seen", help="Allow items the customer already has."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     explain: bool = typer.Option(False, "--explain", help="Show why: the history products behind each one."),
+    all_customers: bool = typer.Option(
+        False, "--all", help="Every customer (the store's, else the model's) into --out (a batch job)."
+    ),
+    segment: str | None = typer.Option(
+        None, "--segment", help="Like --all for a campaign segment (needs --store): "
+        "all | ids:ID1,ID2 | country:NAME | recent:DAYS | spend:LOW-HIGH."
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Parquet file for --all / --segment (written atomically)."),
+    store: Path | None = typer.Option(None, "--store", help="DuckDB store whose customers --all / --segment take."),
+    as_of: str | None = typer.Option(
+        None, "--as-of", help="Reference time for --segment recent:N and trend models ('now' or an ISO date / "
+        "time, UTC); default: the store's latest ingested event."
+    ),
+    block_size: int = typer.Option(2000, "--block-size", help="Customers per block (bounds memory; resumable unit)."),
+    workers: int = typer.Option(1, "--workers", help="Processes scoring blocks in parallel (same output)."),
 ) -> None:
-    """Top-k products for customers, with titles and prices."""
+    """Top-k products for customers, with titles and prices; with --all or --segment, every
+    customer's top-k into a Parquet table (resumable, atomic; see retailgan.batch)."""
+    if all_customers or segment is not None:
+        _recommend_batch(model_dir, user, all_customers, segment, out, store, as_of, k, include_seen, explain,
+                         block_size, workers)
+        return
+    if not user:
+        _fail("give --user ID (repeatable), or --all / --segment with --out for every customer")
+    if out is not None or store is not None or as_of is not None:
+        _fail("--out, --store and --as-of go with --all or --segment")
 
     def go() -> None:
         from rich.table import Table
@@ -597,6 +621,35 @@ def recommend(
             Console().print(table)
 
     _run(go)
+
+
+def _recommend_batch(model_dir: Path, user: list[str] | None, all_customers: bool, segment: str | None,
+                     out: Path | None, store: Path | None, as_of: str | None, k: int, include_seen: bool,
+                     explain: bool, block_size: int, workers: int) -> None:
+    """``recommend --all`` / ``--segment``: the batch job of :mod:`retailgan.batch`."""
+    if user:
+        _fail("--user cannot be combined with --all or --segment")
+    if all_customers and segment is not None:
+        _fail("give --all or --segment, not both")
+    if out is None:
+        _fail("--all / --segment need --out FILE.parquet")
+    if segment is not None and store is None:
+        _fail("--segment needs --store (the customers it selects from)")
+
+    def go():
+        from retailgan.batch import recommend_all
+        from retailgan.data.reftime import parse_as_of
+
+        return recommend_all(model_dir, out, store=store, segment=segment or "all", k=k,
+                             exclude_seen=not include_seen, explain=explain, block_size=block_size,
+                             workers=workers, progress=True, as_of=parse_as_of(as_of))
+
+    summary = _run(go)
+    if summary.ignored_events:
+        console.print(f"note: {summary.ignored_events} event(s) dated after the reference time "
+                      f"{summary.reference_time} were ignored (--as-of moves it)", highlight=False)
+    console.print(f"wrote {summary.rows} recommendations for {summary.customers} customers to {out} "
+                  f"({summary.model_version})", highlight=False)
 
 
 @app.command()

@@ -1,4 +1,5 @@
-"""Per-product reasons for a recommendation list, shared by the service and campaigns.
+"""Per-product reasons for a recommendation list, shared by the service, campaigns and batch
+recommendations.
 
 * item-item models (a ``W`` matrix, score = history @ W): the history products that add most to
   the recommended product's score ("because of <title>");
@@ -11,7 +12,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,4 +99,24 @@ def explain_items(
                 text=f"the {model_name} model's score for this history (this model gives no per-product reasons)",
             ))
         out.append(reasons)
+    return out
+
+
+def explain_lists(
+    bundle: Any, customers: Sequence[str], item_idx: np.ndarray, known: np.ndarray,
+    title_of: Callable[[str], str | None],
+) -> list[list[str]]:
+    """Per customer, one reason text (its reasons joined by "; ") per recommended product, for a
+    block of lists (``item_idx`` rows, -1 padded; ``known``: ranked by the model, not by
+    popularity) of a loaded :class:`retailgan.serving.engine.ModelBundle`: batch recommendations
+    and campaigns."""
+    model = bundle.model
+    uidx = model.users.index([str(c) for c in customers], missing="negative")
+    out = []
+    for r in range(len(customers)):
+        top = item_idx[r][item_idx[r] >= 0].astype(np.int64)
+        hist = bundle.seen_items(int(uidx[r])) if known[r] else np.zeros(0, dtype=np.int64)
+        reasons = explain_items(model, bundle.name, bundle.popularity, top, hist,
+                                "model" if known[r] else "popular", title_of)
+        out.append(["; ".join(x.text for x in rs) for rs in reasons])
     return out

@@ -168,16 +168,22 @@ def atomic_directory(path: Path) -> Iterator[Path]:
         for f in tmp.rglob("*"):  # safetensors writes its files 0600; give them a plain file's mode
             if f.is_file():
                 os.chmod(f, file_mode())
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        replace_directory(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def replace_directory(src: Path, dest: Path) -> None:
+    """Rename the finished directory ``src`` to ``dest`` (same file system), replacing a previous
+    ``dest`` in one rename."""
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        os.replace(dest, old)
+        os.replace(src, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dest)
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:

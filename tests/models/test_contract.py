@@ -215,3 +215,45 @@ def test_forget_users_erases_the_customer(fitted, tmp_path):
     after = loaded.recommend(others, k=5)
     np.testing.assert_array_equal(after.item_ids, before.item_ids)
     np.testing.assert_allclose(after.scores, before.scores, rtol=1e-5)
+
+
+def _same_lists(fast, slow) -> None:
+    assert fast.item_ids.tolist() == slow.item_ids.tolist()
+    assert fast.item_idx.tolist() == slow.item_idx.tolist()
+    assert fast.known.tolist() == slow.known.tolist()
+    np.testing.assert_allclose(fast.scores, slow.scores, rtol=1e-6, atol=1e-6)
+
+
+TOP_K_CASES = {
+    "default": dict(k=5),
+    "with_seen": dict(k=12, exclude_seen=False),
+    "per_user_exclude": dict(k=4, exclude="per-user"),
+    "flat_exclude_and_candidates": dict(k=3, exclude=["i0_1", "i1_2", "nope"], candidates=["i0_1", "i0_3", "i1_0",
+                                                                                             "i1_4", "i1_5"]),
+    "long_k": dict(k=30),
+}
+
+
+@pytest.mark.parametrize("case", list(TOP_K_CASES))
+@pytest.mark.parametrize("block", [1 << 22, 1])
+def test_top_k_gives_the_lists_of_recommend(fitted, case, block, monkeypatch):
+    """The batch path (blocked, float32, per-model fast paths) equals ``recommend`` for every model."""
+    import retailgan.models.base as base
+
+    name, model, answer = fitted
+    monkeypatch.setattr(base, "SCORE_BLOCK_ELEMENTS", block)  # 1: one row per block
+    users = [*list(answer)[::3], "ghost", list(answer)[1]]
+    kwargs = dict(TOP_K_CASES[case])
+    if kwargs.get("exclude") == "per-user":
+        kwargs["exclude"] = [[answer[u]] if u in answer and i % 2 else ["i0_0"] for i, u in enumerate(users)]
+    _same_lists(model.top_k(users, **kwargs), model.recommend(users, **kwargs))
+
+
+@pytest.mark.skipif(not __import__("retailgan.index.topk", fromlist=["x"]).faiss_available(), reason="faiss absent")
+def test_featgan_top_k_through_its_faiss_index_equals_recommend():
+    ds, answer = oracle_dataset()
+    model = get_model_class("featgan")(**{**FAST_CONFIGS["featgan"], "index": "hnsw", "epochs": 3})
+    model.fit(ds, TrainingOptions(seed=0))
+    users = [*answer, "ghost"]
+    for kwargs in (dict(k=4), dict(k=3, exclude_seen=False, exclude=["i0_1"]), dict(k=2, candidates=["i1_0", "i1_3"])):
+        _same_lists(model.top_k(users, **kwargs), model.recommend(users, **kwargs))

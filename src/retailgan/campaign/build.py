@@ -5,8 +5,9 @@ source), ``emails/<stem>.html`` + ``.txt`` (self-contained HTML with inline imag
 part), ``banners/<stem>.png``, ``summary.json`` and ``report.html`` / ``report.png``
 (:mod:`retailgan.campaign.report`). ``<stem>`` is :func:`retailgan.campaign.render.email_stem`.
 
-Streaming and resumable: the segment's customers (sorted by id) are processed in fixed-size chunks,
-in this process or (``workers`` > 1) in a pool of processes; each finished chunk leaves a Parquet
+Streaming and resumable (the chunk machinery of :mod:`retailgan.jobs`, shared with batch
+recommendations): the segment's customers (sorted by id) are processed in fixed-size chunks, in
+this process or (``workers`` > 1) in a pool of processes; each finished chunk leaves a Parquet
 part, its e-mails and banners in a work directory next to the output (``.<out>.work``) and only then
 is recorded in ``progress.json`` there. A run that stops (killed, crash) and is started again with
 the same arguments, store and model redoes only the chunks not recorded (chunks may finish out of
@@ -29,16 +30,11 @@ Products without a known price add nothing. This is a planning figure, not a cal
 
 from __future__ import annotations
 
-import hashlib
-import json
+import functools
 import logging
 import math
-import multiprocessing
-import os
-import shutil
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -46,9 +42,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from retailgan import progress as progress_lines
 from retailgan.campaign import DEFAULT_CHUNK_SIZE
 from retailgan.campaign.query import (
     parse_segment,
@@ -72,7 +66,21 @@ from retailgan.data.images import get_images
 from retailgan.data.reftime import AsOf
 from retailgan.data.store import Store
 from retailgan.errors import ConfigError, ModelFileError
-from retailgan.explanations import explain_items
+from retailgan.explanations import explain_lists
+from retailgan.jobs import (
+    Chunks,
+    JobProgress,
+    fingerprint,
+    finish_work,
+    merge_parts,
+    part_path,
+    prepare_work,
+    run_chunks,
+    work_dir,
+    write_json,
+    write_part,
+)
+from retailgan.persistence import replace_directory
 from retailgan.serving.engine import ModelBundle
 
 log = logging.getLogger(__name__)
@@ -80,7 +88,6 @@ log = logging.getLogger(__name__)
 CONVERSION_RATE = 0.02
 """Assumed probability that a customer buys one product of the campaign (see the module docstring)."""
 
-PROGRESS_FILE = "progress.json"
 OUTPUT_FORMAT = 2
 """Bumped when the files a chunk leaves change (1: no images, banners or image column)."""
 SCHEMA = pa.schema([
@@ -124,47 +131,6 @@ class CampaignSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _fingerprint(store_path: Path, version: str, customers: list[str], params: dict[str, Any]) -> str:
-    h = hashlib.sha256()
-    st = store_path.stat()
-    h.update(json.dumps({**params, "store": str(store_path.resolve()), "store_size": st.st_size,
-                         "store_mtime_ns": st.st_mtime_ns, "model": version}, sort_keys=True).encode())
-    for c in customers:
-        h.update(c.encode("utf-8") + b"\0")
-    return h.hexdigest()
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _progress(fingerprint: str, n_chunks: int, finished: set[int]) -> dict[str, Any]:
-    return {"fingerprint": fingerprint, "chunks": n_chunks, "done": len(finished), "finished": sorted(finished)}
-
-
-def _prepare_work(work: Path, fingerprint: str, n_chunks: int) -> set[int]:
-    """Return the chunks already finished in ``work`` (none after starting it afresh)."""
-    prog = work / PROGRESS_FILE
-    if prog.is_file():
-        try:
-            state = json.loads(prog.read_text(encoding="utf-8"))
-            if state.get("fingerprint") == fingerprint and int(state.get("chunks", -1)) == n_chunks:
-                finished = {int(c) for c in state.get("finished", range(int(state.get("done", 0))))}
-                if all(0 <= c < n_chunks for c in finished):
-                    log.info("resuming %s: %d of %d chunks finished", work, len(finished), n_chunks)
-                    return finished
-        except (ValueError, TypeError, OSError):
-            pass  # an unreadable progress file means: start again
-    if work.exists():
-        shutil.rmtree(work)
-    for sub in ("parts", "emails", "banners"):
-        (work / sub).mkdir(parents=True)
-    _write_json(prog, _progress(fingerprint, n_chunks, set()))
-    return set()
 
 
 def _price(x: float) -> float | None:
@@ -249,21 +215,17 @@ def campaign_chunk(
     b = ctx.bundle
     model = b.model
     recent = recent_purchases(store, customers, ctx.recent_days, ctx.now)
-    recs = model.recommend(customers, ctx.k, exclude_seen=False, exclude=[recent.get(u, []) for u in customers],
-                           candidates=ctx.candidates)
-    uidx = model.users.index(customers, missing="negative")
+    recs = model.top_k(customers, ctx.k, exclude_seen=False, exclude=[recent.get(u, []) for u in customers],
+                       candidates=ctx.candidates)
+    reasons = explain_lists(b, customers, recs.item_idx, recs.known, ctx.titles.get)
     per_customer: list[tuple[str, list[EmailProduct], list[float]]] = []
     for r, u in enumerate(customers):
         top = recs.item_idx[r][recs.item_idx[r] >= 0].astype(np.int64)
-        known = bool(recs.known[r])
-        hist = b.seen_items(int(uidx[r])) if known else np.zeros(0, dtype=np.int64)
-        reasons = explain_items(model, b.name, b.popularity, top, hist, "model" if known else "popular",
-                                ctx.titles.get)
         products = []
-        for rank, (j, rs) in enumerate(zip(top, reasons, strict=True), 1):
+        for rank, (j, reason) in enumerate(zip(top, reasons[r], strict=True), 1):
             pid = str(model.items.ids[j])
             products.append(EmailProduct(rank=rank, product_id=pid, title=ctx.titles.get(pid),
-                                         price=_price(float(b.prices[j])), reason="; ".join(x.text for x in rs)))
+                                         price=_price(float(b.prices[j])), reason=reason))
         per_customer.append((u, products, [float(recs.scores[r, i]) for i in range(len(products))]))
     images = ctx.product_images(store, [p.product_id for _, ps, _ in per_customer for p in ps])
     cols: dict[str, list[Any]] = {name: [] for name in SCHEMA.names}
@@ -299,51 +261,35 @@ def _write_chunk(ctx: CampaignContext, store: Store, work: Path, c: int, custome
         (work / "emails" / f"{stem}.txt").write_text(o.text, "utf-8")
         if o.banner_png is not None:
             (work / "banners" / f"{stem}.png").write_bytes(o.banner_png)
-    part = work / "parts" / f"part-{c:06d}.parquet"
-    pq.write_table(pa.table(cols, schema=SCHEMA), part.with_suffix(".tmp"))
-    os.replace(part.with_suffix(".tmp"), part)
+    write_part(pa.table(cols, schema=SCHEMA), part_path(work, c))
 
 
-# -- worker processes (``workers > 1``) -----------------------------------------------------------
+@dataclass(frozen=True)
+class _Workers:
+    """Builds a worker process's chunk function (:class:`retailgan.jobs.WorkerFactory`): load the
+    model, open the store read-only, once per process."""
 
-_WORKER: dict[str, Any] = {}
+    store_path: str
+    model_dir: str
+    label: str
+    theme: str | None
+    k: int
+    recent_days: int
+    now: datetime | None
+    work: str
 
-
-def _exit_with_parent(interval_s: float = 0.5) -> None:
-    """End this worker when the build process is gone (e.g. SIGKILLed): a pool worker waits on a queue whose
-    pipe it holds both ends of, so it would otherwise never notice, and would keep the build's outputs open."""
-    import threading
-    import time
-
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(interval_s)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
-
-
-def _init_worker(store_path: str, model_dir: str, label: str, theme: str | None, k: int, recent_days: int,
-                 now: datetime | None, work: str) -> None:
-    """Per worker process, once: load the model, open the store read-only."""
-    _exit_with_parent()
-    b = ModelBundle.load(model_dir)
-    if b.label != label:
-        raise ModelFileError(f"{model_dir}: the model changed during the campaign build ({label} -> {b.label})")
-    # Several processes may read one DuckDB file at once, read-only; one thread each (the pool is the parallelism).
-    _WORKER["store"] = Store.open(store_path, create=False, read_only=True, threads=1)
-    if b.trend_days:  # the store's recent sales, as the main process and the service use
-        b.set_recent_sales(_WORKER["store"].recent_buyers(b.trend_days, now))
-    _WORKER["ctx"] = CampaignContext.create(b, theme, k, recent_days)
-    _WORKER["ctx"].now = now
-    _WORKER["work"] = Path(work)
-
-
-def _worker_chunk(c: int, customers: list[str]) -> int:
-    _write_chunk(_WORKER["ctx"], _WORKER["store"], _WORKER["work"], c, customers)
-    return c
+    def __call__(self) -> Callable[[int, list[str]], None]:
+        b = ModelBundle.load(self.model_dir)
+        if b.label != self.label:
+            raise ModelFileError(
+                f"{self.model_dir}: the model changed during the campaign build ({self.label} -> {b.label})")
+        # Several processes may read one DuckDB file at once, read-only; one thread each (the pool is the parallelism).
+        store = Store.open(self.store_path, create=False, read_only=True, threads=1)
+        if b.trend_days:  # the store's recent sales, as the main process and the service use
+            b.set_recent_sales(store.recent_buyers(b.trend_days, self.now))
+        ctx = CampaignContext.create(b, self.theme, self.k, self.recent_days)
+        ctx.now = self.now
+        return functools.partial(_write_chunk, ctx, store, Path(self.work))
 
 
 def _expected_revenue(table: pa.Table) -> float:
@@ -399,7 +345,7 @@ def build_campaign(
         raise FileNotFoundError(2, "no such file", str(store_path))
     params = {"segment": seg.text, "theme": ctx.theme, "k": k, "recent_days": recent_days,
               "chunk_size": chunk_size}
-    work = out.parent / f".{out.name}.work"
+    work = work_dir(out)
     store = Store.open(store_path, create=False, read_only=True)
     try:
         # One resolved "now" for the whole build (every worker, every chunk, a resumed run).
@@ -408,88 +354,47 @@ def build_campaign(
         params.update(reference_time=None if ref.ts is None else ref.ts.isoformat(), ignored_events=ref.ignored)
         if b.trend_days:  # a model that follows recent sales gets the store's, as the service does
             b.set_recent_sales(store.recent_buyers(b.trend_days, ref.ts))
-        customers = segment_customers(store, seg, ref.ts)
-        n_chunks = math.ceil(len(customers) / chunk_size)
+        chunks = Chunks(segment_customers(store, seg, ref.ts), chunk_size)
         out.parent.mkdir(parents=True, exist_ok=True)
         # The output format is part of the fingerprint: work left by an older version is started afresh.
-        fingerprint = _fingerprint(store_path, b.label, customers, {**params, "format": OUTPUT_FORMAT})
-        finished = _prepare_work(work, fingerprint, n_chunks)
-        todo = [c for c in range(n_chunks) if c not in finished]
-        workers = min(workers, len(todo)) or 1
+        fp = fingerprint({**params, "model": b.label, "format": OUTPUT_FORMAT}, chunks.items, [store_path])
+        finished = prepare_work(work, fp, len(chunks), ("parts", "emails", "banners"))
         if workers > 1:
             store.close()  # the workers open their own read-only connections
-        # The chunks left (all of them, unless a stopped run is taken up again).
-        with progress_lines.steps("campaign", len(todo), "chunk", every_s=2.0,
-                                  enabled=True if progress else None) as steps:
-
-            def record(c: int) -> None:
-                # Called only once the chunk's files are all in place.
-                finished.add(c)
-                _write_json(work / PROGRESS_FILE, _progress(fingerprint, n_chunks, finished))
-                resumed = len(todo) < n_chunks
-                steps.done(len(finished) - (n_chunks - len(todo)),
-                           f"{len(finished)}/{n_chunks} with the earlier run's" if resumed else "")
-                if after_chunk is not None:
-                    after_chunk(c)
-
-            if workers == 1:
-                for c in todo:
-                    _write_chunk(ctx, store, work, c, customers[c * chunk_size:(c + 1) * chunk_size])
-                    record(c)
-            else:
-                _run_pool(workers, todo, customers, chunk_size, record,
-                          (str(store_path), str(model_dir), b.label, theme, k, recent_days, ref.ts, str(work)))
+        bar = JobProgress("campaign", "customers", len(chunks.items), sum(len(chunks[c]) for c in finished),
+                          len(chunks), enabled=progress)
+        try:
+            run_chunks(chunks, work, fp, finished,
+                       _Workers(str(store_path), str(model_dir), b.label, theme, k, recent_days, ref.ts, str(work)),
+                       workers=workers, local=functools.partial(_write_chunk, ctx, store, work), progress=bar,
+                       after_chunk=after_chunk)
+        finally:
+            bar.close()
     finally:
         store.close()
-    summary = _finish(work, n_chunks, len(customers), b, params)
-    _swap_into(work, out)
+    summary = _finish(work, len(chunks), len(chunks.items), b, params)
+    replace_directory(work, out)
     return summary
-
-
-def _run_pool(workers: int, todo: list[int], customers: list[str], chunk_size: int,
-              record: Callable[[int], None], init_args: tuple[Any, ...]) -> None:
-    """Run the chunks in ``todo`` on ``workers`` processes, at most two chunks in flight per worker
-    (memory stays bounded), recording each as it finishes."""
-    ctx = multiprocessing.get_context("spawn")  # no fork: DuckDB and BLAS threads do not survive fork
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=init_args) as pool:
-        pending: set[Future[int]] = set()
-        queue = iter(todo)
-        try:
-            while True:
-                while len(pending) < 2 * workers and (c := next(queue, None)) is not None:
-                    pending.add(pool.submit(_worker_chunk, c, customers[c * chunk_size:(c + 1) * chunk_size]))
-                if not pending:
-                    break
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for f in sorted(done, key=lambda f: f.result()):
-                    record(f.result())
-        except BaseException:
-            for f in pending:
-                f.cancel()
-            raise
 
 
 def _finish(work: Path, n_chunks: int, n_customers: int, b: ModelBundle, params: dict[str, Any]) -> CampaignSummary:
     """Merge the parts (one at a time) into campaign.parquet; write summary.json and the report."""
-    rows = 0
     with_products = 0
     revenue = 0.0
     sent: Counter[str] = Counter()
     kinds: Counter[str | None] = Counter()
     titles: dict[str, str | None] = {}
-    tmp = work / "campaign.parquet.tmp"
-    with pq.ParquetWriter(tmp, SCHEMA) as writer:
-        for c in range(n_chunks):
-            table = pq.read_table(work / "parts" / f"part-{c:06d}.parquet", schema=SCHEMA)
-            writer.write_table(table)
-            rows += table.num_rows
-            with_products += len(set(table.column("customer_id").to_pylist()))
-            pids = table.column("product_id").to_pylist()
-            sent.update(pids)
-            titles.update(zip(pids, table.column("title").to_pylist(), strict=True))
-            kinds.update(table.column("image").to_pylist())
-            revenue += _expected_revenue(table)
-    os.replace(tmp, work / "campaign.parquet")
+
+    def add(table: pa.Table) -> None:
+        nonlocal with_products, revenue
+        with_products += len(set(table.column("customer_id").to_pylist()))
+        pids = table.column("product_id").to_pylist()
+        sent.update(pids)
+        titles.update(zip(pids, table.column("title").to_pylist(), strict=True))
+        kinds.update(table.column("image").to_pylist())
+        revenue += _expected_revenue(table)
+
+    rows = merge_parts(work, n_chunks, SCHEMA, work / "campaign.parquet", add)
     n_items = int(b.model.n_items)
 
     def share(n: int) -> float | None:
@@ -506,19 +411,7 @@ def _finish(work: Path, n_chunks: int, n_customers: int, b: ModelBundle, params:
         photo_share=share(kinds["photo"]), generated_image_share=share(kinds["generated"]),
         no_image_share=share(kinds[None]),
     )
-    _write_json(work / "summary.json", summary.to_dict())
+    write_json(work / "summary.json", summary.to_dict())
     write_report(work, summary.to_dict(), sent, titles)
-    shutil.rmtree(work / "parts")
-    (work / PROGRESS_FILE).unlink()
+    finish_work(work)
     return summary
-
-
-def _swap_into(work: Path, out: Path) -> None:
-    """Rename the finished work directory to ``out`` (replacing a previous output in one rename)."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(work, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(work, out)

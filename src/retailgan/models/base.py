@@ -6,7 +6,12 @@ batch-first and users x items:
 
 * ``score_users(user_idx) -> (len(user_idx), n_items)`` dense scores, the one method evaluation
   needs;
-* ``recommend(user_ids, k, exclude_seen=..., exclude=..., candidates=...)`` for raw ids.
+* ``recommend(user_ids, k, exclude_seen=..., exclude=..., candidates=...)`` for raw ids;
+* ``top_k(...)``, same arguments and lists, for batches of any size: no dense float64 (users x
+  items) matrix, row blocks of bounded size; a model with a faster path than scoring every item
+  (a retrieval index) overrides ``_top_k_known``.
+
+Lists are ordered by score, ties by item index (also at the k-th place: :func:`select_top_k`).
 
 Users unknown to the model, and known users without any training interaction, get the popularity
 ranking (flagged ``known=False``), in ``recommend`` and in evaluation alike: a model can only
@@ -48,6 +53,106 @@ def clear_rows(m: sp.csr_matrix, rows: np.ndarray) -> sp.csr_matrix:
     return out
 
 log = logging.getLogger(__name__)
+
+
+SCORE_BLOCK_ELEMENTS = 1 << 22
+"""(user, item) scores :meth:`Recommender.top_k` holds at once (16 MiB as float32)."""
+
+
+def _row_blocks(n_rows: int, n_items: int) -> Iterator[tuple[int, int]]:
+    """[a, b) row ranges of at most :data:`SCORE_BLOCK_ELEMENTS` scores (at least one row)."""
+    step = max(1, SCORE_BLOCK_ELEMENTS // max(n_items, 1))
+    for a in range(0, n_rows, step):
+        yield a, min(a + step, n_rows)
+
+
+def mask_scores(scores: np.ndarray, banned: sp.csr_matrix, allowed: np.ndarray | None) -> np.ndarray:
+    """``scores`` (modified in place) with banned (row, item) pairs and items outside
+    ``allowed`` (None: all allowed) set to -inf."""
+    if banned.nnz:
+        scores[np.repeat(np.arange(banned.shape[0]), np.diff(banned.indptr)), banned.indices] = -np.inf
+    if allowed is not None:
+        keep = np.zeros(scores.shape[1], dtype=bool)
+        keep[allowed] = True
+        scores[:, ~keep] = -np.inf
+    return scores
+
+
+def select_top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n, k) indices and scores of each row's k best, best first, ties by lower index, also at
+    the k-th place; padded with -1 / -inf (and -inf scores count as missing)."""
+    n, m = scores.shape
+    kk = min(k, m)
+    if m >= SAMPLE_STRIDE * 4 * kk:
+        found = _candidates(scores, kk)
+        if found is not None:
+            values, cols = found
+            return _finish_top_k(scores, np.take_along_axis(cols, _partition_top(values, kk), axis=1), k)
+    return _finish_top_k(scores, _partition_top(scores, kk), k)
+
+
+def _partition_top(scores: np.ndarray, kk: int) -> np.ndarray:
+    """(n, kk) indices of each row's kk best (unordered), ties at the kk-th place by lower index."""
+    n, m = scores.shape
+    if kk >= m:
+        return np.tile(np.arange(m), (n, 1))
+    top = np.argpartition(scores, m - kk, axis=1)[:, m - kk :]
+    kth = np.take_along_axis(scores, top, axis=1).min(axis=1, keepdims=True)
+    # argpartition picks arbitrary members of a tie at the k-th place: take the lowest indices.
+    over = np.flatnonzero(np.count_nonzero(scores >= kth, axis=1) > kk)
+    if len(over):
+        sub, t = scores[over], kth[over]
+        above, tied = sub > t, sub == t
+        chosen = above | (tied & (np.cumsum(tied, axis=1) <= kk - above.sum(axis=1, keepdims=True)))
+        top[over] = np.nonzero(chosen)[1].reshape(len(over), kk)
+    return top
+
+
+SAMPLE_STRIDE = 16
+"""Every SAMPLE_STRIDE-th column gives each row a threshold that its k best scores pass."""
+
+
+def _candidates(scores: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """For wide rows: the scores that can be among a row's kk best, as (n, c) values (-inf
+    padded) and their columns (ascending in a row). The kk-th best score of a column sample is a
+    lower bound of the row's kk-th best, so only about SAMPLE_STRIDE x kk scores a row pass it.
+    None when far more pass (heavy ties), for the plain partition."""
+    n, m = scores.shape
+    sample = scores[:, ::SAMPLE_STRIDE]
+    thr = np.partition(sample, sample.shape[1] - kk, axis=1)[:, sample.shape[1] - kk]
+    # Compare into a row width padded to 8 bytes: nonzero() then scans 8 columns per uint64 word.
+    passed = np.zeros((n, m + (-m) % 8), dtype=bool)
+    np.greater_equal(scores, thr[:, None], out=passed[:, :m])
+    words_r, words_c = np.nonzero(passed.view(np.uint64))
+    rows = np.repeat(words_r, 8)
+    cols = (words_c[:, None] * 8 + np.arange(8)).ravel()
+    keep = passed[rows, cols]
+    rows, cols = rows[keep], cols[keep]  # row-major: columns ascending within a row
+    counts = np.bincount(rows, minlength=n)
+    width = int(counts.max()) if n else 0
+    if width > max(64 * kk, m // 8):
+        return None
+    pos = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    values = np.full((n, width), -np.inf, dtype=scores.dtype)
+    out_cols = np.full((n, width), m, dtype=np.int64)  # pads sort after every real column
+    values[rows, pos] = scores[rows, cols]
+    out_cols[rows, pos] = cols
+    return values, out_cols
+
+
+def _finish_top_k(scores: np.ndarray, top: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sort the chosen ``top`` indices by score then index; pad to k; -1 / -inf where missing."""
+    kk = top.shape[1]
+    top_scores = np.take_along_axis(scores, top, axis=1)
+    order = np.lexsort((top, -top_scores), axis=1)
+    top = np.take_along_axis(top, order, axis=1)
+    top_scores = np.take_along_axis(top_scores, order, axis=1)
+    if kk < k:
+        top = np.pad(top, ((0, 0), (0, k - kk)), constant_values=-1)
+        top_scores = np.pad(top_scores, ((0, 0), (0, k - kk)), constant_values=-np.inf)
+    valid = np.isfinite(top_scores)
+    return np.where(valid, top, -1), np.where(valid, top_scores, -np.inf)
+
 
 
 @dataclass(frozen=True)
@@ -243,36 +348,17 @@ class Recommender(ABC):
             scores[known] = s
         if (~known).any():
             scores[~known] = self.fallback_scores()
-        if exclude_seen and known.any():
-            seen = self.seen[uidx[known]]
-            rows = np.repeat(np.flatnonzero(known), np.diff(seen.indptr))
-            scores[rows, seen.indices] = -np.inf
-        if exclude is not None and len(exclude) > 0:
-            if all(isinstance(e, list | tuple | np.ndarray) for e in exclude):
-                if len(exclude) != n:
-                    raise ConfigError(f"per-user exclude has {len(exclude)} lists for {n} users")
-                for r, ex in enumerate(exclude):
-                    idx = self.items.index(ex, missing="negative")  # type: ignore[arg-type]
-                    scores[r, idx[idx >= 0]] = -np.inf
-            else:
-                idx = self.items.index(exclude, missing="negative")
-                scores[:, idx[idx >= 0]] = -np.inf
-        if candidates is not None:
-            cidx = self.items.index(candidates, kind="candidate item")
-            allowed = np.zeros(m, dtype=bool)
-            allowed[cidx] = True
-            scores[:, ~allowed] = -np.inf
-        kk = min(k, m)
-        top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < m else np.tile(np.arange(m), (n, 1))
-        top_scores = np.take_along_axis(scores, top, axis=1)
-        # Sort by score descending, ties by item index (deterministic).
-        order = np.lexsort((top, -top_scores), axis=1)
-        top = np.take_along_axis(top, order, axis=1)
-        top_scores = np.take_along_axis(top_scores, order, axis=1)
-        if kk < k:
-            top = np.pad(top, ((0, 0), (0, k - kk)), constant_values=-1)
-            top_scores = np.pad(top_scores, ((0, 0), (0, k - kk)), constant_values=-np.inf)
-        valid = np.isfinite(top_scores)
+        banned = self._exclusions(uidx, known, exclude_seen, exclude)
+        allowed = None if candidates is None else self.items.index(candidates, kind="candidate item")
+        mask_scores(scores, banned, allowed)
+        top, top_scores = select_top_k(scores, k)
+        return self._package(user_ids, top, top_scores, known)
+
+    def _package(self, user_ids: list[str], top: np.ndarray, top_scores: np.ndarray,
+                 known: np.ndarray) -> Recommendations:
+        """Recommendations from (n, k) item indices and scores (-1 / -inf where a list is short)."""
+        assert self.items is not None
+        valid = np.isfinite(top_scores) & (top >= 0)
         top = np.where(valid, top, -1)
         ids = np.full(top.shape, None, dtype=object)
         ids[valid] = self.items.decode(top[valid])
@@ -283,6 +369,96 @@ class Recommender(ABC):
             known=known,
             item_idx=top,
         )
+
+    def top_k(
+        self,
+        user_ids: Sequence[object],
+        k: int = 10,
+        *,
+        exclude_seen: bool = True,
+        exclude: Sequence[object] | Sequence[Sequence[object]] | None = None,
+        candidates: Sequence[object] | None = None,
+    ) -> Recommendations:
+        """The lists of :meth:`recommend` (same items, same order; scores equal up to float32
+        rounding) without its dense float64 (users x items) matrix: the batch path.
+
+        Exclusions become a sparse (users x items) mask; known users are ranked by
+        :meth:`_top_k_known`, which scores at most :data:`SCORE_BLOCK_ELEMENTS` (user, item) pairs
+        at once in the generic path (row blocks of ``score_users``, kept in its float32) and which
+        models with a retrieval index override.
+        """
+        self._check_fitted()
+        assert self.users is not None and self.items is not None and self.seen is not None
+        if k < 1:
+            raise ConfigError(f"k must be >= 1, got {k}")
+        user_ids = [str(u) for u in user_ids]
+        n, m = len(user_ids), self.n_items
+        uidx = self.users.index(user_ids, missing="negative")
+        known = uidx >= 0
+        known[known] = np.diff(self.seen.indptr)[uidx[known]] > 0
+        banned = self._exclusions(uidx, known, exclude_seen, exclude)
+        allowed = None if candidates is None else np.unique(self.items.index(candidates, kind="candidate item"))
+        top = np.full((n, k), -1, np.int64)
+        scores = np.full((n, k), -np.inf, np.float64)
+        rows = np.flatnonzero(known)
+        if len(rows):
+            top[rows], scores[rows] = self._top_k_known(uidx[rows], k, banned[rows], allowed)
+        rows = np.flatnonzero(~known)
+        if len(rows):
+            fallback = self.fallback_scores()
+            for a, b in _row_blocks(len(rows), m):
+                block = np.tile(fallback, (b - a, 1))
+                top[rows[a:b]], scores[rows[a:b]] = select_top_k(mask_scores(block, banned[rows[a:b]], allowed), k)
+        return self._package(user_ids, top, scores, known)
+
+    def _exclusions(
+        self, uidx: np.ndarray, known: np.ndarray, exclude_seen: bool,
+        exclude: Sequence[object] | Sequence[Sequence[object]] | None,
+    ) -> sp.csr_matrix:
+        """(users x items) boolean CSR of what each row must not get, as :meth:`recommend` bans it."""
+        assert self.items is not None and self.seen is not None
+        n, m = len(uidx), self.n_items
+        rows, cols = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+        if exclude_seen and known.any():
+            seen = self.seen[uidx[known]]
+            rows.append(np.repeat(np.flatnonzero(known), np.diff(seen.indptr)))
+            cols.append(seen.indices)
+        if exclude is not None and len(exclude) > 0:
+            if all(isinstance(e, list | tuple | np.ndarray) for e in exclude):
+                if len(exclude) != n:
+                    raise ConfigError(f"per-user exclude has {len(exclude)} lists for {n} users")
+                idx = [self.items.index(ex, missing="negative") for ex in exclude]  # type: ignore[arg-type]
+                idx = [i[i >= 0] for i in idx]
+                rows.append(np.repeat(np.arange(n), [len(i) for i in idx]))
+                cols.extend(idx)
+            else:
+                i = self.items.index(exclude, missing="negative")
+                i = i[i >= 0]
+                rows.append(np.repeat(np.arange(n), len(i)))
+                cols.append(np.tile(i, n))
+        r, c = np.concatenate(rows), np.concatenate(cols)
+        out = sp.csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=(n, m))
+        out.sum_duplicates()
+        return out
+
+    def _top_k_known(
+        self, user_idx: np.ndarray, k: int, banned: sp.csr_matrix, allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(n, k) item indices and scores of :meth:`top_k` for users with a history; ``banned``:
+        their (n x items) exclusion rows, ``allowed``: the candidate item indices (None: all).
+
+        Generic path: :meth:`score_users` in row blocks of at most :data:`SCORE_BLOCK_ELEMENTS`
+        scores, masked, then :func:`select_top_k`. For factor models that block is one float32
+        GEMM, for item-item models one sparse history x W product.
+        """
+        top = np.full((len(user_idx), k), -1, np.int64)
+        scores = np.full((len(user_idx), k), -np.inf, np.float64)
+        for a, b in _row_blocks(len(user_idx), self.n_items):
+            s = np.array(self.score_users(user_idx[a:b]), copy=True)
+            if s.shape != (b - a, self.n_items):
+                raise AssertionError(f"{type(self).__name__}.score_users returned {s.shape}")
+            top[a:b], scores[a:b] = select_top_k(mask_scores(s, banned[a:b], allowed), k)
+        return top, scores
 
     def fallback_scores(self) -> np.ndarray:
         """Scores for users the model cannot personalise for: item popularity (ties by index)."""

@@ -109,7 +109,13 @@ from retailgan.data.dataset import InteractionDataset, ItemInfo, Vocabulary
 from retailgan.errors import ConfigError, extra_needed
 from retailgan.features.space import FeatureSpace, FeatureSpaceConfig
 from retailgan.index.topk import ExactIndex, TopKIndex, faiss_available, make_index
-from retailgan.models.base import IterativeRecommender, ModelConfig, Recommendations, TrainingOptions
+from retailgan.models.base import (
+    SCORE_BLOCK_ELEMENTS,
+    IterativeRecommender,
+    ModelConfig,
+    Recommendations,
+    TrainingOptions,
+)
 from retailgan.models.diversify import dpp, mmr
 from retailgan.models.gan.state import load_module_arrays
 from retailgan.models.recent import item_counts
@@ -996,6 +1002,27 @@ class FeatureGAN(IterativeRecommender):
             top[r], scores[r] = self._popular(k, banned[r], allowed)
         return self._package(user_ids, top, scores, known)
 
+    def _top_k_known(
+        self, user_idx: np.ndarray, k: int, banned: sp.csr_matrix, allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Batch ranking as :meth:`recommend` ranks: the dense exact path for the plain ranking
+        with the exact index, else retrieval through the index (and slates), in row blocks.
+        (Customers without a training history get the popularity ranking here, as in the base
+        class; only ``recommend``'s retrieval path would generate a vector for them.)"""
+        samples, diversity, merge = self._slate_params(None, None, None)
+        if samples == 1 and diversity == 0.0 and self._cfg.index == "exact":
+            return super()._top_k_known(user_idx, k, banned, allowed)
+        top = np.full((len(user_idx), k), -1, np.int64)
+        scores = np.full((len(user_idx), k), -np.inf, np.float32)
+        # Exact search scores every product: keep its block as small as the generic path's.
+        step = max(1, min(SCORE_BATCH, SCORE_BLOCK_ELEMENTS // self.n_items))
+        for a in range(0, len(user_idx), step):
+            b = min(a + step, len(user_idx))
+            indptr, items = self._user_rows(user_idx[a:b])
+            rows = [banned.indices[banned.indptr[r] : banned.indptr[r + 1]] for r in range(a, b)]
+            top[a:b], scores[a:b] = self._rank(indptr, items, k, rows, allowed, samples, diversity, merge)
+        return top, scores
+
     def recommend_histories(
         self,
         histories: Sequence[Sequence[object]],
@@ -1049,20 +1076,8 @@ class FeatureGAN(IterativeRecommender):
 
     def _banned(self, n: int, exclude: Sequence[object] | Sequence[Sequence[object]] | None) -> list[np.ndarray]:
         """Per-row item indices never to recommend (unknown ids ignored), as in the base class."""
-        assert self.items is not None
-        empty = np.zeros(0, np.int64)
-        if exclude is None or len(exclude) == 0:
-            return [empty] * n
-        if all(isinstance(e, list | tuple | np.ndarray) for e in exclude):
-            if len(exclude) != n:
-                raise ConfigError(f"per-user exclude has {len(exclude)} lists for {n} users")
-            out = []
-            for ex in exclude:
-                idx = self.items.index(ex, missing="negative")  # type: ignore[arg-type]
-                out.append(np.unique(idx[idx >= 0]))
-            return out
-        idx = self.items.index(exclude, missing="negative")
-        return [np.unique(idx[idx >= 0])] * n
+        banned = self._exclusions(np.full(n, -1), np.zeros(n, bool), False, exclude)
+        return [banned.indices[banned.indptr[r] : banned.indptr[r + 1]] for r in range(n)]
 
     def _popular(self, k: int, banned: np.ndarray, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """The popularity fallback (distinct training customers; ties by index) for one row."""
