@@ -109,6 +109,7 @@ def child_model(name: str, store: Path, batch: bool, peer_sweeps: int) -> dict[s
         out["best_epoch"] = model.best_epoch
         out["epoch_s"] = checks
         out["val"] = [h.get(f"val_ndcg@{K}") for h in model.history]
+        out |= _validation_cost(model, s, opts)
     t0 = time.perf_counter()
     out[f"ndcg@{K}"], out["test_users"] = _ndcg(model, s)
     out["eval_s"] = time.perf_counter() - t0
@@ -121,6 +122,21 @@ def child_model(name: str, store: Path, batch: bool, peer_sweeps: int) -> dict[s
         out["batch_customers"] = len(users)
     out["peak_rss_mib"] = _peak_rss_mib()
     return out
+
+
+def _validation_cost(model: Any, s: Any, opts: Any) -> dict[str, Any]:
+    """Seconds of one early-stopping check on the sample the trainer uses, and on every
+    validation customer (what each check cost before sampling)."""
+    from retailgan.models.base import validation_sample
+
+    sample = validation_sample(model.seen, s.validation.matrix(), opts.validation_users, opts.seed)
+    t0 = time.perf_counter()
+    model.validation_score(s.validation, f"ndcg@{K}", users=sample)
+    t1 = time.perf_counter()
+    model.validation_score(s.validation, f"ndcg@{K}")
+    t2 = time.perf_counter()
+    return {"val_check_sampled_s": t1 - t0, "val_check_all_s": t2 - t1,
+            "val_users_sampled": opts.validation_users if sample is not None else "all"}
 
 
 def _implicit(s: Any, sweeps: int, batch: bool) -> dict[str, Any]:
@@ -201,6 +217,9 @@ def main() -> None:
         "load_average_at_start": os.getloadavg(), "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "params": PARAMS, "models": {},
     }
+    if args.json and args.json.exists() and args.skip_ingest:  # add to an earlier run's figures
+        earlier = json.loads(args.json.read_text())
+        results = earlier | {"models": earlier.get("models", {}), "rerun_command": results["command"]}
     if not (log_dir / "events.parquet").exists():
         results["generate_s"] = generate(log_dir, SIZES[args.size], memory_limit=args.memory_limit)
         print(f"generated {args.size} in {sum(results['generate_s'].values()):.1f} s", flush=True)
