@@ -111,6 +111,19 @@ def test_validation_cost_is_bounded_by_the_sample():
     assert sampled.best_epoch == 3  # the oracle epoch is still found on the sample
 
 
+def test_scoring_sampled_rows_equals_scoring_them_in_the_full_matrix():
+    from retailgan.evaluation.protocols import evaluate
+    from retailgan.models.baselines import IALS
+
+    ds, _ = oracle_dataset()
+    s = split(ds, "random", seed=0)
+    model = IALS(factors=4, epochs=2).fit(s.train_inner, TrainingOptions(seed=0))
+    val = s.validation.matrix()
+    users = validation_sample(model.seen, val, 9, seed=0)
+    full = evaluate(model, model.seen, val, ks=(20,), users=users).summary()["ndcg@20"]
+    assert model.validation_score(s.validation, "ndcg@20", users=users) == pytest.approx(full, abs=1e-12)
+
+
 def test_validation_sample_is_seeded_and_drawn_from_users_with_held_out_items():
     rng = np.random.default_rng(1)
     train = sp.random(500, 50, density=0.05, format="csr", random_state=rng)

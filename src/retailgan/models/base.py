@@ -377,6 +377,17 @@ def validation_sample(train: sp.csr_matrix, validation: sp.csr_matrix, cap: int,
     return np.sort(rng.choice(candidates, size=cap, replace=False)).astype(np.int64)
 
 
+class _SampledRows:
+    """A model seen through a subset of its users: row ``r`` is user ``users[r]``."""
+
+    def __init__(self, model: Recommender, users: np.ndarray) -> None:
+        self.model, self.users = model, users
+        self.fallback_scores = model.fallback_scores
+
+    def score_users(self, rows: np.ndarray) -> np.ndarray:
+        return self.model.score_users(self.users[rows])
+
+
 class IterativeRecommender(Recommender):
     """A model trained in epochs by the shared trainer loop.
 
@@ -458,7 +469,14 @@ class IterativeRecommender(Recommender):
         name, _, k = metric.partition("@")
         # Blocks of ~16M scores (128 MiB of float64) whatever the catalogue size.
         batch = int(min(1024, max(1, VALIDATION_BLOCK_SCORES // max(self.n_items, 1))))
-        result = evaluate(self, self.seen, validation.matrix(), ks=(int(k or 20),), users=users, batch_size=batch)
+        assert self.seen is not None and self.popularity is not None
+        train, held_out, scorer = self.seen, validation.matrix(), self
+        if users is not None:
+            # Only the sampled rows: no per-check work grows with the whole log.
+            train, held_out, scorer = train[users], held_out[users], _SampledRows(self, users)
+        result = evaluate(
+            scorer, train, held_out, ks=(int(k or 20),), batch_size=batch, item_popularity=self.popularity
+        )
         return float(result.summary()[f"{name}@{int(k or 20)}"])
 
     @abstractmethod
