@@ -187,6 +187,7 @@ def ease_weights(X: sp.spmatrix, l2: float, block: int = 2048) -> np.ndarray:
     and inverted in place by Cholesky), plus the float32 result: 12 * n_items**2 bytes at peak.
     """
     from scipy.linalg import lapack
+    from threadpoolctl import threadpool_limits
 
     n = X.shape[1]
     Xc = sp.csc_matrix(X, dtype=np.float64)
@@ -196,9 +197,12 @@ def ease_weights(X: sp.spmatrix, l2: float, block: int = 2048) -> np.ndarray:
         G[:, s : s + block] = (XT @ Xc[:, s : s + block]).toarray()
     G[np.diag_indices(n)] += l2
     # G is symmetric, so its transpose is the same matrix in Fortran order: LAPACK works in place.
-    c, info = lapack.dpotrf(G.T, lower=0, clean=0, overwrite_a=1)
-    if info == 0:
-        c, info = lapack.dpotri(c, lower=0, overwrite_c=1)
+    # One BLAS thread: scipy's bundled OpenBLAS (0.3.30) segfaults in a multi-threaded dpotrf on
+    # a 20,000 x 20,000 matrix (measured), and a single-threaded one takes about 35 s there.
+    with threadpool_limits(1, "blas"):
+        c, info = lapack.dpotrf(G.T, lower=0, clean=0, overwrite_a=1)
+        if info == 0:
+            c, info = lapack.dpotri(c, lower=0, overwrite_c=1)
     if info != 0:
         raise ConfigError(f"ease: the regularised Gram matrix is not positive definite (LAPACK info {info})")
     P = c.T  # the inverse's lower triangle holds the result (C order); mirror it to the upper
