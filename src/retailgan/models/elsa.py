@@ -85,7 +85,7 @@ class ELSA(IterativeRecommender):
     @staticmethod
     def search_space(trial: Any) -> dict[str, Any]:
         return {
-            "factors": trial.suggest_categorical("factors", [64, 128, 256, 512]),
+            "factors": trial.suggest_categorical("factors", [128, 256, 512, 1024]),
             "lr": trial.suggest_float("lr", 5e-3, 0.2, log=True),
             "batch_size": trial.suggest_categorical("batch_size", [256, 1024, 4096]),
         }
