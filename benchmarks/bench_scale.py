@@ -16,7 +16,7 @@ Steps, each measured in its own child process (peak RSS is that step's alone):
 A model that refuses to start (EASE's memory check) is recorded with its one-line message.
 
 Usage: python benchmarks/bench_scale.py --size S --workdir DIR [--models pop,ials,ease,elsa,implicit]
-       [--batch ials,implicit] [--json docs/results/scale-S.json]
+       [--batch ials,implicit] [--eval-users 20000] [--skip-ingest] [--json docs/results/scale-S.json]
 """
 
 from __future__ import annotations
@@ -68,10 +68,17 @@ def _split(store: Path) -> Any:
     return s, time.perf_counter() - t0
 
 
+EVAL_USERS = 0
+"""Test customers NDCG is measured on (--eval-users; 0 = all), a seeded sample at large sizes."""
+
+
 def _ndcg(model: Any, s: Any, scores_fn: Any = None) -> tuple[float, int]:
     from retailgan.evaluation.protocols import evaluate
+    from retailgan.models.base import validation_sample
 
-    res = evaluate(None if scores_fn else model, s.train.matrix(), s.test.matrix(), ks=(K,),
+    train, test = s.train.matrix(), s.test.matrix()
+    users = validation_sample(train, test, EVAL_USERS, seed=0)
+    res = evaluate(None if scores_fn else model, train, test, ks=(K,), users=users,
                    scores_fn=scores_fn, batch_size=max(1, (1 << 24) // s.train.n_items))
     return res.summary()[f"ndcg@{K}"], res.n_users
 
@@ -196,11 +203,14 @@ def main() -> None:
     ap.add_argument("--batch", default="", help="models whose top-10 for every customer is timed")
     ap.add_argument("--skip-ingest", action="store_true", help="reuse the store in --workdir")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--eval-users", type=int, default=0, help="test customers sampled for NDCG (0 = all)")
     ap.add_argument("--memory-limit", default="4GB", help="DuckDB memory_limit for generation")
     ap.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--step", help=argparse.SUPPRESS)
     ap.add_argument("--sweeps", type=int, default=15, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global EVAL_USERS
+    EVAL_USERS = args.eval_users
     log_dir, store = args.workdir / f"log-{args.size}", args.workdir / f"store-{args.size}.duckdb"
     batch = {m for m in args.batch.split(",") if m}
     if args._child:
@@ -215,7 +225,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs shared with other jobs, "
                    f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB RAM",
         "load_average_at_start": os.getloadavg(), "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "params": PARAMS, "models": {},
+        "params": PARAMS, "eval_users": args.eval_users or "all", "models": {},
     }
     if args.json and args.json.exists() and args.skip_ingest:  # add to an earlier run's figures
         earlier = json.loads(args.json.read_text())
@@ -230,7 +240,7 @@ def main() -> None:
     sweeps = 15
     for name in [m for m in args.models.split(",") if m]:
         r = _run_child("--size", args.size, "--workdir", str(args.workdir), "--step", name,
-                       "--batch", ",".join(batch), "--sweeps", str(sweeps))
+                       "--batch", ",".join(batch), "--sweeps", str(sweeps), "--eval-users", str(args.eval_users))
         if name == "ials" and "epochs_run" in r:
             sweeps = r["epochs_run"]  # the peer runs as many ALS sweeps as retailgan's ials did
         results["models"][name] = r
