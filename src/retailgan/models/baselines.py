@@ -345,17 +345,27 @@ class IALS(_Factorised):
     def train_epoch(self, epoch: int) -> dict[str, float]:
         from threadpoolctl import threadpool_limits
 
-        # implicit keeps its factors between fit() calls, so each call is one more ALS sweep.
+        als = self._als
         # Its solver parallelises over users itself; a multi-threaded BLAS underneath only contends.
         with threadpool_limits(1, "blas"):
-            self._als.fit(self._X, show_progress=False)
-        self.user_factors = self._als.user_factors
-        self.item_factors = self._als.item_factors
+            if als.user_factors is None:
+                # The first sweep through fit(), which draws the initial factors from the seed.
+                als.fit(self._X, show_progress=False)
+                # What fit() derives from the matrix on every call, once: later sweeps call the
+                # solver as fit()'s loop does, without an O(nnz) scale and transpose per epoch.
+                self._Cui = sp.csr_matrix(self._X, dtype=np.float32) * np.float32(als.alpha)
+                self._Ciu = self._Cui.T.tocsr()
+            else:
+                reg, threads = als.regularization, als.num_threads
+                als.solver(self._Cui, als.user_factors, als.item_factors, reg, num_threads=threads)
+                als.solver(self._Ciu, als.item_factors, als.user_factors, reg, num_threads=threads)
+        self.user_factors = als.user_factors
+        self.item_factors = als.item_factors
         return {}
 
     def finish_training(self) -> None:
         self._als = None
-        self._X = None
+        self._X = self._Cui = self._Ciu = None
 
 
 @dataclass(frozen=True)
