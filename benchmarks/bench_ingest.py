@@ -31,14 +31,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 RETAIL = REPO / "data" / "online-retail" / "online_retail.csv.gz"
-EVENTS_MAPPING = {
-    "user": "customer",
-    "item": "sku",
-    "timestamp": "event_time",
-    "event_type": "action",
-    "quantity": "qty",
-    "price": "unit_price",
-}
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from retail_log import EVENTS_MAPPING  # noqa: E402  (the same event columns as the generated retail log)
 
 
 def generate(path: Path, rows: int, memory_limit: str) -> float:

@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from retailgan.data.splits import split
 from retailgan.errors import ConfigError
-from retailgan.models.base import IterativeRecommender, ModelConfig, TrainingOptions
+from retailgan.models.base import IterativeRecommender, ModelConfig, TrainingOptions, validation_sample
 from retailgan.tuning import tune
 from tests.conftest import oracle_dataset
 
@@ -73,6 +74,67 @@ def test_early_stopping_restores_best_epoch(tmp_path, monkeypatch):
     np.testing.assert_array_equal(model.W, good)
     assert model.history[2]["val_ndcg@20"] == pytest.approx(1.0)
     assert saved and saved[-1] == tmp_path / "ckpt"
+
+
+class Counting(Scripted):
+    """Counts the rows early stopping scores."""
+
+    scored = 0
+
+    def score_users(self, user_idx):
+        self.scored += len(user_idx)
+        return super().score_users(user_idx)
+
+
+def _scripted_fit(validation_users: int) -> Counting:
+    ds, _ = oracle_dataset()
+    s = split(ds, "leave-last", seed=0)
+    model = Counting()
+    model.good = np.zeros((ds.n_users, ds.n_items), np.float32)
+    model.good[s.validation.user_idx, s.validation.item_idx] = 1.0
+    model.fit(s.train_inner, TrainingOptions(seed=0, validation=s.validation, validation_users=validation_users))
+    return model
+
+
+def test_sampled_validation_covering_everyone_picks_the_same_epoch():
+    everyone, capped = _scripted_fit(0), _scripted_fit(2000)  # 40 validation users < 2000
+    assert capped.best_epoch == everyone.best_epoch == 3
+    assert [h["val_ndcg@20"] for h in capped.history] == [h["val_ndcg@20"] for h in everyone.history]
+
+
+def test_validation_cost_is_bounded_by_the_sample():
+    full = _scripted_fit(0)
+    sampled = _scripted_fit(7)
+    checks = len(sampled.history)
+    assert full.scored == 40 * len(full.history)  # every validation user, every epoch
+    assert sampled.scored == 7 * checks  # never more than the sample, whatever the user count
+    assert sampled.best_epoch == 3  # the oracle epoch is still found on the sample
+
+
+def test_scoring_sampled_rows_equals_scoring_them_in_the_full_matrix():
+    from retailgan.evaluation.protocols import evaluate
+    from retailgan.models.baselines import IALS
+
+    ds, _ = oracle_dataset()
+    s = split(ds, "random", seed=0)
+    model = IALS(factors=4, epochs=2).fit(s.train_inner, TrainingOptions(seed=0))
+    val = s.validation.matrix()
+    users = validation_sample(model.seen, val, 9, seed=0)
+    full = evaluate(model, model.seen, val, ks=(20,), users=users).summary()["ndcg@20"]
+    assert model.validation_score(s.validation, "ndcg@20", users=users) == pytest.approx(full, abs=1e-12)
+
+
+def test_validation_sample_is_seeded_and_drawn_from_users_with_held_out_items():
+    rng = np.random.default_rng(1)
+    train = sp.random(500, 50, density=0.05, format="csr", random_state=rng)
+    val = sp.random(500, 50, density=0.02, format="csr", random_state=rng)
+    relevant = np.flatnonzero(np.diff(sp.csr_matrix(val - val.multiply(train.astype(bool))).indptr) > 0)
+    a, b = validation_sample(train, val, 100, seed=3), validation_sample(train, val, 100, seed=3)
+    np.testing.assert_array_equal(a, b)
+    assert len(a) == 100 and np.all(np.diff(a) > 0) and np.isin(a, relevant).all()
+    assert not np.array_equal(a, validation_sample(train, val, 100, seed=4))
+    assert validation_sample(train, val, len(relevant), seed=3) is None  # covers everyone: all users
+    assert validation_sample(train, val, 0, seed=3) is None
 
 
 def test_validation_must_share_vocabularies():

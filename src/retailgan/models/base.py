@@ -211,6 +211,12 @@ class TrainingOptions:
     validation: InteractionDataset | None = None
     """Held-out pairs for early stopping (iterative models); never the test set."""
     validation_metric: str = "ndcg@20"
+    validation_users: int = 2000
+    """Early stopping scores at most this many validation customers, a sample drawn once from
+    ``seed`` and reused every epoch (0: all of them). 2,000 users put the standard error of a
+    mean NDCG@20 near 0.005, and epochs are compared on the same users (paired), so the noise
+    in their difference is smaller still; the cost per check is then independent of the customer
+    count."""
     checkpoint_dir: Path | None = None
     """Where the best model so far is saved during training (optional)."""
     num_threads: int | None = None
@@ -530,6 +536,35 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+VALIDATION_BLOCK_SCORES = 1 << 24
+"""Scores per block when validating (users per block = this // n_items, at most 1024)."""
+
+
+def validation_sample(train: sp.csr_matrix, validation: sp.csr_matrix, cap: int, seed: int) -> np.ndarray | None:
+    """The validation users early stopping scores: at most ``cap`` of those with a held-out item
+    not already in ``train``, drawn without replacement from ``seed`` (sorted); ``None`` (all)
+    when they number ``cap`` or fewer, or ``cap`` is 0."""
+    relevant = validation - validation.multiply(train.astype(bool))
+    relevant = sp.csr_matrix(relevant)
+    relevant.eliminate_zeros()
+    candidates = np.flatnonzero(np.diff(relevant.indptr) > 0)
+    if cap <= 0 or len(candidates) <= cap:
+        return None
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(candidates, size=cap, replace=False)).astype(np.int64)
+
+
+class _SampledRows:
+    """A model seen through a subset of its users: row ``r`` is user ``users[r]``."""
+
+    def __init__(self, model: Recommender, users: np.ndarray) -> None:
+        self.model, self.users = model, users
+        self.fallback_scores = model.fallback_scores
+
+    def score_users(self, rows: np.ndarray) -> np.ndarray:
+        return self.model.score_users(self.users[rows])
+
+
 class IterativeRecommender(Recommender):
     """A model trained in epochs by the shared trainer loop.
 
@@ -571,12 +606,21 @@ class IterativeRecommender(Recommender):
         main_process = distributed.rank() == 0
         best_value, best_state, best_epoch = -math.inf, None, -1
         bad_epochs = 0
+        val_users = (
+            validation_sample(self.seen, validation.matrix(), options.validation_users, options.seed)
+            if validation is not None and len(validation)
+            else None
+        )
         for epoch in range(1, epochs + 1):
             logged = dict(self.train_epoch(epoch))
             logged["epoch"] = epoch
             if validation is not None and len(validation) and (epoch % eval_every == 0 or epoch == epochs):
                 # Rank 0 scores and broadcasts, so every process takes the same early-stopping path.
-                value = self.validation_score(validation, options.validation_metric) if main_process else 0.0
+                value = (
+                    self.validation_score(validation, options.validation_metric, users=val_users)
+                    if main_process
+                    else 0.0
+                )
                 value = distributed.broadcast_float(value)
                 logged[f"val_{options.validation_metric}"] = value
                 if value > best_value:
@@ -599,11 +643,23 @@ class IterativeRecommender(Recommender):
             self._load_state(best_state)
         self.best_epoch = best_epoch if best_state is not None else len(self.history)
 
-    def validation_score(self, validation: InteractionDataset, metric: str) -> float:
+    def validation_score(
+        self, validation: InteractionDataset, metric: str, users: np.ndarray | None = None
+    ) -> float:
+        """Mean ``metric`` over ``users`` (default: every validation user), scored in blocks."""
         from retailgan.evaluation.protocols import evaluate
 
         name, _, k = metric.partition("@")
-        result = evaluate(self, self.seen, validation.matrix(), ks=(int(k or 20),))
+        # Blocks of ~16M scores (128 MiB of float64) whatever the catalogue size.
+        batch = int(min(1024, max(1, VALIDATION_BLOCK_SCORES // max(self.n_items, 1))))
+        assert self.seen is not None and self.popularity is not None
+        train, held_out, scorer = self.seen, validation.matrix(), self
+        if users is not None:
+            # Only the sampled rows: no per-check work grows with the whole log.
+            train, held_out, scorer = train[users], held_out[users], _SampledRows(self, users)
+        result = evaluate(
+            scorer, train, held_out, ks=(int(k or 20),), batch_size=batch, item_popularity=self.popularity
+        )
         return float(result.summary()[f"{name}@{int(k or 20)}"])
 
     @abstractmethod

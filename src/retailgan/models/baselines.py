@@ -12,6 +12,7 @@ import torch
 from retailgan.data.dataset import InteractionDataset
 from retailgan.errors import ConfigError
 from retailgan.models.base import IterativeRecommender, ModelConfig, Recommender, TrainingOptions, clear_rows
+from retailgan.models.memory import require_memory
 from retailgan.persistence import take, take_csr
 
 
@@ -170,6 +171,53 @@ class ItemKNN(_ItemItem):
         self._load_feedback(arrays)
 
 
+EASE_ALTERNATIVE = "elsa (the low-rank item-item model) or ials"
+
+
+def ease_bytes(n_items: int, block: int = 2048) -> int:
+    """Peak bytes of :func:`ease_weights`: the float64 Gram matrix inverted in place, the float32
+    weights copied from it, and one block of Gram columns."""
+    return 12 * n_items * n_items + 8 * n_items * block
+
+
+def ease_weights(X: sp.spmatrix, l2: float, block: int = 2048) -> np.ndarray:
+    """EASE^R's closed-form item-item matrix (zero diagonal) for a users x items matrix.
+
+    One dense float64 items x items array is allocated (the Gram matrix, built block by block
+    and inverted in place by Cholesky), plus the float32 result: 12 * n_items**2 bytes at peak.
+    """
+    from scipy.linalg import lapack
+    from threadpoolctl import threadpool_limits
+
+    n = X.shape[1]
+    Xc = sp.csc_matrix(X, dtype=np.float64)
+    XT = Xc.T.tocsr()
+    G = np.empty((n, n), dtype=np.float64)
+    for s in range(0, n, block):
+        G[:, s : s + block] = (XT @ Xc[:, s : s + block]).toarray()
+    G[np.diag_indices(n)] += l2
+    # G is symmetric, so its transpose is the same matrix in Fortran order: LAPACK works in place.
+    # One BLAS thread: scipy's bundled OpenBLAS (0.3.30) segfaults in a multi-threaded dpotrf on
+    # a 20,000 x 20,000 matrix (measured), and a single-threaded one takes about 35 s there.
+    with threadpool_limits(1, "blas"):
+        c, info = lapack.dpotrf(G.T, lower=0, clean=0, overwrite_a=1)
+        if info == 0:
+            c, info = lapack.dpotri(c, lower=0, overwrite_c=1)
+    if info != 0:
+        raise ConfigError(f"ease: the regularised Gram matrix is not positive definite (LAPACK info {info})")
+    P = c.T  # the inverse's lower triangle holds the result (C order); mirror it to the upper
+    for s in range(0, n, block):
+        e = min(s + block, n)
+        P[s:e, e:] = P[e:, s:e].T
+        d = P[s:e, s:e]
+        upper = np.triu_indices(e - s, 1)
+        d[upper] = d.T[upper]
+    diag = np.diag(P).copy()
+    P /= -diag[None, :]
+    P[np.diag_indices(n)] = 0.0
+    return P.astype(np.float32)
+
+
 @dataclass(frozen=True)
 class EASEConfig(ModelConfig):
     l2: float = 500.0
@@ -192,13 +240,9 @@ class EASE(_ItemItem):
         if cfg.l2 <= 0:
             raise ConfigError(f"ease: l2 must be > 0, got {cfg.l2}")
         X = _feedback(dataset, cfg.feedback)
+        require_memory("ease", ease_bytes(X.shape[1]), "its item x item matrices", EASE_ALTERNATIVE)
         self._feedback_matrix = X if cfg.feedback != "binary" else None
-        G = (X.T @ X).toarray().astype(np.float64)
-        G[np.diag_indices_from(G)] += cfg.l2
-        P = np.linalg.inv(G)
-        B = -P / np.diag(P)[None, :]
-        B[np.diag_indices_from(B)] = 0.0
-        self.W = B.astype(np.float32)
+        self.W = ease_weights(X, cfg.l2)
 
     def _state(self) -> dict[str, np.ndarray]:
         state = {"W": np.asarray(self.W)}
@@ -301,17 +345,27 @@ class IALS(_Factorised):
     def train_epoch(self, epoch: int) -> dict[str, float]:
         from threadpoolctl import threadpool_limits
 
-        # implicit keeps its factors between fit() calls, so each call is one more ALS sweep.
+        als = self._als
         # Its solver parallelises over users itself; a multi-threaded BLAS underneath only contends.
         with threadpool_limits(1, "blas"):
-            self._als.fit(self._X, show_progress=False)
-        self.user_factors = self._als.user_factors
-        self.item_factors = self._als.item_factors
+            if als.user_factors is None:
+                # The first sweep through fit(), which draws the initial factors from the seed.
+                als.fit(self._X, show_progress=False)
+                # What fit() derives from the matrix on every call, once: later sweeps call the
+                # solver as fit()'s loop does, without an O(nnz) scale and transpose per epoch.
+                self._Cui = sp.csr_matrix(self._X, dtype=np.float32) * np.float32(als.alpha)
+                self._Ciu = self._Cui.T.tocsr()
+            else:
+                reg, threads = als.regularization, als.num_threads
+                als.solver(self._Cui, als.user_factors, als.item_factors, reg, num_threads=threads)
+                als.solver(self._Ciu, als.item_factors, als.user_factors, reg, num_threads=threads)
+        self.user_factors = als.user_factors
+        self.item_factors = als.item_factors
         return {}
 
     def finish_training(self) -> None:
         self._als = None
-        self._X = None
+        self._X = self._Cui = self._Ciu = None
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ MODELS: dict[str, str] = {
     "pop": "retailgan.models.baselines:MostPopular",
     "itemknn": "retailgan.models.baselines:ItemKNN",
     "ease": "retailgan.models.baselines:EASE",
+    "elsa": "retailgan.models.elsa:ELSA",
     "ials": "retailgan.models.baselines:IALS",
     "bpr": "retailgan.models.baselines:BPR",
     "cfgan": "retailgan.models.gan.cfgan:CFGAN",

@@ -43,8 +43,10 @@ from retailgan import distributed
 from retailgan.data.dataset import InteractionDataset
 from retailgan.errors import ConfigError, ModelFileError
 from retailgan.models.base import IterativeRecommender, ModelConfig, TrainingOptions
+from retailgan.models.baselines import ease_bytes, ease_weights
 from retailgan.models.gan.cfgan import _torch_settings, sample_unobserved
 from retailgan.models.gan.state import load_module_arrays, module_arrays
+from retailgan.models.memory import require_memory
 
 BASES = ("frozen", "finetune", "none")
 LOSSES = ("hinge", "bce")
@@ -101,14 +103,16 @@ class ResGANConfig(ModelConfig):
         self.require("resgan", checks)
 
 
-def ease_weights(X: sp.csr_matrix, l2: float) -> np.ndarray:
-    """EASE^R's closed-form item-item matrix (zero diagonal) for a users x items matrix."""
-    G = (X.T @ X).toarray().astype(np.float64)
-    G[np.diag_indices_from(G)] += l2
-    P = np.linalg.inv(G)
-    B = -P / np.diag(P)[None, :]
-    B[np.diag_indices_from(B)] = 0.0
-    return B.astype(np.float32)
+def resgan_bytes(cfg: ResGANConfig, n_users: int, n_items: int) -> int:
+    """Peak bytes of ResGAN's training state: the dense float32 customer x product history, the
+    base matrix (with gradient and Adam's two moments when fine-tuned), one base per cross-fit
+    fold, the EASE^R solve of the last of them, and the product-wide layers of G and D."""
+    square = 4 * n_items * n_items
+    base = {"none": 0, "frozen": square, "finetune": 4 * square}[cfg.base]
+    folds = cfg.crossfit * square if cfg.base == "frozen" else 0
+    solve = ease_bytes(n_items) if cfg.base != "none" else 0
+    layers = 4 * n_items * (2 * cfg.hidden + 2 * cfg.d_hidden) * 4  # weights, grads, Adam moments
+    return 4 * n_users * n_items + base + folds + solve + layers
 
 
 class Generator(nn.Module):
@@ -197,6 +201,12 @@ class ResGAN(IterativeRecommender):
         self._threads = options.num_threads
         init_gen = torch.Generator().manual_seed(options.seed)
         self._order_gen, self._gen = distributed.generators(options.seed + 1, self._device)
+        require_memory(
+            "resgan",
+            resgan_bytes(cfg, self.n_users, self.n_items),
+            "its dense customer x product and product x product arrays",
+            "elsa, ials or featgan",
+        )
         X = dataset.matrix().astype(np.float32)
         X.data[:] = 1.0
         self._X = torch.from_numpy(X.toarray()).to(self._device)
