@@ -641,7 +641,10 @@ def create_app(settings: Settings) -> FastAPI:
         fold-in view. Answers with the audit record, which holds no customer id."""
         if state.reload_task is not None and not state.reload_task.done():
             raise HTTPException(409, "a model reload is running; retry when it has finished")
-        report = await anyio.to_thread.run_sync(state.forget, body.customer_ids, body.reference)
+        try:
+            report = await anyio.to_thread.run_sync(state.forget, body.customer_ids, body.reference)
+        except ConfigError as exc:  # an id that is blank once stripped
+            raise RequestError(str(exc)) from None
         log.info("erased %d customer(s), audit record %s", report.customers, report.erasure_id)
         return S.ForgetResponse(**report.to_dict())
 
