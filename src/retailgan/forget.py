@@ -43,6 +43,8 @@ ERASURES_DDL = (
     "CREATE TABLE IF NOT EXISTS erasures (erasure_id VARCHAR PRIMARY KEY, erased_at TIMESTAMP NOT NULL, "
     "reference VARCHAR, customers INTEGER NOT NULL, report JSON NOT NULL)"
 )
+PADDING = " \t\n\r\f\v"
+"""What is trimmed from an id (the service's id rule too): ASCII spaces, tabs and line breaks."""
 _FIELD_SPLIT = re.compile(r"[,;\t|]|::")
 
 
@@ -74,7 +76,7 @@ def new_report(customer_ids: Sequence[str], reference: str | None) -> ForgetRepo
 
 def check_ids(customer_ids: Iterable[object]) -> list[str]:
     """The request's ids, stripped and deduplicated; an empty or blank id is an error."""
-    ids = sorted({str(c).strip() for c in customer_ids})
+    ids = sorted({str(c).strip(PADDING) for c in customer_ids})
     if not ids or "" in ids:
         raise ConfigError("forget: give at least one non-empty customer id")
     return ids
