@@ -17,9 +17,9 @@ Run them through featgan_retail.py (``--parts cold``, ``--parts launch`` and the
   the first test week ("trending"), evaluated on the purchases after that week (every model is
   scored there too).
   Only customers with a training history are evaluated. Hybrids: featgan's cosine blended with
-  the same first-week sales (:func:`retailgan.models.gan.feature_gan.blend_item_prior`, weight
+  the same first-week sales (:func:`retailgan.models.gan.featgan.blend_item_prior`, weight
   ``cold_prior``), either plain counts or counts weighted by the buyers' similarity to the
-  customer (:func:`~retailgan.models.gan.feature_gan.buyer_weighted_counts`, ``prior_kernel``).
+  customer (:func:`~retailgan.models.gan.featgan.buyer_weighted_counts`, ``prior_kernel``).
   ``(cold_prior, prior_kernel)`` are chosen on a grid without the evaluated purchases, on two
   validation designs inside the first week: "time" (sales of the first ``--prior-days`` days,
   scaled to a week; targets: the new-product purchases of the rest of the week) and "own" (the
@@ -63,7 +63,7 @@ from retailgan.data.splits import Split
 from retailgan.evaluation.protocols import evaluate
 from retailgan.features.text import TextEncoder
 from retailgan.models.base import TrainingOptions
-from retailgan.models.gan.feature_gan import FeatureGAN, blend_item_prior, buyer_weighted_counts
+from retailgan.models.gan.featgan import FeatureGAN, blend_item_prior, buyer_weighted_counts
 from retailgan.models.registry import get_model_class
 
 PRIOR_WEIGHTS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)

@@ -13,7 +13,7 @@ from retailgan.data.splits import Split
 from retailgan.evaluation.stats import paired_comparison
 from retailgan.features.text import TextEncoder
 from retailgan.models.base import TrainingOptions
-from retailgan.models.gan.feature_gan import FeatureGAN
+from retailgan.models.gan.featgan import FeatureGAN
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINES = REPO / "docs" / "results" / "online-retail-temporal.json"
@@ -75,7 +75,6 @@ def summary(result: Any) -> dict[str, float]:
 VARIANTS: dict[str, dict[str, Any]] = {
     "featgan": {},
     "featgan, no adversarial term": {"adversarial": False},
-    "featgan, mixture of 5 (train_samples=5)": {"train_samples": 5},
 }
 
 

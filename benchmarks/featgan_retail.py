@@ -4,8 +4,8 @@ Parts (``--parts``, comma-separated):
 
 * ``main``: temporal split, seed 0. Baselines are fitted on the training part with the
   parameters chosen by the 30-trial searches of docs/results/online-retail-temporal.json (read
-  from that file). Each featgan variant (``--variants``: default, without the adversarial term,
-  mixture training) is fitted on the inner training part with early stopping on validation
+  from that file). Each featgan variant (``--variants``: default, without the adversarial term) is
+  fitted on the inner training part with early stopping on validation
   NDCG@10, then refitted on the whole training part for the chosen number of epochs, and
   evaluated once on test (full ranking, training items excluded), as ``retailgan compare`` does,
   on all customers with test purchases and on those with a training history.
@@ -15,12 +15,12 @@ Parts (``--parts``, comma-separated):
   the blend (customers with a history).
 * ``trend-sweep``: featgan's ``trend_days`` (windows of ``--trend-days``, default 3, 7, 14, 28),
   with and without the adversarial term, chosen on validation NDCG@10 (inner training part).
-* ``slates``: every featgan variant, ``recommend(samples=S, diversity=lam, merge=m)`` for every
-  evaluated customer (``m``: ``"max"`` or ``"calibrated"``): NDCG@10, intra-list diversity@10
+* ``slates``: every featgan variant, ``recommend(samples=S, diversity=lam)`` for every
+  evaluated customer: NDCG@10, intra-list diversity@10
   (cosine distance over the products' training buyers, as ``compare`` reports it, and over the
   text block of the feature space) and coverage.
-* ``slates-validated``: S = 5 slates from parts of the history (``history_keep``) merged with
-  MMR, settings chosen on validation per ILD space (buyers, text, the retrieval space) within a
+* ``slates-validated``: S = 5 slates merged with MMR (or DPP), settings chosen on validation per
+  ILD space (buyers, text, the retrieval space) within a
   5 % NDCG@10 budget against the plain S = 1 list, then evaluated once on test
   (:func:`part_slates_validated`); ``--params`` gives the featgan parameters.
 * ``launch``: cold start on the products first sold after the cut-off (featgan_cold.py).
@@ -29,7 +29,7 @@ Parts (``--parts``, comma-separated):
 * ``cold``: a cold-start split, 20 % of the products hidden from training (featgan_cold.py).
 
 Usage: python benchmarks/featgan_retail.py [--store out/retail.duckdb] [--parts main,slates,speed,cold]
-       [--variants "featgan;label: {\"mode_seeking\": 1.0}"] [--prior-days 4] [--refit-week1]
+       [--variants "featgan;label: {\"ema\": 0.998}"] [--prior-days 4] [--refit-week1]
        [--trend-days 7,14,28] [--cold-trend 14] [--cold-variants "label: {json};..."] [--cold-seeds 3]
        [--cold-val-prior]
        [--json docs/results/featgan-online-retail.json]
@@ -60,7 +60,7 @@ from retailgan.evaluation.protocols import evaluate
 from retailgan.experiments import item_features_for_diversity
 from retailgan.models.base import TrainingOptions
 from retailgan.models.diversify import gram, mmr
-from retailgan.models.gan.feature_gan import FeatureGAN
+from retailgan.models.gan.featgan import FeatureGAN
 from retailgan.models.registry import get_model_class
 
 TREND_WEIGHTS = (0.0, 0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 1.0)
@@ -214,21 +214,15 @@ def part_slates(s: Split, model: FeatureGAN, out: dict[str, Any], label: str) ->
     text = model.X[:, model.space.block_slices()["text"]]
     rows = []
     settings = [(1, 0.0), (5, 0.0), (10, 0.0), (1, 0.1), (5, 0.1), (5, 0.2), (1, 0.2)]
-    settings = [(s_, d, "max") for s_, d in settings] + [
-        (5, 0.0, "calibrated"),
-        (10, 0.0, "calibrated"),
-        (5, 0.1, "calibrated"),
-    ]
-    for samples, diversity, merge in settings:
+    for samples, diversity in settings:
         t = time.perf_counter()
-        recs = model.recommend(ids, k=10, samples=samples, diversity=diversity, merge=merge)
+        recs = model.recommend(ids, k=10, samples=samples, diversity=diversity)
         top = recs.item_idx
         m = rank_metrics(top, rel[users], (10,))
         rows.append(
             {
                 "samples": samples,
                 "diversity": diversity,
-                "merge": merge,
                 "ndcg@10": round(float(m["ndcg@10"].mean()), 4),
                 "recall@10": round(float(m["recall@10"].mean()), 4),
                 "ild@10 (buyers)": round(float(np.nanmean(intra_list_diversity(top, buyers, 10))), 4),
@@ -253,13 +247,12 @@ def part_slates(s: Split, model: FeatureGAN, out: dict[str, Any], label: str) ->
 
 
 SLATE_DIVERSITY = (0.0, 0.1, 0.2, 0.3, 0.5)
-SLATE_KEEP = (1.0, 0.7, 0.5, 0.3)
 ILD_SPACES = ("buyers", "text", "retrieval")
 
 
 def slate_rows(model: FeatureGAN, part: InteractionDataset, train: sp.csr_matrix, test: sp.csr_matrix) -> list[dict]:
     """NDCG@10, ILD@10 in three spaces and coverage of S = 1 (MMR weights of SLATE_DIVERSITY)
-    and S = 5 (every history_keep of SLATE_KEEP and MMR weight) for the customers with a history
+    and S = 5 (every weight) for the customers with a history
     and a test purchase of products they had not bought."""
     rel = sp.csr_matrix(test - test.multiply(train.astype(bool)))
     rel.eliminate_zeros()
@@ -270,7 +263,6 @@ def slate_rows(model: FeatureGAN, part: InteractionDataset, train: sp.csr_matrix
         "text": model.X[:, model.space.block_slices()["text"]],
         "retrieval": model.item_vectors,
     }
-    config = model.config
     rows = []
 
     def measure(top: np.ndarray, **setting: Any) -> None:
@@ -281,12 +273,10 @@ def slate_rows(model: FeatureGAN, part: InteractionDataset, train: sp.csr_matrix
         rows.append(row)
         print("slates", row, flush=True)
 
-    grid = [(1, 1.0, d) for d in SLATE_DIVERSITY] + [(5, k, d) for k in SLATE_KEEP for d in SLATE_DIVERSITY]
-    for samples, keep, diversity in grid:
-        model.config = dataclasses.replace(config, history_keep=keep)
-        top = model.recommend(ids, k=10, samples=samples, diversity=diversity, merge="max").item_idx
-        measure(top, samples=samples, history_keep=keep, diversity=diversity)
-    model.config = config
+    for samples in (1, 5):
+        for diversity in SLATE_DIVERSITY:
+            top = model.recommend(ids, k=10, samples=samples, diversity=diversity).item_idx
+            measure(top, samples=samples, diversity=diversity)
     # Reference, not a candidate: the plain list re-ranked by MMR on the products' exact buyer
     # vectors (what "ILD buyers" measures) from its top 30: how much buyer ILD re-ranking can buy.
     buyer_vecs = sp.csr_matrix(spaces["buyers"], dtype=np.float64)
@@ -299,12 +289,12 @@ def slate_rows(model: FeatureGAN, part: InteractionDataset, train: sp.csr_matrix
         top = np.zeros((len(users), 10), np.int64)
         for r, pool in enumerate(pools):
             top[r] = pool[mmr(scores[r, pool], gram(buyer_vecs[pool].toarray()), 10, diversity)]
-        measure(top, samples=1, history_keep=1.0, diversity=diversity, mmr_space="buyers (reference)")
+        measure(top, samples=1, diversity=diversity, mmr_space="buyers (reference)")
     return rows
 
 
 def part_slates_validated(s: Split, out: dict[str, Any], params: dict[str, Any], budget: float = 0.05) -> None:
-    """S = 5 slates (history parts and MMR) whose settings are chosen on validation: for each
+    """S = 5 slates (merged with MMR or DPP) whose settings are chosen on validation: for each
     ILD space, the S = 5 setting with the largest ILD@10 whose NDCG@10 is within ``budget`` of
     the plain S = 1 list, on a model fitted on the inner training part (early stopping); then the
     model refitted on the whole training part, every setting evaluated once on test."""
@@ -321,7 +311,7 @@ def part_slates_validated(s: Split, out: dict[str, Any], params: dict[str, Any],
             if r["samples"] == 5 and "mmr_space" not in r and r["ndcg@10"] >= (1 - budget) * ref["ndcg@10"]
         ]
         best = max(ok, key=lambda r: (r[f"ild@10 ({space})"], r["ndcg@10"]))
-        chosen[space] = {k: best[k] for k in ("samples", "history_keep", "diversity")}
+        chosen[space] = {k: best[k] for k in ("samples", "diversity")}
     final = FeatureGAN(**{**params, "epochs": max(int(probe.best_epoch), 1)}).fit(s.train, TrainingOptions(seed=0))
     test_rows = slate_rows(final, s.train, s.train.matrix(), s.test.matrix())
     out["slates_validated"] = {

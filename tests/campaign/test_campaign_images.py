@@ -210,7 +210,7 @@ def test_trend_model_campaign_uses_the_stores_recent_sales(shop, tmp_path):
     from retailgan.data.dataset import load_dataset
     from retailgan.data.store import Store
     from retailgan.models.base import TrainingOptions
-    from retailgan.models.gan.feature_gan import FeatureGAN
+    from retailgan.models.gan.featgan import FeatureGAN
     from retailgan.persistence import load_model
 
     store, _ = shop

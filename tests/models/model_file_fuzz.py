@@ -44,11 +44,11 @@ INT_VALUES = (10**9, -(10**9), -1)
 
 def fuzz_configs() -> dict[str, tuple[str, dict[str, Any]]]:
     """Every registered model (few epochs: quality is not the point) plus the variants that save
-    other arrays (weighted feedback, featgan's trend and id vectors, cfgan's item mode)."""
+    other arrays (weighted feedback, featgan's trend arrays, cfgan's item mode)."""
     configs = {name: (name, {**p, **({"epochs": 2} if "epochs" in p else {})}) for name, p in FAST_CONFIGS.items()}
     configs["ease-weight"] = ("ease", {"l2": 1.0, "feedback": "weight"})
     configs["itemknn-weight"] = ("itemknn", {**FAST_CONFIGS["itemknn"], "feedback": "weight"})
-    configs["featgan-trend-ids"] = ("featgan", {**configs["featgan"][1], "trend_days": 3, "id_embeddings": True})
+    configs["featgan-trend"] = ("featgan", {**configs["featgan"][1], "trend_days": 3})
     configs["cfgan-item"] = ("cfgan", {**configs["cfgan"][1], "mode": "item"})
     return configs
 

@@ -452,7 +452,7 @@ def test_customer_campaign_matches_the_batch_build(built, tmp_path):
 def test_trend_model_is_served_with_the_stores_recent_sales(built, tmp_path):
     from retailgan.data.dataset import load_dataset
     from retailgan.models.base import TrainingOptions
-    from retailgan.models.gan.feature_gan import FeatureGAN
+    from retailgan.models.gan.featgan import FeatureGAN
     from retailgan.persistence import load_model
     from retailgan.serving.storage import ServiceStore
 

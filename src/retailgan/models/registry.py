@@ -15,7 +15,7 @@ MODELS: dict[str, str] = {
     "bpr": "retailgan.models.baselines:BPR",
     "cfgan": "retailgan.models.gan.cfgan:CFGAN",
     "resgan": "retailgan.models.gan.resgan:ResGAN",
-    "featgan": "retailgan.models.gan.feature_gan:FeatureGAN",
+    "featgan": "retailgan.models.gan.featgan.model:FeatureGAN",
     "recent": "retailgan.models.recent:RecentSalesBlend",
 }
 

@@ -12,7 +12,7 @@ from retailgan.data.dataset import InteractionDataset
 from retailgan.errors import ConfigError, UnknownIdError
 from retailgan.index import faiss_available
 from retailgan.models.base import TrainingOptions
-from retailgan.models.gan.feature_gan import FeatureGAN, blend_item_prior, buyer_weighted_counts
+from retailgan.models.gan.featgan import FeatureGAN, FeatureGANConfig, blend_item_prior, buyer_weighted_counts
 from retailgan.persistence import load_model
 from tests.conftest import oracle_dataset
 from tests.models.test_contract import FAST_CONFIGS
@@ -111,10 +111,9 @@ def test_explanations_name_history_products(fitted):
     assert model.explain(["i0_0"], history=[]) == {"i0_0": []}
 
 
-@pytest.mark.parametrize("id_embeddings", [False, True])
-def test_new_products_are_recommendable_without_retraining(id_embeddings, tmp_path):
+def test_new_products_are_recommendable_without_retraining(tmp_path):
     ds, answer = oracle_dataset()
-    model = FeatureGAN(**FAST, id_embeddings=id_embeddings).fit(ds, TrainingOptions(seed=0))
+    model = FeatureGAN(**FAST).fit(ds, TrainingOptions(seed=0))
     n = model.n_items
     model.add_products(["new0", "new1"], ["Product 0-9", "Product 1-9"], ["cat0", "cat1"], [2.0, None])
     assert model.n_items == n + 2 and model.popularity[-1] == 0
@@ -314,59 +313,6 @@ def test_sales_prior_reranks_new_products_as_documented():
         FeatureGAN(**{**FAST, "cold_prior": -1.0}).fit(ds)
 
 
-def _sample_spread(model, users) -> float:
-    """Mean distance between a customer's generated vectors (the mean and 3 noise draws)."""
-    indptr, items = model._user_rows(model.users.index(users))
-    g = model.generate_vectors(indptr, items, samples=4)
-    return float(np.mean([np.linalg.norm(g[:, a] - g[:, b], axis=1).mean() for a in range(4) for b in range(a)]))
-
-
-def test_mode_seeking_makes_the_noise_matter_and_stays_seeded():
-    ds, answer = oracle_dataset()
-    users = list(answer)
-    plain = FeatureGAN(**FAST).fit(ds, TrainingOptions(seed=0))
-    ms = FeatureGAN(**FAST, mode_seeking=1.0).fit(ds, TrainingOptions(seed=0))
-    assert "loss_ms" in ms.history[-1] and "loss_ms" not in plain.history[-1]
-    assert _sample_spread(ms, users) > 2 * _sample_spread(plain, users)
-    # Different noise, different vectors; the same seed, the same model and slates.
-    indptr, items = ms._user_rows(ms.users.index(users[:3]))
-    g = ms.generate_vectors(indptr, items, samples=3)
-    assert np.all(np.linalg.norm(g[:, 1] - g[:, 2], axis=1) > 1e-3)
-    again = FeatureGAN(**FAST, mode_seeking=1.0).fit(ds, TrainingOptions(seed=0))
-    np.testing.assert_array_equal(again.generate_vectors(indptr, items, samples=3), g)
-    np.testing.assert_array_equal(
-        again.recommend(users, k=4, samples=3).item_ids, ms.recommend(users, k=4, samples=3).item_ids
-    )
-    mix = FeatureGAN(**{**FAST, "mode_seeking": 1.0, "train_samples": 3, "epochs": 2}).fit(ds, TrainingOptions(seed=0))
-    assert "loss_ms" in mix.history[-1]
-    with pytest.raises(ConfigError, match="mode_seeking"):
-        FeatureGAN(**{**FAST, "mode_seeking": 1.0, "noise_dim": 0}).fit(ds)
-
-
-def test_winner_take_all_trains_its_own_model_seeded_and_checks_values():
-    ds, answer = oracle_dataset()
-    users = list(answer)
-    mix = {**FAST, "train_samples": 3, "epochs": 4}
-    wta = FeatureGAN(**mix, wta=True).fit(ds, TrainingOptions(seed=0))
-    indptr, items = wta._user_rows(wta.users.index(users))
-    g = wta.generate_vectors(indptr, items, samples=3)
-    assert np.all(np.linalg.norm(g[:, 1] - g[:, 2], axis=1) > 1e-4)  # different noise, different vectors
-    # Same seed, same model; the hard and relaxed winner-take-all and the mixture loss differ.
-    again = FeatureGAN(**mix, wta=True).fit(ds, TrainingOptions(seed=0))
-    np.testing.assert_array_equal(again.generate_vectors(indptr, items, samples=3), g)
-    for other in (FeatureGAN(**mix), FeatureGAN(**mix, wta=True, mcl_eps=0.2)):
-        other.fit(ds, TrainingOptions(seed=0))
-        assert not np.allclose(other.generate_vectors(indptr, items, samples=3), g)
-    for bad, match in (
-        ({"wta": True}, "wta needs"),
-        ({**mix, "mcl_eps": 0.1}, "mcl_eps"),
-        ({**mix, "wta": True, "mcl_eps": 1.0}, "mcl_eps"),
-        ({**mix, "wta": True, "mcl_eps": -0.1}, "mcl_eps"),
-    ):
-        with pytest.raises(ConfigError, match=match):
-            FeatureGAN(**{**FAST, **bad}).fit(ds)
-
-
 def test_buyer_weighted_counts():
     g_users = np.array([[1.0, 0.0]])
     g_buyers = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
@@ -404,34 +350,6 @@ def test_buyer_weighted_sales_prefer_what_similar_customers_bought():
         model.set_item_sales(["a"], ["new0", "new1"])
     with pytest.raises(ConfigError, match="prior_kernel"):
         model.set_item_sales(["a"], ["new0"], kernel=-1.0)
-
-
-def test_calibrated_merge_gives_every_generated_vector_its_favourite():
-    ds, answer = oracle_dataset()
-    model = FeatureGAN(**{**FAST, "mode_seeking": 1.0}).fit(ds, TrainingOptions(seed=0))
-    users = list(answer)[:8]
-    rows = model.users.index(users)
-    indptr, items = model._user_rows(rows)
-    G = model.generate_vectors(indptr, items, samples=3)
-    E = model.item_vectors
-    recs = model.recommend(users, k=3, samples=3, merge="calibrated")
-    for r, u in enumerate(rows):
-        sims = G[r] @ E.T
-        sims[:, model.seen[u].indices] = -np.inf
-        favourites = set(np.argmax(sims, axis=1).tolist())
-        assert favourites <= set(recs.item_idx[r].tolist())
-        assert np.all(recs.scores[r] <= 1e-6)
-    # One vector: the same list as the plain ranking; the config default and bad names.
-    np.testing.assert_array_equal(
-        model.recommend(users, k=3, samples=1, diversity=0.0, merge="calibrated").item_ids,
-        model.recommend(users, k=3).item_ids,
-    )
-    cal = FeatureGAN(**{**FAST, "mode_seeking": 1.0, "slate_merge": "calibrated"}).fit(ds, TrainingOptions(seed=0))
-    np.testing.assert_array_equal(cal.recommend(users, k=3, samples=3).item_ids, recs.item_ids)
-    with pytest.raises(ConfigError, match="merge"):
-        model.recommend(users, k=3, samples=3, merge="mean")
-    with pytest.raises(ConfigError, match="slate_merge"):
-        FeatureGAN(**{**FAST, "slate_merge": "mean"}).fit(ds)
 
 
 def _trending_log(seed: int = 0) -> InteractionDataset:
@@ -499,44 +417,8 @@ def test_trend_config_and_recent_sales_checks(fitted):
         trend.set_recent_sales(["nope"], [1.0])
 
 
-def test_history_part_keeps_order_and_one_product():
-    from retailgan.models.gan.feature_gan import _history_part
-
-    indptr = np.array([0, 3, 3, 4, 9])
-    items = np.arange(9)
-    for seed in range(20):
-        ip, it = _history_part(indptr, items, 0.3, np.random.default_rng(seed))
-        lens = np.diff(ip)
-        assert lens[1] == 0 and np.all(lens[[0, 2, 3]] >= 1)  # empty stays empty; others keep one
-        for r in range(4):
-            part = it[ip[r] : ip[r + 1]]
-            assert np.all(np.diff(part) > 0) and set(part) <= set(items[indptr[r] : indptr[r + 1]])
-    ip, it = _history_part(indptr, items, 1e-9, np.random.default_rng(0))
-    assert it.tolist() == [2, 3, 8]  # the most recent product of each non-empty history
-
-
-def test_history_keep_draws_come_from_parts_of_the_history(fitted):
-    import dataclasses
-
-    model, ds, answer = fitted
-    users = list(answer)[:6]
-    indptr, items = model._user_rows(model.users.index(users))
-    whole = FeatureGAN(**{**FAST, "noise_dim": 0}).fit(ds, TrainingOptions(seed=0))
-    G = whole.generate_vectors(indptr, items, samples=4)
-    np.testing.assert_allclose(G[:, 1:], np.repeat(G[:, :1], 3, axis=1), atol=1e-6)  # no noise: one vector
-    whole.config = dataclasses.replace(whole.config, history_keep=0.5)
-    G2 = whole.generate_vectors(indptr, items, samples=4)
-    np.testing.assert_array_equal(G2[:, 0], G[:, 0])  # the first vector sees the whole history
-    assert np.abs(G2[:, 1:] - G2[:, :1]).max() > 1e-3
-    np.testing.assert_array_equal(whole.generate_vectors(indptr, items, samples=4), G2)  # seeded
-    recs = whole.recommend(users, k=5, samples=4)
-    assert recs.item_ids.shape == (6, 5)
-    with pytest.raises(ConfigError, match="history_keep"):
-        FeatureGAN(**{**FAST, "history_keep": 0.0}).fit(ds, TrainingOptions(seed=0))
-
-
 def test_trend_sparse_path_equals_the_dense_table(monkeypatch):
-    import retailgan.models.gan.feature_gan as fg
+    import retailgan.models.gan.featgan.training as fg
 
     ds = _trending_log()
     cfg = {**FAST, "trend_days": 3, "epochs": 3}
@@ -598,3 +480,13 @@ def test_weight_average_is_bias_corrected():
             w2 = list(plain[1].nets.parameters())[k].detach().numpy()
             expected = w1 if epochs == 1 else (0.1 * 0.9 * w1 + 0.1 * w2) / (1 - 0.9**2)
             np.testing.assert_allclose(w.detach().numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_removed_options_load_when_off_and_are_refused_when_on():
+    # Model files written before the lost options were removed name them at their "off" value.
+    old = {"emb_dim": 8, "wta": False, "mcl_eps": 0.0, "train_samples": 1, "mode_seeking": 0.0,
+           "id_embeddings": False, "slate_merge": "max", "history_keep": 1.0}
+    assert FeatureGANConfig.from_dict(old) == FeatureGANConfig(emb_dim=8)
+    for name, value in (("wta", True), ("train_samples", 5), ("id_embeddings", True), ("slate_merge", "calibrated")):
+        with pytest.raises(ConfigError, match=f"{name}.*removed"):
+            FeatureGANConfig.from_dict({name: value})
