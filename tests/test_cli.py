@@ -183,11 +183,19 @@ def test_compare_on_missing_store(tmp_path):
     assert not (tmp_path / "none.duckdb").exists()
 
 
-def test_train_data_parallel_on_two_processes(store, tmp_path):
-    model_dir = tmp_path / "cfgan"
-    params = {"mode": "user", "g_hidden": 32, "d_hidden": 16, "lr_g": 0.01, "lr_d": 0.01, "batch_size": 16,
-              "batch_size_d": 16, "epochs": 4, "patience": 4}
-    res = runner.invoke(app, ["train", "--store", str(store), "--model", "cfgan", "--out", str(model_dir),
+DATA_PARALLEL = {
+    "cfgan": {"mode": "user", "g_hidden": 32, "d_hidden": 16, "lr_g": 0.01, "lr_d": 0.01, "batch_size": 16,
+              "batch_size_d": 16, "epochs": 4, "patience": 4},
+    "featgan": {"emb_dim": 16, "hidden": 32, "noise_dim": 4, "text_dim": 8, "collab_dim": 4, "batch_size": 16,
+                "epochs": 3, "patience": 3},
+}
+
+
+@pytest.mark.parametrize("name", list(DATA_PARALLEL))
+def test_train_data_parallel_on_two_processes(name, store, tmp_path):
+    model_dir = tmp_path / name
+    params = DATA_PARALLEL[name]
+    res = runner.invoke(app, ["train", "--store", str(store), "--model", name, "--out", str(model_dir),
                               "--params", json.dumps(params), "--protocol", "random", "--nproc", "2",
                               "--json", str(tmp_path / "train.json")])
     assert res.exit_code == 0, res.output
@@ -202,7 +210,7 @@ def test_train_data_parallel_needs_a_model_that_supports_it(store, tmp_path):
     res = runner.invoke(app, ["train", "--store", str(store), "--model", "ease", "--out", str(tmp_path / "m"),
                               "--nproc", "2"])
     assert res.exit_code == 2
-    assert "does not train data-parallel" in res.output
+    assert "does not train data-parallel" in res.output and "featgan" in res.output
     assert not (tmp_path / "m").exists()
 
 

@@ -23,6 +23,10 @@ CONFIGS = {
         "batch_size": 16, "batch_size_d": 16, "epochs": 12,
     },
     "resgan": {"l2": 5.0, "hidden": 16, "d_hidden": 16, "batch_size": 32, "epochs": 4, "crossfit": 2},
+    "featgan": {
+        "emb_dim": 16, "hidden": 32, "noise_dim": 4, "text_dim": 8, "collab_dim": 8, "recent": 2,
+        "temperature": 0.3, "lr_g": 0.01, "batch_size": 64, "epochs": 8, "ema": 0.9,
+    },
 }
 
 

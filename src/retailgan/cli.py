@@ -431,7 +431,7 @@ def train(
 ) -> None:
     """Fit one model on all of the store's data (optionally tuned first) and save it.
 
-    With ``--nproc N`` (or under ``torchrun``) models that support it (cfgan, resgan) train
+    With ``--nproc N`` (or under ``torchrun``) models that support it (cfgan, resgan, featgan) train
     data-parallel with DistributedDataParallel; rank 0 writes the model.
     """
 
@@ -449,7 +449,10 @@ def train(
         }
         under_torchrun = distributed.torchrun_env() and int(os.environ["WORLD_SIZE"]) > 1
         if (nproc > 1 or under_torchrun) and not cls.supports_distributed:
-            raise ConfigError(f"{model} does not train data-parallel; models that do: cfgan, resgan")
+            from retailgan.models.registry import MODELS
+
+            able = ", ".join(n for n in MODELS if get_model_class(n).supports_distributed)
+            raise ConfigError(f"{model} does not train data-parallel; models that do: {able}")
         if nproc > 1 and under_torchrun:
             raise ConfigError("--nproc cannot be combined with torchrun (torchrun already started the processes)")
         if nproc > 1:
