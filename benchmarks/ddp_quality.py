@@ -10,7 +10,7 @@ and in 2 processes, side by side for each seed (``--seeds``); test NDCG@10 / Rec
 customers with test purchases, and the fit's wall time (rank 0's, without process start-up) and
 the whole launch's. One torch thread per process.
 
-Usage: python benchmarks/ddp_quality.py
+Usage: python benchmarks/ddp_quality.py [--models featgan] [--seed-spread 6]
        python benchmarks/ddp_quality.py --store out/retail.duckdb --model featgan --epochs 6 --seeds 0,1,2 \
            --json docs/results/ddp-featgan-online-retail.json
 """
@@ -40,10 +40,15 @@ from retailgan.persistence import load_model
 from tests.test_distributed import CONFIGS, _job, ndcg, problem
 
 
-def synthetic() -> None:
+def synthetic(models: list[str], seed_spread: int) -> None:
     train, test = problem()
     print(f"pop: NDCG@10 {ndcg(get_model_class('pop')().fit(train), train, test):.4f}")
-    for name, params in CONFIGS.items():
+    for name in models:
+        params = CONFIGS[name]
+        if seed_spread:  # how much one process moves between training seeds
+            per_seed = [ndcg(get_model_class(name)(**params).fit(train, TrainingOptions(seed=s)), train, test)
+                        for s in range(seed_spread)]
+            print(f"{name}: NDCG@10 1 process, seeds 0-{seed_spread - 1}: {[round(v, 4) for v in per_seed]}")
         one = ndcg(get_model_class(name)(**params).fit(train, TrainingOptions(seed=0)), train, test)
         with tempfile.TemporaryDirectory() as tmp:
             distributed.launch(2, _job, tmp, name)
@@ -106,13 +111,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", type=Path, help="a store made by `retailgan ingest` (default: the synthetic problem)")
     ap.add_argument("--model", default="featgan")
+    ap.add_argument("--models", default=",".join(CONFIGS), help="synthetic problem: the models to train")
+    ap.add_argument("--seed-spread", type=int, default=0, help="synthetic problem: also 1 process on this many seeds")
     ap.add_argument("--params", default="{}", help="model parameters as JSON")
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if args.store is None:
-        synthetic()
+        synthetic(args.models.split(","), args.seed_spread)
     else:
         on_store(args)
 
