@@ -181,6 +181,20 @@ def test_engine_names_and_addresses_are_checked(shop, tmp_path):
     assert not (tmp_path / "x.parquet").exists() and not (tmp_path / "c").exists()
 
 
+def test_an_address_nothing_listens_on_is_refused_at_once(shop, tmp_path):
+    pytest.importorskip("ray", reason="the 'ray' extra is not installed")
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store, model_dir = shop
+    res = runner.invoke(app, ["recommend", "--model-dir", str(model_dir), "--all", "--out",
+                              str(tmp_path / "x.parquet"), "--engine", "ray", "--address", f"127.0.0.1:{port}"])
+    assert res.exit_code == 2 and f"--address 127.0.0.1:{port}: no Ray cluster answers there" in res.stderr, res.output
+    assert not (tmp_path / "x.parquet").exists()
+
+
 def test_without_the_extra_the_error_names_it(shop, tmp_path, monkeypatch):
     store, model_dir = shop
     monkeypatch.setitem(sys.modules, "ray", None)  # "import ray" raises ImportError

@@ -87,8 +87,8 @@ class LocalEngine(Engine):
 
 # -- local worker processes -------------------------------------------------------------------------
 
-_WORKER: dict[str, ChunkWorker] = {}
-"""This pool process's worker (the pool's state, not the worker function's)."""
+_WORKER: dict[str, Any] = {}
+"""This pool process's worker and thread limits (the pool's state, not the worker function's)."""
 
 
 def _exit_with_parent(interval_s: float = 0.5) -> None:
@@ -104,8 +104,18 @@ def _exit_with_parent(interval_s: float = 0.5) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _init_worker(factory: WorkerFactory) -> None:
+def limit_threads(workers: int) -> Any:
+    """Give a worker process its share of the CPUs for BLAS / OpenMP (at least one thread): N
+    workers each running a pool of all CPUs' threads slow each other down. Ray does the same
+    for its actors (one thread per CPU they ask for). Returns the limiter (kept for the process)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(max(1, (os.cpu_count() or 1) // workers))
+
+
+def _init_worker(factory: WorkerFactory, workers: int) -> None:
     _exit_with_parent()
+    _WORKER["limits"] = limit_threads(workers)
     _WORKER["run"] = factory()
 
 
@@ -119,7 +129,7 @@ def _run_pool(workers: int, todo: Sequence[int], chunks: Sequence[list[str]], re
     """Run the chunks in ``todo`` on ``workers`` processes, at most two chunks in flight per worker
     (memory stays bounded), recording each as it finishes."""
     ctx = multiprocessing.get_context("spawn")  # no fork: DuckDB and BLAS threads do not survive fork
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(factory,)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(factory, workers)) as pool:
         pending: set[Future[int]] = set()
         queue = iter(todo)
         try:
@@ -170,8 +180,8 @@ class ChunkActor:
 
 
 class RayEngine(Engine):
-    """``workers`` Ray actors on the Ray instance at ``address`` (None: the one this process is
-    already connected to, else ``RAY_ADDRESS``, else a new local instance, shut down at the end)."""
+    """``workers`` Ray actors on the Ray instance this process is connected to, else the one at
+    ``address``, else at ``RAY_ADDRESS``, else a new local instance (shut down at the end)."""
 
     name = "ray"
 
@@ -185,6 +195,8 @@ class RayEngine(Engine):
         if not todo:
             return
         ray = import_ray()
+        if self.address is not None:
+            check_reachable(self.address)
         started = not ray.is_initialized()
         if started:
             # A new local instance gets at least one CPU per worker, so that every actor is placed.
@@ -204,6 +216,20 @@ class RayEngine(Engine):
                 ray.kill(a)
             if started:
                 ray.shutdown()
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Refuse a ``HOST:PORT`` (or ``ray://HOST:PORT``) address nothing listens on: Ray itself
+    would retry the connection for minutes. ``auto`` and other forms are left to Ray."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConfigError(f"--address {address}: no Ray cluster answers there ({exc.strerror or exc})") from None
 
 
 def _run_actors(ray: Any, actors: list[Any], todo: Sequence[int], chunks: Sequence[list[str]],
