@@ -3,10 +3,13 @@ as ``local`` (recommend --all, campaign build), resumes like it, and leaves no R
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -160,6 +163,32 @@ def test_cli_starts_and_stops_its_own_ray_instance(shop, tmp_path):
 
 
 # -- without Ray ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ThreadReport:
+    """A worker factory (picklable) whose worker writes its process's BLAS / OpenMP thread counts."""
+
+    work: str
+
+    def __call__(self):
+        def run(c: int, items: list[str]) -> None:
+            from threadpoolctl import threadpool_info
+
+            counts = [lib["num_threads"] for lib in threadpool_info()]
+            (Path(self.work) / f"{c}.json").write_text(json.dumps({"pid": os.getpid(), "threads": counts}))
+
+        return run
+
+
+def test_local_pool_workers_get_their_share_of_the_threads(tmp_path):
+    done: list[int] = []
+    LocalEngine(2).run([0, 1, 2, 3], [["a"]] * 4, ThreadReport(str(tmp_path)), done.append, work=tmp_path)
+    assert sorted(done) == [0, 1, 2, 3]
+    share = max(1, (os.cpu_count() or 1) // 2)
+    reports = [json.loads((tmp_path / f"{c}.json").read_text()) for c in range(4)]
+    assert {r["pid"] for r in reports}.isdisjoint({os.getpid()})  # ran in the pool
+    assert all(r["threads"] and max(r["threads"]) <= share for r in reports), reports
 
 
 def test_engine_names_and_addresses_are_checked(shop, tmp_path):

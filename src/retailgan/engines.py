@@ -104,19 +104,28 @@ def _exit_with_parent(interval_s: float = 0.5) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 def limit_threads(workers: int) -> Any:
-    """Give a worker process its share of the CPUs for BLAS / OpenMP (at least one thread): N
-    workers each running a pool of all CPUs' threads slow each other down. Ray does the same
-    for its actors (one thread per CPU they ask for). Returns the limiter (kept for the process)."""
+    """Give this worker process its share of the CPUs for BLAS / OpenMP (at least one thread):
+    N workers each running a pool of all CPUs' threads slow each other down, the more so on a
+    busy machine. Ray does the same for its actors (one thread per CPU they ask for). The
+    environment covers libraries loaded later; returns the limiter of those loaded already
+    (kept for the life of the process)."""
     from threadpoolctl import threadpool_limits
 
-    return threadpool_limits(max(1, (os.cpu_count() or 1) // workers))
+    n = max(1, (os.cpu_count() or 1) // workers)
+    for var in THREAD_VARIABLES:
+        os.environ[var] = str(n)
+    return threadpool_limits(n)
 
 
 def _init_worker(factory: WorkerFactory, workers: int) -> None:
     _exit_with_parent()
-    _WORKER["limits"] = limit_threads(workers)
+    limit_threads(workers)
     _WORKER["run"] = factory()
+    _WORKER["limits"] = limit_threads(workers)  # again, for what loading the model brought in (torch)
 
 
 def _worker_chunk(c: int, items: list[str]) -> int:
