@@ -153,7 +153,10 @@ def mmap(work: Path, customers: int, products: int, processes: int) -> dict[str,
         synthetic_ials(model, customers, products)
     file_mib = sum(f.stat().st_size for f in model.iterdir()) / 2**20
     arrays_mib = (model / "arrays.safetensors").stat().st_size / 2**20
-    res: dict[str, Any] = {"model": str(model.name), "model_dir_mib": file_mib, "arrays_mib": arrays_mib}
+    meta = json.loads((model / "model.json").read_text(encoding="utf-8"))
+    res: dict[str, Any] = {"model": str(model.name), "customers": len(meta["user_ids"]),
+                           "products": len(meta["item_ids"]),  # products nobody bought are not in it
+                           "model_dir_mib": file_mib, "arrays_mib": arrays_mib}
     base = _start(model, "none")
     res["baseline_import_only"] = _rollup(base.pid)
     base.communicate("")
@@ -187,13 +190,14 @@ def main() -> None:
     doc: dict[str, Any] = {}
     if args.json and args.json.exists():
         doc = json.loads(args.json.read_text())  # one part at a time keeps the other's figures
-    doc.update(machine=f"{platform.machine()}, {os.cpu_count()} CPUs shared with other jobs",
-               command="python benchmarks/bench_engines.py " + " ".join(sys.argv[1:]))
+    doc["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs shared with other jobs"
+    command = "python benchmarks/bench_engines.py " + " ".join(sys.argv[1:])
     parts = args.parts.split(",")
     if "engines" in parts:
-        doc["engines"] = engines(args.work, args.size, args.repeats)
+        doc["engines"] = {"command": command, **engines(args.work, args.size, args.repeats)}
     if "mmap" in parts:
-        doc["mmap"] = mmap(args.work, args.mmap_customers, args.mmap_products, args.processes)
+        doc["mmap"] = {"command": command, **mmap(args.work, args.mmap_customers, args.mmap_products,
+                                                   args.processes)}
     text = json.dumps(doc, indent=1)
     if args.json:
         args.json.write_text(text + "\n")
