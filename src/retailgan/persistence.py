@@ -10,11 +10,13 @@ and indices in range (scipy and torch index without bounds checks, so a corrupt 
 out of bounds). A file that fails raises :class:`ModelFileError` naming the file and the array.
 
 ``load_model(path, mmap=True)`` (the service and batch workers) maps ``arrays.safetensors`` into
-memory instead of reading it: every array is a read-only view of the file's pages (the format is
-an 8-byte header length, a JSON header, then raw little-endian data), so processes that load the
-same model share one copy of the weights in the page cache. The checks are the same, and they run
-on the views. A mapped file must never be rewritten in place; model directories are only ever
-replaced by a rename (:func:`atomic_directory`), which leaves a mapping of the old file valid.
+memory instead of reading it: every array is a read-only view of the file's pages (the format is an
+8-byte header length, a JSON header, then raw little-endian data), so processes that load the same
+model share one copy of the weights in the page cache (safetensors' own numpy API,
+``safe_open(...).get_tensor``, returns a private copy of each array, hence a reader here). The
+checks are the same, and they run on the views. A mapped file must never be rewritten in place;
+model directories are only ever replaced by a rename (:func:`atomic_directory`), which leaves a
+mapping of the old file valid.
 """
 
 from __future__ import annotations
