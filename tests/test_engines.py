@@ -104,6 +104,23 @@ def test_a_stopped_ray_job_resumes_to_the_same_bytes(shop, ray_instance, tmp_pat
     assert out.read_bytes() == (tmp_path / "full.parquet").read_bytes()
 
 
+def test_a_job_stopped_on_local_resumes_on_ray(shop, ray_instance, tmp_path):
+    store, model_dir = shop
+    kwargs = dict(store=store, k=3, block_size=10)
+    recommend_all(model_dir, tmp_path / "full.parquet", **kwargs)
+
+    def stop(c: int) -> None:
+        raise Stop
+
+    out = tmp_path / "r.parquet"
+    with pytest.raises(Stop):
+        recommend_all(model_dir, out, after_block=stop, **kwargs)
+    redone: list[int] = []
+    recommend_all(model_dir, out, engine="ray", workers=2, after_block=redone.append, **kwargs)
+    assert sorted(redone) == [1, 2, 3, 4]  # the engine is not part of the job's fingerprint
+    assert out.read_bytes() == (tmp_path / "full.parquet").read_bytes()
+
+
 def test_campaign_on_ray_builds_the_campaign_of_local(shop, ray_instance, tmp_path):
     store, model_dir = shop
     kwargs = dict(k=3, recent_days=0, chunk_size=7)
