@@ -184,15 +184,16 @@ def run_chunks(
     factory: WorkerFactory,
     *,
     engine: Engine | None = None,
+    workers: int = 1,
     local: ChunkWorker | None = None,
     progress: JobProgress | None = None,
     after_chunk: Callable[[int], None] | None = None,
 ) -> None:
-    """Run the chunks not in ``finished`` on ``engine`` (default: this process), recording each
-    in ``progress.json`` once its files are in place. ``local``: a worker already built in this
-    process (used where the engine runs chunks here, else ``factory()`` is called once per worker
-    process); ``after_chunk(c)`` is called after chunk ``c`` is recorded (with several workers,
-    in completion order)."""
+    """Run the chunks not in ``finished`` on ``engine`` (default: ``workers`` local processes, this
+    one where ``workers`` is 1), recording each in ``progress.json`` once its files are in place.
+    ``local``: a worker already built in this process (used where the engine runs chunks here,
+    else ``factory()`` is called once per worker process); ``after_chunk(c)`` is called after chunk
+    ``c`` is recorded (with several workers, in completion order)."""
     n_chunks = len(chunks)
     todo = [c for c in range(n_chunks) if c not in finished]
 
@@ -204,4 +205,4 @@ def run_chunks(
         if after_chunk is not None:
             after_chunk(c)
 
-    (engine or LocalEngine()).run(todo, chunks, factory, record, work=work, local=local)
+    (engine or LocalEngine(workers)).run(todo, chunks, factory, record, work=work, local=local)
