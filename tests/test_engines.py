@@ -179,6 +179,51 @@ def test_cli_starts_and_stops_its_own_ray_instance(shop, tmp_path):
     assert_no_new_ray_processes(before)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_cli_on_a_cluster_started_with_ray_start(shop, tmp_path):
+    """A cluster as docs/scaling.md starts one (``ray start --head``), reached with ``--address``."""
+    pytest.importorskip("ray", reason="the 'ray' extra is not installed")
+    import socket
+
+    store, model_dir = shop
+    before = ray_processes()
+    port = _free_port()
+    # Token authentication off: the head and this client do not share a token here.
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_AUTH_MODE": "disabled"}
+    head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", f"--port={port}",
+                             "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats", "--block"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert head.poll() is None and time.monotonic() < deadline, "ray start --head did not come up"
+                time.sleep(0.5)
+        out = tmp_path / "r.parquet"
+        res = subprocess.run([sys.executable, "-m", "retailgan.cli", "recommend", "--model-dir", str(model_dir),
+                              "--all", "--store", str(store), "--k", "2", "--out", str(out), "--engine", "ray",
+                              "--address", f"127.0.0.1:{port}", "--workers", "2"],
+                             capture_output=True, text=True, timeout=300, env=env)
+        assert res.returncode == 0, res.stderr
+    finally:
+        head.terminate()  # ray start --block stops the processes it started
+        head.wait(timeout=60)
+    recommend_all(model_dir, tmp_path / "l.parquet", store=store, k=2)
+    assert out.read_bytes() == (tmp_path / "l.parquet").read_bytes()
+    assert_no_new_ray_processes(before)
+
+
 # -- without Ray ------------------------------------------------------------------------------------
 
 
@@ -229,11 +274,8 @@ def test_engine_names_and_addresses_are_checked(shop, tmp_path):
 
 def test_an_address_nothing_listens_on_is_refused_at_once(shop, tmp_path):
     pytest.importorskip("ray", reason="the 'ray' extra is not installed")
-    import socket
 
-    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()  # free a moment ago: nothing listens there
     store, model_dir = shop
     res = runner.invoke(app, ["recommend", "--model-dir", str(model_dir), "--all", "--out",
                               str(tmp_path / "x.parquet"), "--engine", "ray", "--address", f"127.0.0.1:{port}"])

@@ -208,10 +208,14 @@ class RayEngine(Engine):
             check_reachable(self.address)
         started = not ray.is_initialized()
         if started:
-            # A new local instance gets at least one CPU per worker, so that every actor is placed.
-            cpus = None if self.address or os.environ.get("RAY_ADDRESS") else max(self.workers, os.cpu_count() or 1)
             try:
-                ray.init(address=self.address, num_cpus=cpus, include_dashboard=False)
+                if self.address is None and not os.environ.get("RAY_ADDRESS"):
+                    # "local": a new instance, never one that `ray start` left running here (Ray's
+                    # default); it gets at least one CPU per worker, so that every actor is placed.
+                    ray.init(address="local", num_cpus=max(self.workers, os.cpu_count() or 1),
+                             include_dashboard=False)
+                else:
+                    ray.init(address=self.address, include_dashboard=False)
             except ConnectionError as exc:
                 raise ConfigError(f"--address {self.address}: no Ray cluster there ({exc})") from None
         actors: list[Any] = []
