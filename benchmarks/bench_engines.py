@@ -74,7 +74,7 @@ def engines(work: Path, size: str, repeats: int) -> dict[str, Any]:
 
     store, model, info = prepare(work, size)
     t = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     ray_start_s = time.perf_counter() - t
     setups = [("local-1", "local", 1), ("local-2", "local", 2), ("ray-2", "ray", 2)]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in setups}

@@ -6,8 +6,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -61,7 +63,7 @@ def ray_instance():
     if not sys.platform.startswith("linux"):
         pytest.skip("the process check reads /proc")
     before = ray_processes()
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)  # a new instance, whatever else runs here
     try:
         yield ray
     finally:
@@ -198,8 +200,12 @@ def test_cli_on_a_cluster_started_with_ray_start(shop, tmp_path):
     port = _free_port()
     # Token authentication off: the head and this client do not share a token here.
     env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_AUTH_MODE": "disabled"}
+    # Its own temporary folder (short: Ray's socket paths must fit), so that the address file
+    # `ray start` leaves behind does not send later `ray.init()` calls to a cluster that is gone.
+    temp = tempfile.mkdtemp(prefix="rg-ray-", dir="/tmp")
     head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", f"--port={port}",
-                             "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats", "--block"],
+                             "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
+                             f"--temp-dir={temp}", "--block"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
@@ -219,6 +225,7 @@ def test_cli_on_a_cluster_started_with_ray_start(shop, tmp_path):
     finally:
         head.terminate()  # ray start --block stops the processes it started
         head.wait(timeout=60)
+        shutil.rmtree(temp, ignore_errors=True)
     recommend_all(model_dir, tmp_path / "l.parquet", store=store, k=2)
     assert out.read_bytes() == (tmp_path / "l.parquet").read_bytes()
     assert_no_new_ray_processes(before)
