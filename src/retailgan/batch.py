@@ -2,9 +2,9 @@
 
 The job is "customer blocks -> :class:`BlockScorer` (the model loaded once per worker) -> one
 Parquet part per block -> one atomic commit", run by the chunk machinery of :mod:`retailgan.jobs`
-(resumable, ``workers`` local processes, progress with an estimate). :class:`BlockScorer` holds no
-global state and needs no store after loading, so any engine that can call a function on a list
-of customer ids can run it.
+(resumable, progress with an estimate) on an engine of :mod:`retailgan.engines` (local processes
+or Ray actors). :class:`BlockScorer` holds no global state and needs no store after loading, so
+any engine that can call a function on a list of customer ids can run it.
 
 Customers: with a store, the segment's (campaign syntax, :func:`retailgan.campaign.query.parse_segment`;
 ``all`` by default) as of the reference time (:mod:`retailgan.data.reftime`); without one, the
@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from retailgan.data.reftime import AsOf
+from retailgan.engines import make_engine
 from retailgan.errors import ConfigError, ModelFileError
 from retailgan.explanations import explain_lists
 from retailgan.jobs import (
@@ -172,13 +173,17 @@ def recommend_all(
     explain: bool = False,
     block_size: int = DEFAULT_BLOCK_SIZE,
     workers: int = 1,
+    engine: str = "local",
+    address: str | None = None,
     progress: bool = False,
     after_block: Callable[[int], None] | None = None,
     as_of: AsOf = None,
 ) -> BatchSummary:
     """Write every customer's top-``k`` to the Parquet file ``out`` (module docstring).
 
-    ``workers`` > 1 scores blocks in that many processes (same output). ``after_block(i)`` is
+    ``workers`` > 1 scores blocks in that many processes, of this machine (``engine`` "local")
+    or of a Ray instance (``engine`` "ray", at ``address``; :mod:`retailgan.engines`); the output
+    is the same whatever the engine and the number of workers. ``after_block(i)`` is
     called after block ``i`` is recorded as finished. Raises :class:`ConfigError` for bad
     arguments before anything is written.
     """
@@ -193,6 +198,7 @@ def recommend_all(
         raise ConfigError("--segment and --as-of need --store (the customers and their purchase dates)")
     if store_path is not None and not store_path.is_file():
         raise FileNotFoundError(2, "no such file", str(store_path))
+    runner = make_engine(engine, workers, address)
     b = ModelBundle.load(model_dir)
     seg_text, ref_ts, ignored = None, None, 0
     if store_path is None:
@@ -223,7 +229,7 @@ def recommend_all(
                       len(chunks), enabled=progress)
     local = functools.partial(write_block, BlockScorer(b, options), work)
     try:
-        run_chunks(chunks, work, fp, finished, _Workers(options, str(work)), workers=workers, local=local,
+        run_chunks(chunks, work, fp, finished, _Workers(options, str(work)), engine=runner, local=local,
                    progress=bar, after_chunk=after_block)
     finally:
         bar.close()

@@ -556,17 +556,21 @@ def recommend(
     ),
     block_size: int = typer.Option(2000, "--block-size", help="Customers per block (bounds memory; resumable unit)."),
     workers: int = typer.Option(1, "--workers", help="Processes scoring blocks in parallel (same output)."),
+    engine: str = typer.Option("local", "--engine", help="Where --all / --segment run: local | ray."),
+    address: str | None = typer.Option(
+        None, "--address", help="Ray cluster for --engine ray (e.g. auto or HOST:6379); default: a local instance."
+    ),
 ) -> None:
     """Top-k products for customers, with titles and prices; with --all or --segment, every
     customer's top-k into a Parquet table (resumable, atomic; see retailgan.batch)."""
     if all_customers or segment is not None:
         _recommend_batch(model_dir, user, all_customers, segment, out, store, as_of, k, include_seen, explain,
-                         block_size, workers)
+                         block_size, workers, engine, address)
         return
     if not user:
         _fail("give --user ID (repeatable), or --all / --segment with --out for every customer")
-    if out is not None or store is not None or as_of is not None:
-        _fail("--out, --store and --as-of go with --all or --segment")
+    if out is not None or store is not None or as_of is not None or engine != "local" or address is not None:
+        _fail("--out, --store, --as-of, --engine and --address go with --all or --segment")
 
     def go() -> None:
         from rich.table import Table
@@ -628,7 +632,7 @@ def recommend(
 
 def _recommend_batch(model_dir: Path, user: list[str] | None, all_customers: bool, segment: str | None,
                      out: Path | None, store: Path | None, as_of: str | None, k: int, include_seen: bool,
-                     explain: bool, block_size: int, workers: int) -> None:
+                     explain: bool, block_size: int, workers: int, engine: str, address: str | None) -> None:
     """``recommend --all`` / ``--segment``: the batch job of :mod:`retailgan.batch`."""
     if user:
         _fail("--user cannot be combined with --all or --segment")
@@ -645,7 +649,8 @@ def _recommend_batch(model_dir: Path, user: list[str] | None, all_customers: boo
 
         return recommend_all(model_dir, out, store=store, segment=segment or "all", k=k,
                              exclude_seen=not include_seen, explain=explain, block_size=block_size,
-                             workers=workers, progress=True, as_of=parse_as_of(as_of))
+                             workers=workers, engine=engine, address=address, progress=True,
+                             as_of=parse_as_of(as_of))
 
     summary = _run(go)
     if summary.ignored_events:

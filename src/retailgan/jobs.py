@@ -13,8 +13,8 @@ previous one, or complete, and never depends on timing or on the number of worke
 
 The worker function gets ``(chunk number, its items)`` and writes that chunk's files; it is built
 once per process by a picklable factory (:class:`WorkerFactory`), so any engine that can call a
-function on a block can run a job. Here: this process, or a pool of local processes
-(``workers`` > 1, at most two chunks in flight each, so memory stays bounded).
+function on a block can run a job. Where the chunks run is the engine's business
+(:mod:`retailgan.engines`: this process, a pool of local processes, or Ray actors).
 """
 
 from __future__ import annotations
@@ -23,13 +23,11 @@ import hashlib
 import json
 import logging
 import math
-import multiprocessing
 import os
 import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TextIO
@@ -37,6 +35,7 @@ from typing import Any, Protocol, TextIO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from retailgan.engines import Engine, LocalEngine
 from retailgan.progress import duration
 
 log = logging.getLogger(__name__)
@@ -184,15 +183,17 @@ def run_chunks(
     finished: set[int],
     factory: WorkerFactory,
     *,
+    engine: Engine | None = None,
     workers: int = 1,
     local: ChunkWorker | None = None,
     progress: JobProgress | None = None,
     after_chunk: Callable[[int], None] | None = None,
 ) -> None:
-    """Run the chunks not in ``finished``, recording each in ``progress.json`` once its files are
-    in place. ``local``: a worker already built in this process (used when ``workers`` is 1,
-    else ``factory()`` is); ``after_chunk(c)`` is called after chunk ``c`` is recorded (with
-    several workers, in completion order)."""
+    """Run the chunks not in ``finished`` on ``engine`` (default: ``workers`` local processes, this
+    one where ``workers`` is 1), recording each in ``progress.json`` once its files are in place.
+    ``local``: a worker already built in this process (used where the engine runs chunks here,
+    else ``factory()`` is called once per worker process); ``after_chunk(c)`` is called after chunk
+    ``c`` is recorded (with several workers, in completion order)."""
     n_chunks = len(chunks)
     todo = [c for c in range(n_chunks) if c not in finished]
 
@@ -204,66 +205,4 @@ def run_chunks(
         if after_chunk is not None:
             after_chunk(c)
 
-    workers = min(workers, len(todo)) or 1
-    if workers == 1:
-        worker = local if local is not None else factory()
-        for c in todo:
-            worker(c, chunks[c])
-            record(c)
-    else:
-        _run_pool(workers, todo, chunks, record, factory)
-
-
-# -- worker processes (``workers > 1``) -----------------------------------------------------------
-
-_WORKER: dict[str, ChunkWorker] = {}
-"""This pool process's worker (the pool's state, not the worker function's)."""
-
-
-def _exit_with_parent(interval_s: float = 0.5) -> None:
-    """End this worker when the job's process is gone (e.g. SIGKILLed): a pool worker waits on a queue whose
-    pipe it holds both ends of, so it would otherwise never notice, and would keep the job's outputs open."""
-    import threading
-
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(interval_s)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
-
-
-def _init_worker(factory: WorkerFactory) -> None:
-    _exit_with_parent()
-    _WORKER["run"] = factory()
-
-
-def _worker_chunk(c: int, items: list[str]) -> int:
-    _WORKER["run"](c, items)
-    return c
-
-
-def _run_pool(workers: int, todo: list[int], chunks: Chunks, record: Callable[[int], None],
-              factory: WorkerFactory) -> None:
-    """Run the chunks in ``todo`` on ``workers`` processes, at most two chunks in flight per worker
-    (memory stays bounded), recording each as it finishes."""
-    ctx = multiprocessing.get_context("spawn")  # no fork: DuckDB and BLAS threads do not survive fork
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(factory,)) as pool:
-        pending: set[Future[int]] = set()
-        queue = iter(todo)
-        try:
-            while True:
-                while len(pending) < 2 * workers and (c := next(queue, None)) is not None:
-                    pending.add(pool.submit(_worker_chunk, c, chunks[c]))
-                if not pending:
-                    break
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for f in sorted(done, key=lambda f: f.result()):
-                    record(f.result())
-        except BaseException:
-            for f in pending:
-                f.cancel()
-            raise
-
+    (engine or LocalEngine(workers)).run(todo, chunks, factory, record, work=work, local=local)

@@ -8,6 +8,15 @@ Everything read is checked before it is used (:func:`load_model`): each array's 
 against what the model saves and its id maps, every float array finite, sparse offsets monotone
 and indices in range (scipy and torch index without bounds checks, so a corrupt index would read
 out of bounds). A file that fails raises :class:`ModelFileError` naming the file and the array.
+
+``load_model(path, mmap=True)`` (the service and batch workers) maps ``arrays.safetensors`` into
+memory instead of reading it: every array is a read-only view of the file's pages (the format is an
+8-byte header length, a JSON header, then raw little-endian data), so processes that load the same
+model share one copy of the weights in the page cache (safetensors' own numpy API,
+``safe_open(...).get_tensor``, returns a private copy of each array, hence a reader here). The
+checks are the same, and they run on the views. A mapped file must never be rewritten in place;
+model directories are only ever replaced by a rename (:func:`atomic_directory`), which leaves a
+mapping of the old file valid.
 """
 
 from __future__ import annotations
@@ -15,8 +24,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import mmap as _mmap
 import os
 import shutil
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -96,13 +107,21 @@ def check_nonnegative(a: np.ndarray, key: str) -> None:
 
 def take_csr(arrays: dict[str, np.ndarray], prefix: str, shape: tuple[int, int]) -> sp.csr_matrix:
     """The sparse matrix saved as ``prefix.data`` / ``.indices`` / ``.indptr``, checked in full
-    before scipy sees it (scipy trusts the offsets and indices it is given)."""
+    before scipy sees it (scipy trusts the offsets and indices it is given). Read-only (mapped)
+    arrays are kept as they are, without a copy."""
     indptr = take(arrays, f"{prefix}.indptr", np.int64, (shape[0] + 1,))
     indices = take(arrays, f"{prefix}.indices", np.int64, (None,))
     data = take(arrays, f"{prefix}.data", np.float32, (len(indices),))
     check_offsets(indptr, f"{prefix}.indptr", len(indices))
     check_indices(indices, f"{prefix}.indices", shape[1])
-    return sp.csr_matrix((data, indices, indptr), shape=shape)
+    if data.flags.writeable:
+        return sp.csr_matrix((data, indices, indptr), shape=shape)
+    # scipy's constructor copies int64 offsets and indices down to int32 when they fit, which
+    # would give every process its own copy of a mapped history; the checked arrays are set as
+    # they are instead (scipy works with int64 offsets and indices alike).
+    m = sp.csr_matrix(shape, dtype=np.float32)
+    m.data, m.indices, m.indptr = data, indices, indptr
+    return m
 
 
 def check_arrays(arrays: dict[str, np.ndarray]) -> None:
@@ -209,9 +228,77 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_model(path: str | Path) -> Any:
+SAFETENSORS_DTYPES: dict[str, np.dtype] = {
+    code: np.dtype(t).newbyteorder("<")
+    for code, t in (("F64", np.float64), ("F32", np.float32), ("F16", np.float16), ("I64", np.int64),
+                    ("I32", np.int32), ("I16", np.int16), ("I8", np.int8), ("U64", np.uint64),
+                    ("U32", np.uint32), ("U16", np.uint16), ("U8", np.uint8), ("BOOL", np.bool_))
+}
+"""safetensors' dtype codes that numpy has (any other code is refused as corrupt)."""
+MAX_HEADER_BYTES = 100 << 20
+"""safetensors' own limit on the JSON header."""
+
+
+def map_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    """Every array of the safetensors file ``path`` as a read-only view of one memory map (no
+    copy: pages are read on first use and shared with every process mapping the same file).
+
+    The header is checked as safetensors checks it: known dtypes, non-negative shapes, each
+    array's byte range the size its shape says, the ranges covering the data without gaps or
+    overlaps. Raises :class:`ValueError` (corrupt) or :class:`FileNotFoundError`."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        head = fh.read(8)
+        if len(head) < 8:
+            raise ValueError("shorter than the 8-byte header length")
+        n = int.from_bytes(head, "little")
+        if n > min(size - 8, MAX_HEADER_BYTES):
+            raise ValueError(f"header length {n} is past the end of the file ({size} bytes)")
+        try:
+            header = json.loads(fh.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"header is not JSON ({exc})") from None
+        mapped = _mmap.mmap(fh.fileno(), 0, access=_mmap.ACCESS_READ)
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    start, data_bytes = 8 + n, size - 8 - n
+    spans: list[tuple[int, int, str]] = []
+    arrays: dict[str, np.ndarray] = {}
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        if not isinstance(entry, dict):
+            raise ValueError(f"{key}: header entry is not an object")
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if dtype not in SAFETENSORS_DTYPES:
+            raise ValueError(f"{key}: unknown dtype {dtype!r}")
+        if not (isinstance(shape, list) and all(type(s) is int and s >= 0 for s in shape)):
+            raise ValueError(f"{key}: bad shape {shape!r}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+                and 0 <= offsets[0] <= offsets[1] <= data_bytes):
+            raise ValueError(f"{key}: data offsets {offsets!r} outside the {data_bytes} data bytes")
+        dt = SAFETENSORS_DTYPES[dtype]
+        if offsets[1] - offsets[0] != math.prod(shape) * dt.itemsize:
+            raise ValueError(f"{key}: {offsets[1] - offsets[0]} bytes for shape {shape} of {dtype}")
+        spans.append((offsets[0], offsets[1], key))
+        a = np.ndarray(tuple(shape), dtype=dt, buffer=mapped, offset=start + offsets[0])
+        arrays[key] = a if dt.isnative else a.astype(dt.newbyteorder("="))  # a copy only on big-endian hosts
+    end = 0
+    for begin, stop, key in sorted(spans):
+        if begin != end:
+            raise ValueError(f"{key}: data starts at {begin}, expected {end} (a gap or an overlap)")
+        end = stop
+    if end != data_bytes:
+        raise ValueError(f"the arrays end at byte {end} of {data_bytes} data bytes")
+    return arrays
+
+
+def load_model(path: str | Path, *, mmap: bool = False) -> Any:
     """Load a recommender saved by :func:`save_model`; every array is checked first (module
-    docstring). Raises :class:`ModelFileError` naming the file (and array) for any defect."""
+    docstring). Raises :class:`ModelFileError` naming the file (and array) for any defect.
+
+    ``mmap``: the arrays are read-only views of the mapped file, shared between processes (for
+    scoring; a model to change, as :mod:`retailgan.forget` does, is read into memory)."""
     path = Path(path)
     meta = read_meta(path)
     meta_path, arrays_path = path / META_FILE, path / ARRAYS_FILE
@@ -220,8 +307,12 @@ def load_model(path: str | Path) -> Any:
     except (RetailganError, KeyError, TypeError, ValueError, AttributeError) as exc:
         detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
         raise ModelFileError(f"{meta_path}: {detail}") from None
+    if mmap:
+        # torch warns once per process when it wraps a read-only array; mapped model arrays are read-only
+        # on purpose (nothing may write into a shared model), so the warning says nothing here.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
     try:
-        arrays = load_file(str(arrays_path))
+        arrays = map_arrays(arrays_path) if mmap else load_file(str(arrays_path))
     except FileNotFoundError:
         raise ModelFileError(f"{arrays_path}: missing") from None
     except Exception as exc:  # safetensors raises its own error types on corrupt headers

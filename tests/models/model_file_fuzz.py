@@ -10,11 +10,11 @@ test instead of killing pytest. For each fitted model it applies ``N`` seeded co
   for floats; +-1e9, -1 for integers) or flip one random bit of it;
 * ``dtype``: rewrite one random array as float16 (floats) or int32 (integers).
 
-A case passes when :func:`retailgan.persistence.load_model` raises :class:`ModelFileError`, or
-when the model loads and ``recommend`` (and ``score_histories`` where supported) gives finite,
-well-formed lists: the right shapes, known product ids, no duplicates, every unseen product
-ranked. The worker prints each case before running it (so the parent can name the case that
-crashed) and ends with one JSON summary line.
+A case passes when :func:`retailgan.persistence.load_model`, reading the files and mapping them
+(``mmap=True``) alike, raises :class:`ModelFileError`, or when the model loads and ``recommend``
+(and ``score_histories`` where supported) gives finite, well-formed lists: the right shapes, known
+product ids, no duplicates, every unseen product ranked. The worker prints each case before running
+it (so the parent can name the case that crashed) and ends with one JSON summary line.
 """
 
 from __future__ import annotations
@@ -139,25 +139,27 @@ def run(out: Path, seed: int, cases: int) -> dict[str, Any]:
             case = f"{label} #{c}: {corrupt(path, rng)}"
             print(json.dumps({"case": case}), flush=True)
             summary["cases"] += 1
-            try:
-                model = load_model(path)
-            except ModelFileError as exc:
-                if "\n" in str(exc):
-                    summary["failures"].append(f"{case}: multi-line error {exc!s:.300}")
-                summary["refused"] += 1
-                print(json.dumps({"refused": str(exc)}), flush=True)
-                continue
-            except Exception as exc:
-                summary["failures"].append(f"{case}: load raised {type(exc).__name__}: {exc!s:.300}")
-                continue
-            try:
-                check_serves(model)
-            except Exception as exc:
-                tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
-                summary["failures"].append(f"{case}: loaded but {tb[:300]}")
-                continue
-            summary["served"] += 1
-            print(json.dumps({"served": case}), flush=True)
+            for mmap in (False, True):  # read into memory, and mapped (the service's and batch workers' way)
+                how = "mapped" if mmap else "read"
+                try:
+                    model = load_model(path, mmap=mmap)
+                except ModelFileError as exc:
+                    if "\n" in str(exc):
+                        summary["failures"].append(f"{case} ({how}): multi-line error {exc!s:.300}")
+                    summary["refused"] += 1
+                    print(json.dumps({"refused": str(exc), "how": how}), flush=True)
+                    continue
+                except Exception as exc:
+                    summary["failures"].append(f"{case} ({how}): load raised {type(exc).__name__}: {exc!s:.300}")
+                    continue
+                try:
+                    check_serves(model)
+                except Exception as exc:
+                    tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
+                    summary["failures"].append(f"{case} ({how}): loaded but {tb[:300]}")
+                    continue
+                summary["served"] += 1
+                print(json.dumps({"served": case, "how": how}), flush=True)
     return summary
 
 

@@ -24,6 +24,12 @@ from tests.models.model_file_fuzz import fuzz_configs
 Edit = Callable[[dict[str, np.ndarray]], None]
 
 
+@pytest.fixture(params=[False, True], ids=["read", "mapped"])
+def mmap(request) -> bool:
+    """Every refusal holds for files read into memory and for mapped ones (the service's way)."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("model-files")
@@ -78,11 +84,11 @@ INDEX_PROBES = {
 
 
 @pytest.mark.parametrize("probe", list(INDEX_PROBES))
-def test_corrupt_sparse_index_is_refused_naming_file_and_array(saved, tmp_path, probe):
+def test_corrupt_sparse_index_is_refused_naming_file_and_array(saved, mmap, tmp_path, probe):
     edit, message = INDEX_PROBES[probe]
     path = corrupted(saved["ease"], tmp_path / "m", edit)
     with pytest.raises(ModelFileError, match=message) as err:
-        load_model(path)
+        load_model(path, mmap=mmap)
     assert str(err.value).startswith(f"{path / ARRAYS_FILE}: ")
 
 
@@ -102,12 +108,12 @@ def test_cli_recommend_exits_2_on_a_corrupt_index(saved, tmp_path, probe):
     [("ease", "W", (11, 3)), ("ials", "user_factors", (33, 1)), ("ials", "item_factors", (10, 0))],
 )
 @pytest.mark.parametrize("value", [np.nan, np.inf])
-def test_non_finite_weight_anywhere_is_refused(saved, tmp_path, model, key, index, value):
+def test_non_finite_weight_anywhere_is_refused(saved, mmap, tmp_path, model, key, index, value):
     # Item 3: rows of customers in the second group (and of its products), which the service's
     # one-customer smoke check never scores.
     path = corrupted(saved[model], tmp_path / "m", setter(key, index, value))
     with pytest.raises(ModelFileError, match=rf"{key}: entry \({index[0]}, {index[1]}\) is {value}"):
-        load_model(path)
+        load_model(path, mmap=mmap)
 
 
 @pytest.mark.parametrize(
@@ -120,10 +126,10 @@ def test_non_finite_weight_anywhere_is_refused(saved, tmp_path, model, key, inde
         ("ease", "_popularity", np.float64, "_popularity: dtype float64, expected float32"),
     ],
 )
-def test_other_dtypes_are_refused(saved, tmp_path, model, key, dtype, message):
+def test_other_dtypes_are_refused(saved, mmap, tmp_path, model, key, dtype, message):
     path = corrupted(saved[model], tmp_path / "m", as_dtype(key, dtype))
     with pytest.raises(ModelFileError, match=message):
-        load_model(path)
+        load_model(path, mmap=mmap)
 
 
 @pytest.mark.parametrize(
@@ -135,9 +141,9 @@ def test_other_dtypes_are_refused(saved, tmp_path, model, key, dtype, message):
         (setter("_popularity", 3, -1.0), r"_popularity: entry 3 is -1.0, expected a count >= 0"),
     ],
 )
-def test_shapes_and_counts_must_match_the_id_maps(saved, tmp_path, edit, message):
+def test_shapes_and_counts_must_match_the_id_maps(saved, mmap, tmp_path, edit, message):
     with pytest.raises(ModelFileError, match=message):
-        load_model(corrupted(saved["ease"], tmp_path / "m", edit))
+        load_model(corrupted(saved["ease"], tmp_path / "m", edit), mmap=mmap)
 
 
 def test_cli_recommend_exits_2_on_float16_weights(saved, tmp_path):

@@ -7,16 +7,17 @@ part), ``banners/<stem>.png``, ``summary.json`` and ``report.html`` / ``report.p
 
 Streaming and resumable (the chunk machinery of :mod:`retailgan.jobs`, shared with batch
 recommendations): the segment's customers (sorted by id) are processed in fixed-size chunks, in
-this process or (``workers`` > 1) in a pool of processes; each finished chunk leaves a Parquet
-part, its e-mails and banners in a work directory next to the output (``.<out>.work``) and only then
-is recorded in ``progress.json`` there. A run that stops (killed, crash) and is started again with
-the same arguments, store and model redoes only the chunks not recorded (chunks may finish out of
-order with several workers); other arguments start the work directory afresh. At the end the parts
-are merged one at a time into ``campaign.parquet``, ``summary.json`` and the report are written and
-the work directory is renamed to the output directory in one step, so the output is either absent,
-the previous one, or complete. Nothing in the output depends on timing or on the number of workers,
-so a resumed or parallel run is byte-identical to an uninterrupted one. Memory is bounded by the
-chunk size (plus the model, the prepared product images and the list of segment customer ids).
+this process or (``workers`` > 1) in a pool of processes or Ray actors (:mod:`retailgan.engines`);
+each finished chunk leaves a Parquet part, its e-mails and banners in a work directory next to the
+output (``.<out>.work``) and only then is recorded in ``progress.json`` there. A run that stops
+(killed, crash) and is started again with the same arguments, store and model redoes only the
+chunks not recorded (chunks may finish out of order with several workers); other arguments start
+the work directory afresh. At the end the parts are merged one at a time into ``campaign.parquet``,
+``summary.json`` and the report are written and the work directory is renamed to the output
+directory in one step, so the output is either absent, the previous one, or complete. Nothing in
+the output depends on timing or on the number of workers, so a resumed or parallel run is
+byte-identical to an uninterrupted one. Memory is bounded by the chunk size (plus the model, the
+prepared product images and the list of segment customer ids).
 
 Expected revenue (``summary.json``): each customer is assumed to buy at most one of the products
 sent, with probability :data:`CONVERSION_RATE`, spread over the K products in proportion to their
@@ -65,6 +66,7 @@ from retailgan.campaign.report import write_report
 from retailgan.data.images import get_images
 from retailgan.data.reftime import AsOf
 from retailgan.data.store import Store
+from retailgan.engines import make_engine
 from retailgan.errors import ConfigError, ModelFileError
 from retailgan.explanations import explain_lists
 from retailgan.jobs import (
@@ -318,6 +320,8 @@ def build_campaign(
     recent_days: int = 30,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     workers: int = 1,
+    engine: str = "local",
+    address: str | None = None,
     progress: bool = False,
     after_chunk: Callable[[int], None] | None = None,
     as_of: AsOf = None,
@@ -325,8 +329,10 @@ def build_campaign(
     """Build the campaign into ``out`` (see the module docstring); returns its summary.
 
     ``workers`` > 1 processes chunks in that many processes (each loads the model once and opens
-    the store read-only); the output is the same as with one. ``after_chunk(i)`` is called after
-    chunk ``i`` (0-based) is recorded as finished (with several workers, in completion order).
+    the store read-only), of this machine (``engine`` "local") or of a Ray instance (``engine``
+    "ray", at ``address``; :mod:`retailgan.engines`); the output is the same as with one.
+    ``after_chunk(i)`` is called after chunk ``i`` (0-based) is recorded as finished (with
+    several workers, in completion order).
     ``as_of`` sets the reference time ``recent:N`` and ``recent_days`` count back from
     (:mod:`retailgan.data.reftime`; default: the latest ingested event). Raises
     :class:`ConfigError` for bad queries, before anything is written.
@@ -334,8 +340,7 @@ def build_campaign(
     store_path, model_dir, out = Path(store_path), Path(model_dir), Path(out)
     if chunk_size < 1:
         raise ConfigError(f"--chunk-size must be >= 1, got {chunk_size}")
-    if workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    runner = make_engine(engine, workers, address)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: exists and is not a directory")
     seg = parse_segment(segment)
@@ -359,14 +364,14 @@ def build_campaign(
         # The output format is part of the fingerprint: work left by an older version is started afresh.
         fp = fingerprint({**params, "model": b.label, "format": OUTPUT_FORMAT}, chunks.items, [store_path])
         finished = prepare_work(work, fp, len(chunks), ("parts", "emails", "banners"))
-        if workers > 1:
+        if not runner.in_process:
             store.close()  # the workers open their own read-only connections
         bar = JobProgress("campaign", "customers", len(chunks.items), sum(len(chunks[c]) for c in finished),
                           len(chunks), enabled=progress)
         try:
             run_chunks(chunks, work, fp, finished,
                        _Workers(str(store_path), str(model_dir), b.label, theme, k, recent_days, ref.ts, str(work)),
-                       workers=workers, local=functools.partial(_write_chunk, ctx, store, work), progress=bar,
+                       engine=runner, local=functools.partial(_write_chunk, ctx, store, work), progress=bar,
                        after_chunk=after_chunk)
         finally:
             bar.close()

@@ -32,6 +32,10 @@ def build(
     recent_days: int = typer.Option(30, "--recent-days", help="Do not send products bought in the last N days."),
     chunk_size: int = typer.Option(DEFAULT_CHUNK_SIZE, "--chunk-size", help="Customers per resumable chunk."),
     workers: int = typer.Option(1, "--workers", help="Processes building chunks in parallel (same output)."),
+    engine: str = typer.Option("local", "--engine", help="Where the chunks run: local | ray."),
+    address: str | None = typer.Option(
+        None, "--address", help="Ray cluster for --engine ray (e.g. auto or HOST:6379); default: a local instance."
+    ),
     as_of: str | None = typer.Option(
         None, "--as-of", help="Reference time ('now' or an ISO date / time, UTC) that recent:N and --recent-days "
         "count back from; default: the store's latest ingested event. Later events are ignored."
@@ -46,7 +50,8 @@ def build(
     summary = _run(
         lambda: build_campaign(
             store, model_dir, out, segment=segment, theme=theme, k=k, recent_days=recent_days,
-            chunk_size=chunk_size, workers=workers, progress=True, as_of=parse_as_of(as_of),
+            chunk_size=chunk_size, workers=workers, engine=engine, address=address, progress=True,
+            as_of=parse_as_of(as_of),
         )
     )
     if summary.ignored_events:

@@ -104,7 +104,8 @@ class ModelBundle:
         except OSError as exc:
             raise ModelFileError(f"{path}: cannot read model files ({exc.strerror or exc})") from None
         try:
-            model = load_model(path)
+            # Mapped, not read: every process serving or scoring this model shares one copy of its arrays.
+            model = load_model(path, mmap=True)
         except RetailganError:
             raise
         except Exception as exc:  # a corrupt file can fail anywhere in numpy / scipy
