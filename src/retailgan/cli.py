@@ -658,7 +658,20 @@ def serve(
     store: Path = typer.Option(..., "--store", help="DuckDB store (catalogue, histories, events)."),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8000, "--port"),
-    workers: int = typer.Option(1, "--workers", help="Must be 1: one process writes the store."),
+    workers: int = typer.Option(
+        1, "--workers", help="Worker processes on the one port; more than 1 needs --events-db."
+    ),
+    events_db: str | None = typer.Option(
+        None, "--events-db", help="PostgreSQL URL (postgresql://...) for events shared by every worker and host "
+        "(default: $RETAILGAN_EVENTS_DB, else the DuckDB store); needs the 'postgres' extra.",
+    ),
+    events_poll: float = typer.Option(
+        1.0, "--events-poll", help="With --events-db: most seconds before other replicas' events are folded in."
+    ),
+    rate_limit_redis: str | None = typer.Option(
+        None, "--rate-limit-redis", help="Redis URL (redis://host:6379/0) for rate limits shared by every "
+        "worker and host (default: per process); needs the 'redis' extra.",
+    ),
     keys: Path | None = typer.Option(None, "--keys", help="API keys file (name:role:sha256hex lines)."),
     no_auth: bool = typer.Option(False, "--no-auth", help="Serve without API keys (local use only)."),
     rate_limit: float = typer.Option(50.0, "--rate-limit", help="Requests per second per key."),
@@ -678,9 +691,11 @@ def serve(
         from retailgan.serving.server import serve as run_server
         from retailgan.serving.settings import Settings
 
+        shared: dict[str, Any] = {"events_db": events_db} if events_db else {}
         settings = Settings(model_dir=model_dir, store=store, keys_file=keys, auth=not no_auth,
                             rate_limit=rate_limit, rate_burst=rate_burst, anon_rate_limit=anon_rate_limit,
-                            anon_rate_burst=anon_rate_burst, as_of=as_of)
+                            anon_rate_burst=anon_rate_burst, as_of=as_of, events_poll_s=events_poll,
+                            rate_limit_redis=rate_limit_redis, **shared)
         run_server(settings, host=host, port=port, workers=workers)
 
     _run(go)
