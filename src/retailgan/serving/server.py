@@ -73,7 +73,8 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000, work
         raise ConfigError(f"--port must be in 1..65535, got {port}")
     meta = read_meta(settings.model_dir)
     parse_as_of(settings.as_of)
-    Store.open(settings.store, create=False).close()
+    # Read-only with --events-db: other processes and hosts may have it open (read-only) already.
+    Store.open(settings.store, create=False, read_only=bool(settings.events_db)).close()
     if settings.auth and not load_keys(settings.keys_file, settings.api_keys):
         raise ConfigError(
             "no API keys configured: pass --keys FILE or set RETAILGAN_API_KEYS "
