@@ -716,18 +716,24 @@ def forget(
         None, "--reference", help="The request's reference (a ticket number), kept in the audit record."
     ),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the audit record (no customer ids) here."),
+    events_db: str | None = typer.Option(
+        None, "--events-db", help="Also erase their events from this PostgreSQL database (`serve --events-db`)."
+    ),
 ) -> None:
     """Erase customers (a request to be forgotten): store rows, rejected rows, model rows, campaign
-    outputs; writes an audit record without their ids. Stop `serve` first, or use its admin endpoint."""
+    outputs, events in PostgreSQL; writes an audit record without their ids. Stop `serve` first, or
+    use its admin endpoint (one process, without --events-db)."""
 
     def go() -> None:
         from retailgan.forget import forget as run_forget
 
-        report = run_forget(store, customer, model_dirs=model_dir, campaign_dirs=campaign_dir, reference=reference)
+        report = run_forget(store, customer, model_dirs=model_dir, campaign_dirs=campaign_dir, reference=reference,
+                            events_db=events_db)
         s = report.store
         console.print(
             f"erased {report.customers} customer(s): {s['events']} events, {s['users']} customer rows and "
             f"{s['rejects']} rejected rows from {store}"
+            + (f"; {s['events_db_events']} events from the events database" if events_db else "")
             + "".join(f"; {n} from model {m}" for m, n in report.models.items())
             + "".join(f"; {n} campaign rows from {c}" for c, n in report.campaigns.items())
             + f" (audit record {report.erasure_id})",

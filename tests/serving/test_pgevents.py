@@ -163,3 +163,18 @@ def test_app_on_postgres_writes_there_and_keeps_the_store_read_only(built, tmp_p
         assert forget.status_code == 409 and "read-only" in forget.json()["detail"]
     with Store.open(store, create=False, read_only=True) as st:  # nothing was written to the store
         assert st.con.execute("SELECT count(*) FROM events WHERE user_id = 'PGNEW'").fetchone()[0] == 0
+
+
+def test_forget_erases_events_in_postgres(built, tmp_path, pg_url):
+    from retailgan.forget import forget
+
+    store = tmp_path / "shop.duckdb"
+    shutil.copy(built["store"], store)
+    pg = PgEventStore(pg_url)
+    try:
+        pg.write_events([ev("f1", customer="GONE"), ev("f2", customer="GONE"), ev("k1", customer="KEPT")])
+        report = forget(store, ["GONE"], events_db=pg_url, reference="T-1")
+        assert report.store["events_db_events"] == 2
+        assert not pg.has_customer("GONE") and pg.has_customer("KEPT")
+    finally:
+        pg.close()

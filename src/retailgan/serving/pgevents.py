@@ -189,6 +189,17 @@ class PgEventStore:
             return conn.execute("SELECT 1 FROM retailgan_events WHERE customer_id = %s LIMIT 1",
                                 [customer_id]).fetchone() is not None
 
+    def erase(self, customer_ids: Sequence[str]) -> int:
+        """Delete the customers' events, then rewrite the table (``VACUUM FULL``) so that their rows'
+        bytes leave its files; returns how many events were deleted."""
+        import psycopg
+
+        with self.pool.connection() as conn:
+            n = conn.execute("DELETE FROM retailgan_events WHERE customer_id = ANY(%s)", [list(customer_ids)]).rowcount
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute("VACUUM FULL retailgan_events")
+        return int(n)
+
     def model_generation(self) -> int:
         with self.pool.connection() as conn:
             return int(conn.execute("SELECT generation FROM retailgan_model WHERE id = 1").fetchone()[0])
