@@ -84,15 +84,18 @@ def wait_idle(port: int) -> None:
     """Wait until the server answers /healthz quickly (the previous run's backlog has drained)."""
     import httpx
 
-    for _ in range(600):
-        t = time.perf_counter()
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
-            if time.perf_counter() - t < 0.05:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
+    # One client for every probe: a new one per probe (its TLS context, its pool) took over 50 ms
+    # by itself on the loaded machine, and the wait never ended.
+    with httpx.Client(timeout=5) as client:
+        for _ in range(600):
+            t = time.perf_counter()
+            try:
+                client.get(f"http://127.0.0.1:{port}/healthz")
+                if time.perf_counter() - t < 0.05:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
 
 
 def free_port() -> int:
@@ -336,6 +339,7 @@ def capacity(args: argparse.Namespace) -> None:
     base = args.pg_admin.rsplit("/", 1)[0]
     servers: dict[int, tuple[subprocess.Popen, int, str]] = {}
     runs: list[dict] = []
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers and drop the databases
     try:
         for w in workers:
             db = f"retailgan_bench_{os.getpid()}_{w}"

@@ -130,14 +130,15 @@ ERROR_TEXT = {
          "names are refused with `detail` alone.",
     429: "Rate limit exceeded (per key, or per client address without a valid key); `Retry-After` says when "
          "to try again.",
+    503: "The events database is unavailable (`--events-db`); nothing was written, retry.",
 }
 RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer", "minimum": 1}}}
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for these error statuses (all answer :class:`~retailgan.serving.schemas.ErrorOut`)."""
-    return {c: {"model": S.ErrorOut, "description": ERROR_TEXT[c], **({"headers": RETRY_AFTER} if c == 429 else {})}
-            for c in codes}
+    return {c: {"model": S.ErrorOut, "description": ERROR_TEXT[c],
+                **({"headers": RETRY_AFTER} if c in (429, 503) else {})} for c in codes}
 
 
 KEYED = error_responses(401, 403, 429)
@@ -405,7 +406,7 @@ def create_app(settings: Settings) -> FastAPI:
         return _json(S.CampaignResponse.model_validate(c.to_dict(banner=banner)))
 
     @app.post("/v1/events", response_model=S.EventsAccepted, status_code=201, tags=["customers"],
-              responses={**KEYED, **BODY})
+              responses={**KEYED, **BODY, **error_responses(503)})
     def events(batch: S.EventBatch, key: User) -> S.EventsAccepted:
         """Store events durably (committed before the response) and fold them in at once."""
         b = state.current()

@@ -206,7 +206,14 @@ class ServiceState:
     def write_events(self, events: Sequence[NewEvent]) -> int:
         """Commit the events (PostgreSQL with ``--events-db``, else the store), then fold them in here."""
         if self.events is not None:
-            written = self.events.write_events(events)
+            import psycopg
+
+            try:
+                written = self.events.write_events(events)
+            except psycopg.OperationalError as exc:  # includes the pool's timeout: nothing was committed
+                log.warning("events database unavailable: %s", exc)
+                raise HTTPException(503, "the events database is unavailable; retry (the same event_id is "
+                                    "written once)", headers={"Retry-After": "1"}) from None
         else:
             assert self.store is not None
             written = self.store.write_events(events)
