@@ -104,9 +104,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def group_cpu_s(pgid: int) -> float:
-    """CPU seconds of every live process in a process group (a server and its workers)."""
-    total = 0.0
+def group_cpu_s(pgid: int) -> dict[int, float]:
+    """CPU seconds of each live process in a process group (a server and its workers), by pid."""
+    total: dict[int, float] = {}
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
@@ -115,7 +115,7 @@ def group_cpu_s(pgid: int) -> float:
         except OSError:
             continue
         if int(fields[2]) == pgid:
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            total[int(d.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
 
 
@@ -323,7 +323,11 @@ def run_client(port: int, ids: Path, args: argparse.Namespace, rate: float, pgid
     if done.returncode != 0:
         raise SystemExit(f"client failed ({done.returncode}):\n{done.stderr[-3000:]}")
     out = json.loads(done.stdout.strip().splitlines()[-1])
-    out["server_cpu_ms_per_request"] = round((group_cpu_s(pgid) - cpu0) / out["requests"] * 1000, 3)
+    cpu1 = group_cpu_s(pgid)
+    per_process = {pid: cpu1[pid] - cpu0.get(pid, 0.0) for pid in cpu1}
+    out["server_cpu_ms_per_request"] = round(sum(per_process.values()) / out["requests"] * 1000, 3)
+    # How the work spread over the processes (supervisor, workers): CPU seconds each, largest first.
+    out["server_cpu_s_per_process"] = sorted((round(v, 2) for v in per_process.values()), reverse=True)
     out["loadavg_1min_before"] = load_before
     return out
 
