@@ -147,7 +147,7 @@ def test_app_on_postgres_writes_there_and_keeps_the_store_read_only(built, tmp_p
                         events_db=pg_url, events_poll_s=0.2)
     h = {"X-API-Key": USER_KEY}
     with TestClient(create_app(settings)) as client:
-        # Another process can read the store meanwhile (DuckDB allows many read-only processes).
+        # The store stays readable by others (two processes on one store: test_multiprocess.py).
         with Store.open(store, create=False, read_only=True) as other:
             assert other.con.execute("SELECT count(*) FROM items").fetchone()[0] > 0
         batch = {"events": [{"customer_id": "PGNEW", "product_id": "P105", "event_type": "cart", "event_id": "x1"}]}
