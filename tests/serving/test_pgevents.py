@@ -178,3 +178,27 @@ def test_forget_erases_events_in_postgres(built, tmp_path, pg_url):
         assert not pg.has_customer("GONE") and pg.has_customer("KEPT")
     finally:
         pg.close()
+
+
+def test_a_reload_published_elsewhere_reloads_here_and_names_a_version_mismatch(built, tmp_path, pg_url):
+    from retailgan.serving.app import create_app
+    from retailgan.serving.settings import Settings
+
+    store = tmp_path / "shop.duckdb"
+    shutil.copy(built["store"], store)
+    settings = Settings(model_dir=built["models"]["ease"], store=store, keys_file=built["keys"],
+                        events_db=pg_url, events_poll_s=0.2)
+    other = PgEventStore(pg_url)  # another replica, whose directory held another model
+    admin = {"X-API-Key": ADMIN_KEY}
+    try:
+        with TestClient(create_app(settings)) as client:
+            before = client.get("/admin/models", headers=admin).json()
+            assert before["reload_state"] == "idle"
+            other.publish_model("0123456789ab")
+            assert wait_for(lambda: client.get("/admin/models", headers=admin).json()["last_error"] is not None)
+            after = client.get("/admin/models", headers=admin).json()
+            assert after["reload_state"] == "succeeded"
+            assert after["version"] == before["version"]  # the same directory here: the same model
+            assert "0123456789ab" in after["last_error"] and "deployed here" in after["last_error"]
+    finally:
+        other.close()

@@ -204,6 +204,12 @@ class PgEventStore:
         with self.pool.connection() as conn:
             return int(conn.execute("SELECT generation FROM retailgan_model WHERE id = 1").fetchone()[0])
 
+    def published_version(self) -> str | None:
+        """The model version the last replica to reload validated."""
+        with self.pool.connection() as conn:
+            row = conn.execute("SELECT version FROM retailgan_model WHERE id = 1").fetchone()
+        return None if row is None or row[0] is None else str(row[0])
+
     def publish_model(self, version: str) -> int:
         """Record a validated model version; every follower reloads. Returns the new generation."""
         with self.pool.connection() as conn:

@@ -166,6 +166,13 @@ class ServiceState:
         log.info("another replica reloaded the model; reloading %s", self.settings.model_dir)
         self.reload_task = asyncio.create_task(self.reload(publish=False))
         await self.reload_task
+        if self.reload_state == "succeeded" and self.events is not None and self.bundle is not None:
+            # Each host reads its own copy of the directory: say so when it holds another model.
+            published = await anyio.to_thread.run_sync(self.events.published_version)
+            if published is not None and published != self.bundle.version:
+                self.last_error = (f"{self.settings.model_dir} holds model version {self.bundle.version}, the replica "
+                                   f"that reloaded validated {published}: is the new model deployed here?")
+                log.warning("%s", self.last_error)
 
     def stop(self) -> None:
         if self.follower is not None:
