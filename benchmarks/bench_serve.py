@@ -13,6 +13,15 @@ server cannot slow the offered load down. Latency is measured from the time a re
 for a customer drawn uniformly from the store's customers (k = 10), 10 % for an ad-hoc session of
 3 products drawn uniformly from the store's products, 5 % an event for such a customer (written to
 the store before the 2xx).
+
+Throughput at a latency target, with 1 and 2 worker processes (events in PostgreSQL, which
+``--workers 2`` needs; a database is made for the run and dropped after it):
+
+    .venv/bin/python benchmarks/bench_serve.py capacity --workers 1,2 --rates 200,300,400,500,600 \
+        --duration 15 --pg-admin postgresql://root@127.0.0.1:5432/postgres --out docs/results/serve-workers.json
+
+runs every worker count at each rate in turn (interleaved, so they share the machine's load alike)
+and reports the highest offered rate each sustained with p99 <= --p99-ms and no errors.
 """
 
 from __future__ import annotations
@@ -75,15 +84,18 @@ def wait_idle(port: int) -> None:
     """Wait until the server answers /healthz quickly (the previous run's backlog has drained)."""
     import httpx
 
-    for _ in range(600):
-        t = time.perf_counter()
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
-            if time.perf_counter() - t < 0.05:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
+    # One client for every probe: a new one per probe (its TLS context, its pool) took over 50 ms
+    # by itself on the loaded machine, and the wait never ended.
+    with httpx.Client(timeout=5) as client:
+        for _ in range(600):
+            t = time.perf_counter()
+            try:
+                client.get(f"http://127.0.0.1:{port}/healthz")
+                if time.perf_counter() - t < 0.05:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
 
 
 def free_port() -> int:
@@ -92,7 +104,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(store: Path, model: Path, port: int) -> subprocess.Popen:
+def group_cpu_s(pgid: int) -> dict[int, float]:
+    """CPU seconds of each live process in a process group (a server and its workers), by pid."""
+    total: dict[int, float] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            total[int(d.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def start_server(store: Path, model: Path, port: int, *extra: str) -> subprocess.Popen:
 
     from retailgan.serving.security import hash_key
     from retailgan.serving.server import wait_ready
@@ -100,8 +127,8 @@ def start_server(store: Path, model: Path, port: int) -> subprocess.Popen:
     env = {**os.environ, "RETAILGAN_API_KEYS": f"bench:admin:{hash_key(KEY)}"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "retailgan.cli", "serve", "--model-dir", str(model), "--store", str(store),
-         "--port", str(port), "--rate-limit", "100000", "--rate-burst", "100000"],
-        env=env,
+         "--port", str(port), "--rate-limit", "100000", "--rate-burst", "100000", *extra],
+        env=env, start_new_session=True,  # its own process group: workers are measured and stopped with it
     )
     try:
         wait_ready(proc, port, timeout_s=120, poll_s=0.2)
@@ -207,7 +234,7 @@ async def _client(url: str, rate: float, duration: float, reload_at: float | Non
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", nargs="?", default="run", choices=["run", "client"])
+    ap.add_argument("mode", nargs="?", default="run", choices=["run", "client", "capacity"])
     ap.add_argument("--rate", type=float, default=200.0)
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--work", type=Path, default=REPO / "out" / "bench-serve")
@@ -217,9 +244,17 @@ def main() -> None:
     ap.add_argument("--reload-at", type=float, default=None)
     ap.add_argument("--ids", type=Path, default=None, help="(client) customer and product ids to draw from")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", default="1,2", help="(capacity) worker process counts, comma-separated")
+    ap.add_argument("--rates", default="200,300,400,500,600", help="(capacity) offered rates, comma-separated")
+    ap.add_argument("--p99-ms", type=float, default=20.0, help="(capacity) the latency target")
+    ap.add_argument("--pg-admin", default="postgresql://root@127.0.0.1:5432/postgres",
+                    help="(capacity) PostgreSQL URL to create the run's databases from")
     args = ap.parse_args()
     if args.mode == "client":
         print(json.dumps(asyncio.run(_client(args.url, args.rate, args.duration, args.reload_at, args.seed, args.ids))))
+        return
+    if args.mode == "capacity":
+        capacity(args)
         return
     store, model = prepare(args.work, args.l2)
     ids = sample_ids(store, args.work / "ids.json", args.seed)
@@ -270,6 +305,89 @@ def main() -> None:
               f"{r['p99_ms']} | {r['max_ms']} | {r['errors']} | {r['server_cpu_ms_per_request']} | "
               f"{r['loadavg_1min_before']:.1f} |")
     if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def run_client(port: int, ids: Path, args: argparse.Namespace, rate: float, pgid: int,
+               reload_at: float | None = None) -> dict:
+    """One open-loop client run against the server on ``port``, with the server's CPU per request."""
+    cmd = [sys.executable, __file__, "client", "--url", f"http://127.0.0.1:{port}", "--rate", str(rate),
+           "--duration", str(args.duration), "--seed", str(args.seed), "--ids", str(ids)]
+    if reload_at is not None:
+        cmd += ["--reload-at", str(reload_at)]
+    wait_idle(port)
+    load_before = os.getloadavg()[0]
+    cpu0 = group_cpu_s(pgid)
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"client failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    cpu1 = group_cpu_s(pgid)
+    per_process = {pid: cpu1[pid] - cpu0.get(pid, 0.0) for pid in cpu1}
+    out["server_cpu_ms_per_request"] = round(sum(per_process.values()) / out["requests"] * 1000, 3)
+    # How the work spread over the processes (supervisor, workers): CPU seconds each, largest first.
+    out["server_cpu_s_per_process"] = sorted((round(v, 2) for v in per_process.values()), reverse=True)
+    out["loadavg_1min_before"] = load_before
+    return out
+
+
+def capacity(args: argparse.Namespace) -> None:
+    """The highest offered rate each worker count serves with p99 <= --p99-ms and no errors."""
+    import psycopg
+
+    store, model = prepare(args.work, args.l2)
+    ids = sample_ids(store, args.work / "ids.json", args.seed)
+    workers = [int(w) for w in args.workers.split(",")]
+    rates = [float(r) for r in args.rates.split(",")]
+    base = args.pg_admin.rsplit("/", 1)[0]
+    servers: dict[int, tuple[subprocess.Popen, int, str]] = {}
+    runs: list[dict] = []
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers and drop the databases
+    try:
+        for w in workers:
+            db = f"retailgan_bench_{os.getpid()}_{w}"
+            with psycopg.connect(args.pg_admin, autocommit=True) as conn:
+                conn.execute(f"DROP DATABASE IF EXISTS {db}")
+                conn.execute(f"CREATE DATABASE {db}")
+            port = free_port()
+            proc = start_server(store, model, port, "--workers", str(w), "--events-db", f"{base}/{db}")
+            servers[w] = (proc, port, db)
+        for rate in rates:
+            for w in workers:  # interleaved: every worker count meets the machine's load of the moment
+                proc, port, _ = servers[w]
+                r = run_client(port, ids, args, rate, proc.pid)
+                r["workers"] = w
+                r["meets_target"] = bool(r["p99_ms"] <= args.p99_ms and r["errors"] == 0
+                                         and r["achieved_rate"] >= 0.98 * rate)
+                runs.append(r)
+                print(f"workers={w} rate={rate:.0f}", json.dumps(r), flush=True)
+    finally:
+        for proc, _, db in servers.values():
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+            with psycopg.connect(args.pg_admin, autocommit=True) as conn:
+                conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+    best = {w: max([r["offered_rate"] for r in runs if r["workers"] == w and r["meets_target"]], default=0.0)
+            for w in workers}
+    summary = {"p99_target_ms": args.p99_ms, "max_rate_meeting_target": {str(w): b for w, b in best.items()}}
+    if best.get(1):
+        summary["ratio_to_1_worker"] = {str(w): round(b / best[1], 2) for w, b in best.items()}
+    print("| workers | offered req/s | achieved | p50 ms | p99 ms | errors | server CPU ms/req | load | p99 target |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|:---|")
+    for r in runs:
+        print(f"| {r['workers']} | {r['offered_rate']:.0f} | {r['achieved_rate']} | {r['p50_ms']} | {r['p99_ms']} | "
+              f"{r['errors']} | {r['server_cpu_ms_per_request']} | {r['loadavg_1min_before']:.1f} | "
+              f"{'met' if r['meets_target'] else 'missed'} |")
+    print(json.dumps(summary))
+    if args.out:
+        doc = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                           "python": platform.python_version(), "loadavg_after": os.getloadavg()},
+               "model": {"name": "ease", "l2": args.l2}, "duration_s": args.duration, "summary": summary,
+               "runs": runs}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(doc, indent=2) + "\n")
 

@@ -666,7 +666,20 @@ def serve(
     store: Path = typer.Option(..., "--store", help="DuckDB store (catalogue, histories, events)."),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8000, "--port"),
-    workers: int = typer.Option(1, "--workers", help="Must be 1: one process writes the store."),
+    workers: int = typer.Option(
+        1, "--workers", help="Worker processes on the one port; more than 1 needs --events-db."
+    ),
+    events_db: str | None = typer.Option(
+        None, "--events-db", help="PostgreSQL URL (postgresql://...) for events shared by every worker and host "
+        "(default: $RETAILGAN_EVENTS_DB, else the DuckDB store); needs the 'postgres' extra.",
+    ),
+    events_poll: float = typer.Option(
+        1.0, "--events-poll", help="With --events-db: most seconds before other replicas' events are folded in."
+    ),
+    rate_limit_redis: str | None = typer.Option(
+        None, "--rate-limit-redis", help="Redis URL (redis://host:6379/0) for rate limits shared by every "
+        "worker and host (default: per process); needs the 'redis' extra.",
+    ),
     keys: Path | None = typer.Option(None, "--keys", help="API keys file (name:role:sha256hex lines)."),
     no_auth: bool = typer.Option(False, "--no-auth", help="Serve without API keys (local use only)."),
     rate_limit: float = typer.Option(50.0, "--rate-limit", help="Requests per second per key."),
@@ -686,9 +699,11 @@ def serve(
         from retailgan.serving.server import serve as run_server
         from retailgan.serving.settings import Settings
 
+        shared: dict[str, Any] = {"events_db": events_db} if events_db else {}
         settings = Settings(model_dir=model_dir, store=store, keys_file=keys, auth=not no_auth,
                             rate_limit=rate_limit, rate_burst=rate_burst, anon_rate_limit=anon_rate_limit,
-                            anon_rate_burst=anon_rate_burst, as_of=as_of)
+                            anon_rate_burst=anon_rate_burst, as_of=as_of, events_poll_s=events_poll,
+                            rate_limit_redis=rate_limit_redis, **shared)
         run_server(settings, host=host, port=port, workers=workers)
 
     _run(go)
@@ -709,18 +724,24 @@ def forget(
         None, "--reference", help="The request's reference (a ticket number), kept in the audit record."
     ),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the audit record (no customer ids) here."),
+    events_db: str | None = typer.Option(
+        None, "--events-db", help="Also erase their events from this PostgreSQL database (`serve --events-db`)."
+    ),
 ) -> None:
     """Erase customers (a request to be forgotten): store rows, rejected rows, model rows, campaign
-    outputs; writes an audit record without their ids. Stop `serve` first, or use its admin endpoint."""
+    outputs, events in PostgreSQL; writes an audit record without their ids. Stop `serve` first, or
+    use its admin endpoint (one process, without --events-db)."""
 
     def go() -> None:
         from retailgan.forget import forget as run_forget
 
-        report = run_forget(store, customer, model_dirs=model_dir, campaign_dirs=campaign_dir, reference=reference)
+        report = run_forget(store, customer, model_dirs=model_dir, campaign_dirs=campaign_dir, reference=reference,
+                            events_db=events_db)
         s = report.store
         console.print(
             f"erased {report.customers} customer(s): {s['events']} events, {s['users']} customer rows and "
             f"{s['rejects']} rejected rows from {store}"
+            + (f"; {s['events_db_events']} events from the events database" if events_db else "")
             + "".join(f"; {n} from model {m}" for m, n in report.models.items())
             + "".join(f"; {n} campaign rows from {c}" for c, n in report.campaigns.items())
             + f" (audit record {report.erasure_id})",

@@ -191,9 +191,11 @@ def forget(
     model_dirs: Sequence[str | Path] = (),
     campaign_dirs: Sequence[str | Path] = (),
     reference: str | None = None,
+    events_db: str | None = None,
 ) -> ForgetReport:
-    """Erase customers from the store, the named model directories and campaign outputs
-    (module docstring); returns the audit record, also written to the store."""
+    """Erase customers from the store, the named model directories and campaign outputs, and the
+    events of a service's PostgreSQL database (``serve --events-db``) when given (module
+    docstring); returns the audit record, also written to the store."""
     from retailgan.persistence import read_meta
 
     ids = check_ids(customer_ids)
@@ -207,13 +209,23 @@ def forget(
         if not (c / "campaign.parquet").is_file():
             raise ConfigError(f"{c}: not a campaign output (no campaign.parquet)")
     Store.open(store_path, create=False).close()  # exists, is a store, is not in use
+    shared = None
+    if events_db:
+        from retailgan.serving.pgevents import PgEventStore
+
+        shared = PgEventStore(events_db)
     report = new_report(ids, reference)
+    if shared is not None:
+        try:
+            report.store["events_db_events"] = shared.erase(ids)
+        finally:
+            shared.close()
     for m in models:
         report.models[str(m)] = forget_in_model(m, ids)
     for c in campaigns:
         report.campaigns[str(c)] = forget_in_campaign(c, ids)
     with Store.open(store_path, create=False) as store, store.transaction() as con:
-        report.store = delete_customer_rows(con, ids)
+        report.store = {**delete_customer_rows(con, ids), **report.store}
         record(con, report)
     rewrite_store(store_path)
     return report

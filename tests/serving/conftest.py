@@ -47,3 +47,52 @@ def built(tmp_path_factory):
     keys = root / "keys.txt"
     keys.write_text(f"# test keys\nshop:user:{hash_key(USER_KEY)}\nops:admin:{hash_key(ADMIN_KEY)}\n")
     return {"root": root, "store": store, "models": models, "keys": keys}
+
+
+PG_ADMIN_URLS = ("postgresql://root@127.0.0.1:5432/postgres", "postgresql://postgres@127.0.0.1:5432/postgres")
+"""Where the tests look for a PostgreSQL server (trust authentication); $RETAILGAN_TEST_PG overrides."""
+
+
+def _pg_admin() -> str:
+    psycopg = pytest.importorskip("psycopg", reason="the 'postgres' extra is not installed")
+    import os
+
+    urls = [os.environ["RETAILGAN_TEST_PG"]] if os.environ.get("RETAILGAN_TEST_PG") else list(PG_ADMIN_URLS)
+    errors = []
+    for url in urls:
+        try:
+            with psycopg.connect(url, connect_timeout=3):
+                return url
+        except psycopg.Error as exc:
+            errors.append(f"{url}: {' '.join(str(exc).split())}")
+    pytest.skip("no PostgreSQL server reachable (" + "; ".join(errors) + ")")
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh PostgreSQL database for this test (dropped after it), as a URL."""
+    import uuid
+
+    import psycopg
+
+    admin = _pg_admin()
+    name = f"retailgan_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        yield admin.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def redis_url():
+    """Redis at 127.0.0.1:6379 (tests keep their keys apart by their own database names)."""
+    redis = pytest.importorskip("redis", reason="the 'redis' extra is not installed")
+    url = "redis://127.0.0.1:6379/0"
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        pytest.skip(f"no Redis server reachable at {url} ({exc})")
+    return url

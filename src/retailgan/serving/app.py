@@ -1,8 +1,8 @@
 """The FastAPI application: recommendations, products, customers, events, health, metrics, reloads.
 
-``create_app(settings)`` builds the app; its lifespan opens the store, reads the API keys, loads
-and validates the model and rebuilds the fold-in overlay from the events the service wrote
-earlier. See :mod:`retailgan.serving.engine` for the scoring strategies and
+``create_app(settings)`` builds the app; its lifespan starts the :class:`ServiceState`
+(:mod:`retailgan.serving.state`: store, keys, model, fold-in view, and with ``--events-db`` the
+follower of the other replicas). See :mod:`retailgan.serving.engine` for the scoring strategies and
 :mod:`retailgan.serving.security` for keys and rate limits.
 """
 
@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 from uuid import uuid4
 
@@ -31,193 +30,20 @@ from fastapi.staticfiles import StaticFiles
 
 from retailgan import __version__
 from retailgan.data.reftime import parse_as_of
-from retailgan.errors import ConfigError, RetailganError, UnknownIdError
+from retailgan.errors import ConfigError, UnknownIdError
 from retailgan.explanations import explain_items
 from retailgan.models.diversify import dpp, mmr
 from retailgan.serving import schemas as S
-from retailgan.serving.engine import ModelBundle, Product, RequestError
-from retailgan.serving.metrics import Metrics, MetricsMiddleware
-from retailgan.serving.security import ApiKey, KeyRing, RateLimiter, load_keys
+from retailgan.serving.engine import ModelBundle, RequestError
+from retailgan.serving.metrics import MetricsMiddleware
+from retailgan.serving.security import ApiKey
 from retailgan.serving.settings import Settings
-from retailgan.serving.storage import NewEvent, ServiceStore
-
-if TYPE_CHECKING:
-    from retailgan.forget import ForgetReport
+from retailgan.serving.state import ServiceState
+from retailgan.serving.storage import NewEvent
 
 log = logging.getLogger("retailgan.serving")
 STATIC = Path(__file__).resolve().parent / "static"
 ANONYMOUS = ApiKey("anonymous", "admin", "")
-IMAGE_CACHE = 1024
-"""Product images kept in memory, ready to send (first in, first out)."""
-ANON_CLIENTS = 10_000
-"""Client addresses whose unauthenticated-request buckets are kept (the oldest is dropped first)."""
-
-
-def labelled_png(png: bytes) -> bytes:
-    """A generated image as shown to people: the visible "generated" label stamped on, provenance chunks kept."""
-    import io
-
-    from PIL import Image
-
-    from retailgan.data.images import encode_png
-    from retailgan.imagegen.provenance import label_generated
-
-    with Image.open(io.BytesIO(png)) as im:
-        im.load()
-        text = dict(getattr(im, "text", {}) or {})
-        out, _, _ = encode_png(label_generated(im), text)
-    return out
-
-
-class ServiceState:
-    """Everything a running app holds; ``bundle`` is swapped atomically on reload."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.metrics = Metrics()
-        self.bundle: ModelBundle | None = None
-        self.store: ServiceStore | None = None
-        self.catalogue: dict[str, Product] = {}
-        self.images: dict[str, bool] = {}
-        """Products with an image in the store -> whether it was generated (the store is ours while we run)."""
-        self._image_cache: dict[str, bytes] = {}
-        self.keys = KeyRing([])
-        self.limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
-        self.anon_limiter = RateLimiter(settings.anon_rate_limit, settings.anon_rate_burst, max_names=ANON_CLIENTS)
-        self.reload_state = "idle"
-        self.last_error: str | None = None
-        self.reload_task: asyncio.Task[None] | None = None
-        # Products each customer interacted with through POST /v1/events (fold-in input).
-        self._overlay: dict[str, set[str]] = {}
-        self._overlay_lock = threading.Lock()
-
-    def start(self) -> None:
-        s = self.settings
-        if s.auth:
-            self.keys = KeyRing(load_keys(s.keys_file, s.api_keys))
-            if not len(self.keys):
-                raise ConfigError(
-                    "no API keys configured: pass --keys FILE or set RETAILGAN_API_KEYS "
-                    "(make one with `python -m retailgan.serving.security --name NAME --role admin`), "
-                    "or serve without keys with --no-auth"
-                )
-        self.store = ServiceStore(s.store)
-        try:
-            self.catalogue = self.store.catalogue()
-            self.images = self.store.image_flags()
-            for customer, product, _ in self.store.api_events():
-                self.add_overlay(customer, product)
-            self.set_bundle(self.load_bundle(s.model_dir))
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        if self.store is not None:
-            self.store.close()
-            self.store = None
-
-    @property
-    def started(self) -> bool:
-        """:meth:`start` succeeded (the model is loaded last) and :meth:`stop` has not run since."""
-        return self.store is not None and self.bundle is not None
-
-    def load_bundle(self, path: Path) -> ModelBundle:
-        """Load a model directory and check it against the store's catalogue; a model that follows
-        recent sales (featgan ``trend_days``) gets them from the store, as of its latest event,
-        instead of the training snapshot."""
-        bundle = ModelBundle.load(path)
-        bundle.check_catalogue(self.catalogue, self.settings.store)
-        if bundle.trend_days and self.store is not None:
-            bundle.set_recent_sales(self.store.recent_buyers(bundle.trend_days, parse_as_of(self.settings.as_of)))
-        return bundle
-
-    def set_bundle(self, bundle: ModelBundle) -> None:
-        self.bundle = bundle  # one reference assignment: requests see the old or the new model
-        self.metrics.set_model(bundle.name, bundle.version)
-
-    def add_overlay(self, customer: str, product: str) -> None:
-        with self._overlay_lock:
-            self._overlay.setdefault(customer, set()).add(product)
-
-    def overlay(self, customer: str) -> list[str]:
-        with self._overlay_lock:
-            return sorted(self._overlay.get(customer, ()))
-
-    def forget(self, customer_ids: list[str], reference: str | None) -> ForgetReport:
-        """Erase customers everywhere this service holds them (:mod:`retailgan.forget`): the served
-        model directory (then reloaded), the fold-in view, the store (rewritten). Runs in a thread."""
-        from retailgan.forget import check_ids, forget_in_model, new_report
-
-        ids = check_ids(customer_ids)
-        report = new_report(ids, reference)
-        path = self.settings.model_dir
-        report.models[str(path)] = forget_in_model(path, ids)
-        self.set_bundle(self.load_bundle(path))
-        with self._overlay_lock:
-            report.service["foldin_customers"] = sum(self._overlay.pop(c, None) is not None for c in ids)
-        assert self.store is not None
-        self.store.erase(ids, report)
-        return report
-
-    def image_png(self, product_id: str) -> bytes | None:
-        """The PNG shown for a product: the photo as stored, a generated image with its visible label stamped."""
-        png = self._image_cache.get(product_id)
-        if png is not None or product_id not in self.images:
-            return png
-        assert self.store is not None
-        im = self.store.image(product_id)
-        if im is None:
-            return None
-        png = im.png
-        if im.generated:
-            png = labelled_png(png)
-        if len(self._image_cache) >= IMAGE_CACHE:
-            self._image_cache.pop(next(iter(self._image_cache)))
-        self._image_cache[product_id] = png
-        return png
-
-    def current(self) -> ModelBundle:
-        b = self.bundle
-        if b is None:
-            raise HTTPException(503, "no model loaded yet")
-        return b
-
-    async def reload(self) -> None:
-        self.reload_state, self.last_error = "loading", None
-        path = self.settings.model_dir
-        try:
-            bundle = await anyio.to_thread.run_sync(self.load_bundle, path)
-        except RetailganError as exc:
-            self._reload_failed(str(exc))
-        except Exception as exc:  # anything else a broken file can raise: refuse it, keep serving
-            log.exception("model reload failed")
-            self._reload_failed(f"{path}: cannot load model ({type(exc).__name__})")
-        else:
-            self.set_bundle(bundle)
-            self.reload_state = "succeeded"
-            self.metrics.reloads.labels("succeeded").inc()
-            log.info("serving model %s from %s", bundle.label, path)
-
-    def _reload_failed(self, message: str) -> None:
-        self.reload_state, self.last_error = "failed", message
-        self.metrics.reloads.labels("failed").inc()
-        log.warning("model reload refused, still serving %s: %s", self.bundle.label if self.bundle else None, message)
-
-    def status(self) -> S.ModelStatus:
-        b = self.current()
-        return S.ModelStatus(
-            model=b.name,
-            version=b.version,
-            path=str(b.path),
-            loaded_at=datetime.fromtimestamp(b.loaded_at, tz=timezone.utc),
-            foldin=b.foldin,
-            items=b.model.n_items,
-            customers=b.model.n_users,
-            reload_state=self.reload_state,  # type: ignore[arg-type]
-            last_error=self.last_error,
-        )
-
 
 
 # -- security (module level: FastAPI resolves these annotations in the module namespace) ---------
@@ -304,14 +130,15 @@ ERROR_TEXT = {
          "names are refused with `detail` alone.",
     429: "Rate limit exceeded (per key, or per client address without a valid key); `Retry-After` says when "
          "to try again.",
+    503: "The events database is unavailable (`--events-db`); nothing was written, retry.",
 }
 RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer", "minimum": 1}}}
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for these error statuses (all answer :class:`~retailgan.serving.schemas.ErrorOut`)."""
-    return {c: {"model": S.ErrorOut, "description": ERROR_TEXT[c], **({"headers": RETRY_AFTER} if c == 429 else {})}
-            for c in codes}
+    return {c: {"model": S.ErrorOut, "description": ERROR_TEXT[c],
+                **({"headers": RETRY_AFTER} if c in (429, 503) else {})} for c in codes}
 
 
 KEYED = error_responses(401, 403, 429)
@@ -376,6 +203,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if not state.started:  # `retailgan serve` starts it before binding, to exit 2 on a bad model
             await anyio.to_thread.run_sync(state.start)
+        state.follow(asyncio.get_running_loop())
         try:
             yield
         finally:
@@ -538,8 +366,8 @@ def create_app(settings: Settings) -> FastAPI:
         b = state.current()
         assert state.store is not None
         known = b.user_index(customer_id) >= 0
-        rows = state.store.history(customer_id, limit)
-        if not rows and not known and not state.store.has_customer(customer_id):
+        rows = state.history(customer_id, limit)
+        if not rows and not known and not state.has_customer(customer_id):
             raise HTTPException(404, f"unknown customer id {customer_id!r}")
         events = [
             S.HistoryEvent(product_id=i, title=_title(state, b, i), event_type=t, ts=ts, quantity=q)
@@ -578,7 +406,7 @@ def create_app(settings: Settings) -> FastAPI:
         return _json(S.CampaignResponse.model_validate(c.to_dict(banner=banner)))
 
     @app.post("/v1/events", response_model=S.EventsAccepted, status_code=201, tags=["customers"],
-              responses={**KEYED, **BODY})
+              responses={**KEYED, **BODY, **error_responses(503)})
     def events(batch: S.EventBatch, key: User) -> S.EventsAccepted:
         """Store events durably (committed before the response) and fold them in at once."""
         b = state.current()
@@ -600,10 +428,8 @@ def create_app(settings: Settings) -> FastAPI:
             )
             for e in batch.events
         ]
-        written = state.store.write_events(new)
+        written = state.write_events(new)
         state.metrics.events.inc(written)
-        for e in new:
-            state.add_overlay(e.customer_id, e.product_id)
         return S.EventsAccepted(accepted=len(new), written=written)
 
     # -- admin ------------------------------------------------------------------------------
@@ -641,6 +467,9 @@ def create_app(settings: Settings) -> FastAPI:
         fold-in view. Answers with the audit record, which holds no customer id."""
         if state.reload_task is not None and not state.reload_task.done():
             raise HTTPException(409, "a model reload is running; retry when it has finished")
+        if state.events is not None:
+            raise HTTPException(409, "with --events-db every process holds the store open read-only and "
+                                "erasure rewrites it: stop the service and run `retailgan forget` with --events-db")
         try:
             report = await anyio.to_thread.run_sync(state.forget, body.customer_ids, body.reference)
         except ConfigError as exc:  # an id that is blank once stripped

@@ -5,6 +5,11 @@ line or the header block: a 64 MB header is read into memory in full before the 
 :class:`LimitedHttpProtocol` refuses a request line over :data:`MAX_REQUEST_LINE` bytes with 414
 and a head (request line and headers) over :data:`MAX_HEAD` bytes with 431, and closes the
 connection without reading the rest.
+
+``--workers N`` (N > 1) runs N uvicorn worker processes on the one socket bound here (uvicorn's
+supervisor restarts a worker that dies); each builds the app from the settings this process
+checked, through :func:`worker_app`. They share events and reloads through PostgreSQL
+(``--events-db``, :mod:`retailgan.serving.pgevents`), which N > 1 therefore needs.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import socket
 import sys
 from typing import Any
@@ -25,6 +31,8 @@ MAX_REQUEST_LINE = 8 * 1024
 """Longest request target (path and query string), in bytes."""
 MAX_HEAD = 32 * 1024
 """Longest request head (request line and all headers), in bytes."""
+ENV_WORKER_SETTINGS = "RETAILGAN_SERVE_SETTINGS"
+"""How the supervising process hands its checked settings (JSON) to the worker processes."""
 
 
 def check_serving_extra() -> None:
@@ -48,17 +56,25 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000, work
     from retailgan.serving.app import create_app
     from retailgan.serving.security import load_keys
 
-    if workers != 1:
+    if workers < 1:
+        raise ConfigError(f"--workers must be 1 or more, got {workers}")
+    if workers > 1 and not settings.events_db:
         # DuckDB admits one process with a store open for writing, and events are written to it.
         raise ConfigError(
-            f"--workers {workers}: the service writes events to the DuckDB store, which one process at a "
-            "time can open for writing; run one worker per store (scale out with replicas behind a load balancer)"
+            f"--workers {workers} needs --events-db postgresql://...: without it the service writes events to "
+            "the DuckDB store, which one process at a time can open for writing"
         )
+    if settings.events_db:
+        from retailgan.serving.pgevents import check_postgres_extra, check_url
+
+        check_postgres_extra()
+        check_url(settings.events_db)
     if not 0 < port < 65536:
         raise ConfigError(f"--port must be in 1..65535, got {port}")
     meta = read_meta(settings.model_dir)
     parse_as_of(settings.as_of)
-    Store.open(settings.store, create=False).close()
+    # Read-only with --events-db: other processes and hosts may have it open (read-only) already.
+    Store.open(settings.store, create=False, read_only=bool(settings.events_db)).close()
     if settings.auth and not load_keys(settings.keys_file, settings.api_keys):
         raise ConfigError(
             "no API keys configured: pass --keys FILE or set RETAILGAN_API_KEYS "
@@ -78,15 +94,58 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000, work
         sock.close()
         raise
     shown = f"[{host}]" if ":" in host else host
+    events = f", events in {_hide_password(settings.events_db)}" if settings.events_db else ""
+    procs = f" with {workers} worker processes" if workers > 1 else ""
     print(
-        f"serving {meta['model']} from {settings.model_dir} with store {settings.store} "
-        f"on http://{shown}:{port} (Ctrl+C stops)",
+        f"serving {meta['model']} from {settings.model_dir} with store {settings.store}{events} "
+        f"on http://{shown}:{port}{procs} (Ctrl+C stops)",
         file=sys.stderr,
         flush=True,
     )
-    config = uvicorn.Config(app, host=host, port=port, workers=1, log_level="warning", access_log=False,
-                            http=limited_http_protocol())
-    uvicorn.Server(config).run(sockets=[sock])
+    if workers == 1:
+        config = uvicorn.Config(app, host=host, port=port, workers=1, log_level="warning", access_log=False,
+                                http=limited_http_protocol())
+        uvicorn.Server(config).run(sockets=[sock])
+        return
+    # The checks passed here; each worker starts its own state (store read-only, model, follower).
+    app.state.service.stop()
+    from uvicorn.supervisors import Multiprocess
+
+    os.environ[ENV_WORKER_SETTINGS] = settings.model_dump_json()  # the spawned workers inherit it
+    config = uvicorn.Config(f"{__name__}:worker_app", factory=True, host=host, port=port, workers=workers,
+                            log_level="warning", access_log=False, http=f"{__name__}:LimitedHttpProtocol")
+    Multiprocess(config, sockets=[sock]).run()
+
+
+def worker_app() -> Any:
+    """The app of one ``--workers`` process, from the settings its supervisor checked."""
+    from retailgan.serving.app import create_app
+    from retailgan.serving.settings import Settings
+
+    return create_app(Settings.model_validate_json(os.environ[ENV_WORKER_SETTINGS]))
+
+
+def _hide_password(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
+
+
+def __getattr__(name: str) -> Any:
+    # Importable by name (uvicorn's workers load the protocol class from a string) without importing
+    # uvicorn when this module is.
+    if name == "LimitedHttpProtocol":
+        global _protocol
+        if _protocol is None:
+            _protocol = limited_http_protocol()
+        return _protocol
+    raise AttributeError(name)
+
+
+_protocol: type | None = None
 
 
 def bind(host: str, port: int) -> socket.socket:

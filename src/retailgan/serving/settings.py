@@ -9,12 +9,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from retailgan.serving.security import ENV_KEYS
 
+ENV_EVENTS_DB = "RETAILGAN_EVENTS_DB"
+
 
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     model_dir: Path = Field(description="Model directory (written by `retailgan train`); reloads read it again.")
-    store: Path = Field(description="The DuckDB store: catalogue, histories, and where events are written.")
+    store: Path = Field(description="The DuckDB store: catalogue, histories, and (without events_db) events.")
     keys_file: Path | None = Field(default=None, description="API keys file, lines name:role:sha256hex.")
     api_keys: str | None = Field(
         default_factory=lambda: os.environ.get(ENV_KEYS), description=f"Key entries (default: ${ENV_KEYS})."
@@ -27,6 +29,20 @@ class Settings(BaseModel):
     )
     anon_rate_burst: int = Field(default=20, ge=1, description="Token bucket size per client address without a key.")
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, description="Larger request bodies get 413.")
+    events_db: str | None = Field(
+        default_factory=lambda: os.environ.get(ENV_EVENTS_DB) or None,
+        description="PostgreSQL URL for events shared by many processes and hosts (retailgan.serving.pgevents); "
+        f"None: events go to the DuckDB store (one process). Default: ${ENV_EVENTS_DB}.",
+    )
+    events_poll_s: float = Field(
+        default=1.0, gt=0, le=60,
+        description="With events_db: longest delay before another replica's events are folded in here "
+        "(the polling fallback of LISTEN/NOTIFY).",
+    )
+    rate_limit_redis: str | None = Field(
+        default=None, description="Redis URL for rate-limit buckets shared by every process and host; None: "
+        "per process (retailgan.serving.shared_limits).",
+    )
     as_of: str | None = Field(
         default=None,
         description="Reference time of recency rules (recent sales, campaigns' recent_days): 'now' (the wall "

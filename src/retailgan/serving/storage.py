@@ -8,6 +8,8 @@ request with the same event ids writes nothing twice.
 
 DuckDB lets one process open a store for writing; the service therefore runs as one process
 and serialises its store access with a lock (reads are a few milliseconds on Online Retail).
+With ``--events-db`` the events go to PostgreSQL (:mod:`retailgan.serving.pgevents`) and every
+process opens the store read-only, which DuckDB allows to many processes at once.
 """
 
 from __future__ import annotations
@@ -46,9 +48,11 @@ class NewEvent:
 class ServiceStore:
     """A store connection shared by the service's threads (access is serialised)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, read_only: bool = False) -> None:
         self.path = Path(path)
-        self.store = Store.open(self.path, create=False)
+        # Read-only when events go to PostgreSQL: then any number of processes may open the file.
+        self.read_only = read_only
+        self.store = Store.open(self.path, create=False, read_only=read_only)
         self._lock = threading.Lock()
 
     def close(self) -> None:
