@@ -12,6 +12,7 @@ import torch
 from retailgan.data.dataset import InteractionDataset
 from retailgan.errors import ConfigError
 from retailgan.models.base import IterativeRecommender, ModelConfig, Recommender, TrainingOptions, clear_rows
+from retailgan.models.fast_topk import FactorItems, factor_top_k, sparse_item_top_k
 from retailgan.models.memory import require_memory
 from retailgan.persistence import take, take_csr
 
@@ -81,6 +82,21 @@ class _ItemItem(Recommender):
             raise ValueError(f"history has {history.shape[1]} item columns, model has {self.n_items}")
         out = history.astype(np.float32) @ self.W
         return np.asarray(out.toarray() if sp.issparse(out) else out, dtype=np.float32)
+
+    def _top_k_known(
+        self, user_idx: np.ndarray, k: int, banned: sp.csr_matrix, allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Sparse weights (ItemKNN): sparse history x W products, no dense row
+        (:func:`~retailgan.models.fast_topk.sparse_item_top_k`); dense W: the generic path."""
+        if not sp.issparse(self.W):
+            return super()._top_k_known(user_idx, k, banned, allowed)
+        user_idx = np.asarray(user_idx, dtype=np.int64)
+        W = sp.csr_matrix(self.W, dtype=np.float32)
+
+        def dense(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return Recommender._top_k_known(self, user_idx[rows], k, banned[rows], allowed)
+
+        return sparse_item_top_k(self._train_matrix[user_idx], W, k, banned, allowed, dense)
 
     def _forget_rows(self, user_idx: np.ndarray) -> None:
         if getattr(self, "_feedback_matrix", None) is not None:
@@ -275,6 +291,23 @@ class _Factorised(IterativeRecommender):
         if self.item_bias is not None:
             s = s + self.item_bias[None, :]
         return s.astype(np.float32, copy=False)
+
+    def _top_k_known(
+        self, user_idx: np.ndarray, k: int, banned: sp.csr_matrix, allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Float32 user x item factor blocks over norm-ordered item prefixes, exact
+        (:func:`~retailgan.models.fast_topk.factor_top_k`)."""
+        U = self.user_factors[np.asarray(user_idx, dtype=np.int64)]
+        return factor_top_k(U, self._factor_items(), k, banned, allowed)
+
+    def _factor_items(self) -> FactorItems:
+        """The item side prepared for :func:`factor_top_k`, rebuilt when the factors change."""
+        cached = getattr(self, "_items_cache", None)
+        if cached is None or cached[0] is not self.item_factors or cached[1] is not self.item_bias:
+            qn = float(np.median(np.linalg.norm(self.user_factors, axis=1))) if len(self.user_factors) else 1.0
+            cached = (self.item_factors, self.item_bias, FactorItems.build(self.item_factors, self.item_bias, qn))
+            self._items_cache = cached
+        return cached[2]
 
     def _forget_rows(self, user_idx: np.ndarray) -> None:
         self.user_factors = np.array(self.user_factors)  # arrays loaded from a file may be read-only
