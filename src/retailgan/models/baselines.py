@@ -354,15 +354,25 @@ class IALS(_Factorised):
 
     def init_training(self, dataset: InteractionDataset, options: TrainingOptions) -> None:
         from implicit.cpu.als import AlternatingLeastSquares
+        from implicit.utils import check_random_state
 
         cfg: IALSConfig = self.config  # type: ignore[assignment]
         if cfg.factors < 1 or cfg.regularization < 0 or cfg.alpha <= 0:
             raise ConfigError("ials: factors >= 1, regularization >= 0 and alpha > 0 required")
         from threadpoolctl import threadpool_limits
 
-        self._X = _feedback(dataset, cfg.feedback)
+        # Binary feedback is the ``seen`` matrix fit() already built: no second copy.
+        X = self.seen if cfg.feedback == "binary" else _feedback(dataset, cfg.feedback)
         with threadpool_limits(1, "blas"):  # implicit warns when BLAS is multi-threaded
-            self._als = self._make_als(AlternatingLeastSquares, cfg, options)
+            als = self._als = self._make_als(AlternatingLeastSquares, cfg, options)
+        # What implicit's fit() derives from the matrix, once (scaled, transposed) and its initial
+        # factors drawn as fit() draws them: every sweep then calls the solver as fit()'s loop
+        # does, so the factors equal one implicit fit with as many iterations.
+        self._Cui = sp.csr_matrix(X, dtype=np.float32) * np.float32(als.alpha)
+        self._Ciu = self._Cui.T.tocsr()
+        rng = check_random_state(als.random_state)
+        als.user_factors = rng.random((X.shape[0], als.factors), dtype=als.dtype) * 0.01
+        als.item_factors = rng.random((X.shape[1], als.factors), dtype=als.dtype) * 0.01
 
     @staticmethod
     def _make_als(factory: Any, cfg: IALSConfig, options: TrainingOptions) -> Any:
@@ -381,24 +391,16 @@ class IALS(_Factorised):
         als = self._als
         # Its solver parallelises over users itself; a multi-threaded BLAS underneath only contends.
         with threadpool_limits(1, "blas"):
-            if als.user_factors is None:
-                # The first sweep through fit(), which draws the initial factors from the seed.
-                als.fit(self._X, show_progress=False)
-                # What fit() derives from the matrix on every call, once: later sweeps call the
-                # solver as fit()'s loop does, without an O(nnz) scale and transpose per epoch.
-                self._Cui = sp.csr_matrix(self._X, dtype=np.float32) * np.float32(als.alpha)
-                self._Ciu = self._Cui.T.tocsr()
-            else:
-                reg, threads = als.regularization, als.num_threads
-                als.solver(self._Cui, als.user_factors, als.item_factors, reg, num_threads=threads)
-                als.solver(self._Ciu, als.item_factors, als.user_factors, reg, num_threads=threads)
+            reg, threads = als.regularization, als.num_threads
+            als.solver(self._Cui, als.user_factors, als.item_factors, reg, num_threads=threads)
+            als.solver(self._Ciu, als.item_factors, als.user_factors, reg, num_threads=threads)
         self.user_factors = als.user_factors
         self.item_factors = als.item_factors
         return {}
 
     def finish_training(self) -> None:
         self._als = None
-        self._X = self._Cui = self._Ciu = None
+        self._Cui = self._Ciu = None
 
 
 @dataclass(frozen=True)
