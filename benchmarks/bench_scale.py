@@ -21,7 +21,7 @@ A model that refuses to start (EASE's memory check) is recorded with its one-lin
 
 Usage: python benchmarks/bench_scale.py --size S --workdir DIR [--models pop,ials,ease,elsa,implicit]
        [--batch ials,implicit] [--batch-users 0] [--batch-job] [--eval-users 20000] [--skip-ingest]
-       [--json docs/results/scale-S.json]
+       [--repeats 3] [--json docs/results/scale-S.json]
 """
 
 from __future__ import annotations
@@ -252,6 +252,7 @@ def main() -> None:
     ap.add_argument("--batch-users", type=int, default=0,
                     help="customers sampled for the batch top-10 (0 = all, and the real batch job)")
     ap.add_argument("--memory-limit", default="4GB", help="DuckDB memory_limit for generation")
+    ap.add_argument("--repeats", type=int, default=1, help="rounds of the model steps (medians reported)")
     ap.add_argument("--batch-job", action="store_true",
                     help="run the real batch job on every customer even with --batch-users")
     ap.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
@@ -289,21 +290,44 @@ def main() -> None:
         results["ingest"] = _run_child("--size", args.size, "--workdir", str(args.workdir), "--step", "ingest")
         print(f"ingest: {results['ingest']}", flush=True)
     sweeps = 15
-    for name in [m for m in args.models.split(",") if m]:
-        r = _run_child("--size", args.size, "--workdir", str(args.workdir), "--step", name,
-                       "--batch", ",".join(batch), "--sweeps", str(sweeps), "--eval-users", str(args.eval_users),
-                       "--batch-users", str(args.batch_users))
-        if name in batch and name != "implicit" and (args.batch_job or not args.batch_users) and "fit_s" in r:
-            r |= _run_child("--size", args.size, "--workdir", str(args.workdir), "--step", f"job:{name}")
-        if name == "ials" and "epochs_run" in r:
-            sweeps = r["epochs_run"]  # the peer runs as many ALS sweeps as retailgan's ials did
-        results["models"][name] = r
-        print(f"{name}: " + json.dumps({k: v for k, v in r.items() if k not in ("epoch_s", "val")}), flush=True)
-        if args.json:  # keep what is measured so far
-            _write(args.json, results)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for rep in range(args.repeats):  # interleaved: every model once per round, under the same load
+        for name in [m for m in args.models.split(",") if m]:
+            r = _run_child("--size", args.size, "--workdir", str(args.workdir), "--step", name,
+                           "--batch", ",".join(batch), "--sweeps", str(sweeps), "--eval-users", str(args.eval_users),
+                           "--batch-users", str(args.batch_users))
+            if name in batch and name != "implicit" and (args.batch_job or not args.batch_users) and "fit_s" in r:
+                r |= _run_child("--size", args.size, "--workdir", str(args.workdir), "--step", f"job:{name}")
+            if name == "ials" and "epochs_run" in r and rep == 0:
+                sweeps = r["epochs_run"]  # the peer runs as many ALS sweeps as retailgan's ials did
+            r["load_average"] = os.getloadavg()
+            runs.setdefault(name, []).append(r)
+            results["models"][name] = _median_of(runs[name])
+            print(f"{name}: " + json.dumps({k: v for k, v in r.items() if k not in ("epoch_s", "val")}), flush=True)
+            if args.json:  # keep what is measured so far
+                _write(args.json, results)
     results["load_average_at_end"] = os.getloadavg()
     if args.json:
         _write(args.json, results)
+
+
+MEDIAN_KEYS = ("fit_s", "batch_top10_s", "batch_us_per_customer", "batch_job_s", "batch_job_us_per_customer",
+               "fit_peak_rss_mib", "peak_rss_mib", "batch_job_peak_rss_mib", "val_check_sampled_s")
+
+
+def _median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first run's figures with the timing and memory keys replaced by their medians over
+    the runs (all runs kept under ``runs``)."""
+    import statistics
+
+    out = dict(runs[0])
+    for key in MEDIAN_KEYS:
+        values = [r[key] for r in runs if isinstance(r.get(key), int | float)]
+        if values:
+            out[key] = statistics.median(values)
+    if len(runs) > 1:
+        out["runs"] = runs
+    return out
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:
