@@ -131,3 +131,20 @@ def test_sparse_item_rows_with_few_positive_scores_take_the_dense_path():
     top, scores = fast.sparse_item_top_k(history, W, 2, sp.csr_matrix((2, 4)), None, dense)
     assert asked == [[0]]  # user 0 has one positive score (item 1), user 1 two
     assert top[1].tolist() == [3, 2] and scores[1].tolist() == [4.0, 1.0]
+
+
+@pytest.mark.parametrize("name", ["ials", "bpr", "elsa"])
+def test_early_stopping_check_through_top_k_equals_evaluate(name, monkeypatch):
+    """Validation ranks with the exact fast path; the metric equals the dense evaluate() one."""
+    monkeypatch.setattr(fast, "MIN_PREFIX", 8)
+    full = _power_law_log(seed=1)
+    held = np.random.default_rng(0).random(len(full)) < 0.2
+    ds, validation = full.subset(~held), full.subset(held)
+    model = get_model_class(name)(**CONFIGS[name]).fit(ds, TrainingOptions(seed=0))
+    for users in (None, np.arange(0, ds.n_users, 3)):
+        for metric in ("ndcg@20", "recall@10"):
+            fast_value = model.validation_score(validation, metric, users=users)
+            with monkeypatch.context() as m:
+                m.setattr(type(model), "exact_top_k", False)
+                dense_value = model.validation_score(validation, metric, users=users)
+            assert fast_value == pytest.approx(dense_value, rel=1e-9, abs=1e-12)

@@ -280,6 +280,8 @@ class EASE(_ItemItem):
 class _Factorised(IterativeRecommender):
     """Scores = user_factors @ item_factors.T (+ item bias)."""
 
+    exact_top_k = True
+
     user_factors: np.ndarray
     item_factors: np.ndarray
     item_bias: np.ndarray | None = None

@@ -77,6 +77,8 @@ def reconstruction_cosine(x: torch.Tensor, x_sq: torch.Tensor, A: torch.Tensor) 
 class ELSA(IterativeRecommender):
     """Low-rank linear item-item autoencoder; scores ``x A A^T - x`` for a history ``x``."""
 
+    exact_top_k = True
+
     name = "elsa"
     config_class = ELSAConfig
 
