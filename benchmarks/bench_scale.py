@@ -136,6 +136,10 @@ def child_model(name: str, store: Path, batch: bool, peer_sweeps: int) -> dict[s
         for start in range(0, len(users), BATCH_BLOCK):
             model.top_k(users[start : start + BATCH_BLOCK], k=BATCH_K)
         out |= _batch_figures(time.perf_counter() - t0, len(users), s.train.n_users)
+        items = getattr(model, "_items_cache", None)
+        if items is not None:  # factor models: customers scored / settled per item prefix
+            out["batch_prefixes"] = {str(c): [items[-1].reached[c], items[-1].settled.get(c, 0)]
+                                     for c in sorted(items[-1].reached)}
     out["peak_rss_mib"] = _peak_rss_mib()
     if batch:  # for the batch job's own process
         model.save(store.parent / f"model-{name}-{store.stem}")

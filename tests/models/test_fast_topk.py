@@ -148,3 +148,20 @@ def test_early_stopping_check_through_top_k_equals_evaluate(name, monkeypatch):
                 m.setattr(type(model), "exact_top_k", False)
                 dense_value = model.validation_score(validation, metric, users=users)
             assert fast_value == pytest.approx(dense_value, rel=1e-9, abs=1e-12)
+
+
+def test_early_stopping_history_is_the_same_through_top_k(monkeypatch):
+    """Every epoch's check sees that epoch's weights (ials updates its factors in place)."""
+    monkeypatch.setattr(fast, "MIN_PREFIX", 8)
+    full = _power_law_log(n_users=1500, n_items=3000, seed=3)
+    held = np.random.default_rng(1).random(len(full)) < 0.2
+    ds, validation = full.subset(~held), full.subset(held)
+    name, cfg = "ials", {**CONFIGS["ials"], "epochs": 4, "patience": 4}
+
+    def history() -> list[float]:
+        model = get_model_class(name)(**cfg).fit(ds, TrainingOptions(seed=0, validation=validation))
+        return [h["val_ndcg@20"] for h in model.history]
+
+    fast_history = history()
+    monkeypatch.setattr(get_model_class(name), "exact_top_k", False)
+    assert fast_history == pytest.approx(history(), rel=1e-9, abs=1e-12)

@@ -613,6 +613,7 @@ class IterativeRecommender(Recommender):
         )
         for epoch in range(1, epochs + 1):
             logged = dict(self.train_epoch(epoch))
+            self._items_cache = None  # the item side of the top_k path, rebuilt from the new weights
             logged["epoch"] = epoch
             if validation is not None and len(validation) and (epoch % eval_every == 0 or epoch == epochs):
                 # Rank 0 scores and broadcasts, so every process takes the same early-stopping path.
