@@ -8,8 +8,10 @@ and skips most of the catalogue with a bound that keeps the lists exact: items a
 ``|q_u| * max_{j >= c} |v_j| + max_{j >= c} b_j``, which no later item can exceed
 (Cauchy-Schwarz). Users whose k-th score beats it strictly (and has no tie at the k-th place) are
 done after scoring ``c`` items; the others go to the next, larger prefix and finally to the whole
-catalogue in item order. Factor norms of iALS follow popularity, so on the generated retail log
-a sixteenth of the catalogue settles ~40 % of customers and a quarter ~99.9 %. Where norms are
+catalogue in item order. Factor norms of iALS follow popularity: on the generated retail log
+at S an eighth of the catalogue settles 84 % of customers and a quarter 97 % of the rest
+(docs/benchmarks.md, Scale). Prefixes that settle few customers are dropped for the rest of a
+job (:data:`SKIP_BELOW`). Where norms are
 flat (ELSA's unit rows) no prefix can settle anyone and the whole catalogue is scored at once.
 
 **Sparse item-item models** (ItemKNN) multiply the sparse history by the sparse weights: a row
