@@ -7,16 +7,21 @@ Steps, each measured in its own child process (peak RSS is that step's alone):
 3. per model: load the store, temporal split (last 20 % of time is test, the 20 % before it
    validation), fit on the inner training part with early stopping on validation (sampled:
    ``TrainingOptions.validation_users``), NDCG@20 on test (excluding training purchases), and
-   optionally top-10 for every customer (``--batch``, blocks of customers through
-   ``Recommender.recommend``);
+   optionally top-10 for every customer (``--batch``): in the same process through
+   ``Recommender.top_k`` in blocks of 2,000 customers (the call the batch job makes per block;
+   ``--batch-users N`` times a seeded sample of N customers instead and reports time per
+   customer), then the model is saved and the real job, ``retailgan.batch.recommend_all``
+   (``retailgan recommend --all --k 10``), writes every customer's list in its own process
+   (time and peak RSS; with ``--batch-users`` only if ``--batch-job`` is given);
 4. the peer: implicit's ALS called directly on the same inner training matrix with the same
    hyperparameters and as many sweeps as retailgan's ``ials`` ran, and its own batch top-10
-   (``recommend`` on all customers, seen purchases filtered).
+   (``recommend`` on the same customers, seen purchases filtered).
 
 A model that refuses to start (EASE's memory check) is recorded with its one-line message.
 
 Usage: python benchmarks/bench_scale.py --size S --workdir DIR [--models pop,ials,ease,elsa,implicit]
-       [--batch ials,implicit] [--eval-users 20000] [--skip-ingest] [--json docs/results/scale-S.json]
+       [--batch ials,implicit] [--batch-users 0] [--batch-job] [--eval-users 20000] [--skip-ingest]
+       [--repeats 3] [--json docs/results/scale-S.json]
 """
 
 from __future__ import annotations
@@ -43,7 +48,10 @@ PARAMS: dict[str, dict[str, Any]] = {
 }
 K = 20
 BATCH_K = 10
-BATCH_BLOCK = 4096
+BATCH_BLOCK = 2000
+"""Customers per top-k call, as retailgan.batch.DEFAULT_BLOCK_SIZE."""
+BATCH_USERS = 0
+"""--batch-users: 0 = every customer (and the real job), else a seeded sample of this many."""
 FULL_CHECK_MAX_USERS = 100_000
 """Above this many validation customers the unsampled check (the old cost) is not timed."""
 
@@ -123,14 +131,52 @@ def child_model(name: str, store: Path, batch: bool, peer_sweeps: int) -> dict[s
     out[f"ndcg@{K}"], out["test_users"] = _ndcg(model, s)
     out["eval_s"] = time.perf_counter() - t0
     if batch:
-        users = list(s.train.users.ids)
+        users = s.train.users.ids[_batch_rows(s.train.n_users)].tolist()
         t0 = time.perf_counter()
         for start in range(0, len(users), BATCH_BLOCK):
-            model.recommend(users[start : start + BATCH_BLOCK], k=BATCH_K)
-        out["batch_top10_s"] = time.perf_counter() - t0
-        out["batch_customers"] = len(users)
+            model.top_k(users[start : start + BATCH_BLOCK], k=BATCH_K)
+        out |= _batch_figures(time.perf_counter() - t0, len(users), s.train.n_users)
+        items = getattr(model, "_items_cache", None)
+        if items is not None:  # factor models: customers scored / settled per item prefix
+            out["batch_prefixes"] = {str(c): [items[-1].reached[c], items[-1].settled.get(c, 0)]
+                                     for c in sorted(items[-1].reached)}
     out["peak_rss_mib"] = _peak_rss_mib()
+    if batch:  # for the batch job's own process
+        model.save(store.parent / f"model-{name}-{store.stem}")
     return out
+
+
+def _batch_rows(n_users: int) -> Any:
+    """Customer rows the batch top-10 is timed on: all, or a seeded sample (--batch-users)."""
+    import numpy as np
+
+    if not BATCH_USERS or n_users <= BATCH_USERS:
+        return np.arange(n_users)
+    return np.sort(np.random.default_rng(0).choice(n_users, BATCH_USERS, replace=False))
+
+
+def _batch_figures(seconds: float, customers: int, all_customers: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"batch_top10_s": seconds, "batch_customers": customers,
+                           "batch_us_per_customer": seconds / max(customers, 1) * 1e6}
+    if customers < all_customers:
+        out["batch_top10_all_extrapolated_s"] = seconds / customers * all_customers
+    return out
+
+
+def child_batch_job(name: str, store: Path) -> dict[str, Any]:
+    """The real batch job on the model saved by its model step: every customer's top-10 into
+    one Parquet file (``retailgan recommend --all``), timed with its own peak RSS."""
+    from retailgan.batch import recommend_all
+
+    model_dir = store.parent / f"model-{name}-{store.stem}"
+    out_file = store.parent / f"recs-{name}-{store.stem}.parquet"
+    t0 = time.perf_counter()
+    summary = recommend_all(model_dir, out_file, k=BATCH_K)
+    wall = time.perf_counter() - t0
+    out_file.unlink(missing_ok=True)
+    return {"batch_job_s": wall, "batch_job_customers": summary.customers,
+            "batch_job_us_per_customer": wall / max(summary.customers, 1) * 1e6,
+            "batch_job_peak_rss_mib": _peak_rss_mib()}
 
 
 def _validation_cost(model: Any, s: Any, opts: Any) -> dict[str, Any]:
@@ -167,14 +213,13 @@ def _implicit(s: Any, sweeps: int, batch: bool) -> dict[str, Any]:
     out[f"ndcg@{K}"], out["test_users"] = _ndcg(None, s, scores_fn=lambda u: U[u] @ V.T)
     if batch:
         Xa = s.train.matrix().tocsr()
-        users = np.arange(Xa.shape[0])
+        users = _batch_rows(Xa.shape[0])
         t0 = time.perf_counter()
         with threadpool_limits(1, "blas"):
             for start in range(0, len(users), BATCH_BLOCK):
                 u = users[start : start + BATCH_BLOCK]
                 als.recommend(u, Xa[u], N=BATCH_K, filter_already_liked_items=True)
-        out["batch_top10_s"] = time.perf_counter() - t0
-        out["batch_customers"] = len(users)
+        out |= _batch_figures(time.perf_counter() - t0, len(users), Xa.shape[0])
     out["peak_rss_mib"] = _peak_rss_mib()
     return out
 
@@ -208,18 +253,25 @@ def main() -> None:
     ap.add_argument("--skip-ingest", action="store_true", help="reuse the store in --workdir")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--eval-users", type=int, default=0, help="test customers sampled for NDCG (0 = all)")
+    ap.add_argument("--batch-users", type=int, default=0,
+                    help="customers sampled for the batch top-10 (0 = all, and the real batch job)")
     ap.add_argument("--memory-limit", default="4GB", help="DuckDB memory_limit for generation")
+    ap.add_argument("--repeats", type=int, default=1, help="rounds of the model steps (medians reported)")
+    ap.add_argument("--batch-job", action="store_true",
+                    help="run the real batch job on every customer even with --batch-users")
     ap.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--step", help=argparse.SUPPRESS)
     ap.add_argument("--sweeps", type=int, default=15, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    global EVAL_USERS
-    EVAL_USERS = args.eval_users
+    global EVAL_USERS, BATCH_USERS
+    EVAL_USERS, BATCH_USERS = args.eval_users, args.batch_users
     log_dir, store = args.workdir / f"log-{args.size}", args.workdir / f"store-{args.size}.duckdb"
     batch = {m for m in args.batch.split(",") if m}
     if args._child:
         if args.step == "ingest":
             print(json.dumps(child_ingest(store, log_dir)))
+        elif args.step.startswith("job:"):
+            print(json.dumps(child_batch_job(args.step[4:], store)))
         else:
             print(json.dumps(child_model(args.step, store, args.step in batch, args.sweeps)))
         return
@@ -242,18 +294,44 @@ def main() -> None:
         results["ingest"] = _run_child("--size", args.size, "--workdir", str(args.workdir), "--step", "ingest")
         print(f"ingest: {results['ingest']}", flush=True)
     sweeps = 15
-    for name in [m for m in args.models.split(",") if m]:
-        r = _run_child("--size", args.size, "--workdir", str(args.workdir), "--step", name,
-                       "--batch", ",".join(batch), "--sweeps", str(sweeps), "--eval-users", str(args.eval_users))
-        if name == "ials" and "epochs_run" in r:
-            sweeps = r["epochs_run"]  # the peer runs as many ALS sweeps as retailgan's ials did
-        results["models"][name] = r
-        print(f"{name}: " + json.dumps({k: v for k, v in r.items() if k not in ("epoch_s", "val")}), flush=True)
-        if args.json:  # keep what is measured so far
-            _write(args.json, results)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for rep in range(args.repeats):  # interleaved: every model once per round, under the same load
+        for name in [m for m in args.models.split(",") if m]:
+            r = _run_child("--size", args.size, "--workdir", str(args.workdir), "--step", name,
+                           "--batch", ",".join(batch), "--sweeps", str(sweeps), "--eval-users", str(args.eval_users),
+                           "--batch-users", str(args.batch_users))
+            if name in batch and name != "implicit" and (args.batch_job or not args.batch_users) and "fit_s" in r:
+                r |= _run_child("--size", args.size, "--workdir", str(args.workdir), "--step", f"job:{name}")
+            if name == "ials" and "epochs_run" in r and rep == 0:
+                sweeps = r["epochs_run"]  # the peer runs as many ALS sweeps as retailgan's ials did
+            r["load_average"] = os.getloadavg()
+            runs.setdefault(name, []).append(r)
+            results["models"][name] = _median_of(runs[name])
+            print(f"{name}: " + json.dumps({k: v for k, v in r.items() if k not in ("epoch_s", "val")}), flush=True)
+            if args.json:  # keep what is measured so far
+                _write(args.json, results)
     results["load_average_at_end"] = os.getloadavg()
     if args.json:
         _write(args.json, results)
+
+
+MEDIAN_KEYS = ("fit_s", "batch_top10_s", "batch_us_per_customer", "batch_job_s", "batch_job_us_per_customer",
+               "fit_peak_rss_mib", "peak_rss_mib", "batch_job_peak_rss_mib", "val_check_sampled_s")
+
+
+def _median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first run's figures with the timing and memory keys replaced by their medians over
+    the runs (all runs kept under ``runs``)."""
+    import statistics
+
+    out = dict(runs[0])
+    for key in MEDIAN_KEYS:
+        values = [r[key] for r in runs if isinstance(r.get(key), int | float)]
+        if values:
+            out[key] = statistics.median(values)
+    if len(runs) > 1:
+        out["runs"] = runs
+    return out
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:

@@ -613,6 +613,7 @@ class IterativeRecommender(Recommender):
         )
         for epoch in range(1, epochs + 1):
             logged = dict(self.train_epoch(epoch))
+            self._items_cache = None  # the item side of the top_k path, rebuilt from the new weights
             logged["epoch"] = epoch
             if validation is not None and len(validation) and (epoch % eval_every == 0 or epoch == epochs):
                 # Rank 0 scores and broadcasts, so every process takes the same early-stopping path.
@@ -643,13 +644,20 @@ class IterativeRecommender(Recommender):
             self._load_state(best_state)
         self.best_epoch = best_epoch if best_state is not None else len(self.history)
 
+    exact_top_k: ClassVar[bool] = False
+    """:meth:`top_k` is exact and cheaper than dense scores (a fast path): early stopping ranks
+    with it instead of scoring every item."""
+
     def validation_score(
         self, validation: InteractionDataset, metric: str, users: np.ndarray | None = None
     ) -> float:
         """Mean ``metric`` over ``users`` (default: every validation user), scored in blocks."""
+        from retailgan.evaluation.metrics import RANK_METRICS
         from retailgan.evaluation.protocols import evaluate
 
         name, _, k = metric.partition("@")
+        if self.exact_top_k and name in RANK_METRICS:
+            return self._validation_by_top_k(validation, name, int(k or 20), users)
         # Blocks of ~16M scores (128 MiB of float64) whatever the catalogue size.
         batch = int(min(1024, max(1, VALIDATION_BLOCK_SCORES // max(self.n_items, 1))))
         assert self.seen is not None and self.popularity is not None
@@ -661,6 +669,30 @@ class IterativeRecommender(Recommender):
             scorer, train, held_out, ks=(int(k or 20),), batch_size=batch, item_popularity=self.popularity
         )
         return float(result.summary()[f"{name}@{int(k or 20)}"])
+
+    def _validation_by_top_k(self, validation: InteractionDataset, name: str, k: int,
+                             users: np.ndarray | None) -> float:
+        """:meth:`validation_score` through :meth:`top_k`: the lists ``evaluate`` ranks (training
+        items excluded, ties by index, popularity for customers without a history), not a dense
+        (users x items) matrix."""
+        from retailgan.evaluation.metrics import rank_metrics
+
+        assert self.seen is not None and self.users is not None
+        held_out = validation.matrix()
+        relevant = sp.csr_matrix(held_out - held_out.multiply(self.seen.astype(bool)))
+        relevant.eliminate_zeros()
+        rows = np.flatnonzero(np.diff(relevant.indptr) > 0) if users is None else np.asarray(users, np.int64)
+        rows = rows[np.diff(relevant.indptr)[rows] > 0]
+        if not len(rows):
+            return float("nan")
+        values = []
+        for a in range(0, len(rows), 2000):
+            r = rows[a : a + 2000]
+            top = self.top_k(self.users.ids[r].tolist(), k).item_idx
+            values.append(rank_metrics(top, relevant[r], (k,))[f"{name}@{k}"])
+        v = np.concatenate(values)
+        v = v[~np.isnan(v)]
+        return float(v.mean()) if v.size else float("nan")
 
     @abstractmethod
     def init_training(self, dataset: InteractionDataset, options: TrainingOptions) -> None:

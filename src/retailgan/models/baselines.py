@@ -12,6 +12,7 @@ import torch
 from retailgan.data.dataset import InteractionDataset
 from retailgan.errors import ConfigError
 from retailgan.models.base import IterativeRecommender, ModelConfig, Recommender, TrainingOptions, clear_rows
+from retailgan.models.fast_topk import FactorItems, factor_top_k, sparse_item_top_k
 from retailgan.models.memory import require_memory
 from retailgan.persistence import take, take_csr
 
@@ -81,6 +82,21 @@ class _ItemItem(Recommender):
             raise ValueError(f"history has {history.shape[1]} item columns, model has {self.n_items}")
         out = history.astype(np.float32) @ self.W
         return np.asarray(out.toarray() if sp.issparse(out) else out, dtype=np.float32)
+
+    def _top_k_known(
+        self, user_idx: np.ndarray, k: int, banned: sp.csr_matrix, allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Sparse weights (ItemKNN): sparse history x W products, no dense row
+        (:func:`~retailgan.models.fast_topk.sparse_item_top_k`); dense W: the generic path."""
+        if not sp.issparse(self.W):
+            return super()._top_k_known(user_idx, k, banned, allowed)
+        user_idx = np.asarray(user_idx, dtype=np.int64)
+        W = sp.csr_matrix(self.W, dtype=np.float32)
+
+        def dense(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return Recommender._top_k_known(self, user_idx[rows], k, banned[rows], allowed)
+
+        return sparse_item_top_k(self._train_matrix[user_idx], W, k, banned, allowed, dense)
 
     def _forget_rows(self, user_idx: np.ndarray) -> None:
         if getattr(self, "_feedback_matrix", None) is not None:
@@ -264,6 +280,8 @@ class EASE(_ItemItem):
 class _Factorised(IterativeRecommender):
     """Scores = user_factors @ item_factors.T (+ item bias)."""
 
+    exact_top_k = True
+
     user_factors: np.ndarray
     item_factors: np.ndarray
     item_bias: np.ndarray | None = None
@@ -275,6 +293,23 @@ class _Factorised(IterativeRecommender):
         if self.item_bias is not None:
             s = s + self.item_bias[None, :]
         return s.astype(np.float32, copy=False)
+
+    def _top_k_known(
+        self, user_idx: np.ndarray, k: int, banned: sp.csr_matrix, allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Float32 user x item factor blocks over norm-ordered item prefixes, exact
+        (:func:`~retailgan.models.fast_topk.factor_top_k`)."""
+        U = self.user_factors[np.asarray(user_idx, dtype=np.int64)]
+        return factor_top_k(U, self._factor_items(), k, banned, allowed)
+
+    def _factor_items(self) -> FactorItems:
+        """The item side prepared for :func:`factor_top_k`, rebuilt when the factors change."""
+        cached = getattr(self, "_items_cache", None)
+        if cached is None or cached[0] is not self.item_factors or cached[1] is not self.item_bias:
+            qn = float(np.median(np.linalg.norm(self.user_factors, axis=1))) if len(self.user_factors) else 1.0
+            cached = (self.item_factors, self.item_bias, FactorItems.build(self.item_factors, self.item_bias, qn))
+            self._items_cache = cached
+        return cached[2]
 
     def _forget_rows(self, user_idx: np.ndarray) -> None:
         self.user_factors = np.array(self.user_factors)  # arrays loaded from a file may be read-only
@@ -321,15 +356,25 @@ class IALS(_Factorised):
 
     def init_training(self, dataset: InteractionDataset, options: TrainingOptions) -> None:
         from implicit.cpu.als import AlternatingLeastSquares
+        from implicit.utils import check_random_state
 
         cfg: IALSConfig = self.config  # type: ignore[assignment]
         if cfg.factors < 1 or cfg.regularization < 0 or cfg.alpha <= 0:
             raise ConfigError("ials: factors >= 1, regularization >= 0 and alpha > 0 required")
         from threadpoolctl import threadpool_limits
 
-        self._X = _feedback(dataset, cfg.feedback)
+        # Binary feedback is the ``seen`` matrix fit() already built: no second copy.
+        X = self.seen if cfg.feedback == "binary" else _feedback(dataset, cfg.feedback)
         with threadpool_limits(1, "blas"):  # implicit warns when BLAS is multi-threaded
-            self._als = self._make_als(AlternatingLeastSquares, cfg, options)
+            als = self._als = self._make_als(AlternatingLeastSquares, cfg, options)
+        # What implicit's fit() derives from the matrix, once (scaled, transposed) and its initial
+        # factors drawn as fit() draws them: every sweep then calls the solver as fit()'s loop
+        # does, so the factors equal one implicit fit with as many iterations.
+        self._Cui = sp.csr_matrix(X, dtype=np.float32) * np.float32(als.alpha)
+        self._Ciu = self._Cui.T.tocsr()
+        rng = check_random_state(als.random_state)
+        als.user_factors = rng.random((X.shape[0], als.factors), dtype=als.dtype) * 0.01
+        als.item_factors = rng.random((X.shape[1], als.factors), dtype=als.dtype) * 0.01
 
     @staticmethod
     def _make_als(factory: Any, cfg: IALSConfig, options: TrainingOptions) -> Any:
@@ -348,24 +393,16 @@ class IALS(_Factorised):
         als = self._als
         # Its solver parallelises over users itself; a multi-threaded BLAS underneath only contends.
         with threadpool_limits(1, "blas"):
-            if als.user_factors is None:
-                # The first sweep through fit(), which draws the initial factors from the seed.
-                als.fit(self._X, show_progress=False)
-                # What fit() derives from the matrix on every call, once: later sweeps call the
-                # solver as fit()'s loop does, without an O(nnz) scale and transpose per epoch.
-                self._Cui = sp.csr_matrix(self._X, dtype=np.float32) * np.float32(als.alpha)
-                self._Ciu = self._Cui.T.tocsr()
-            else:
-                reg, threads = als.regularization, als.num_threads
-                als.solver(self._Cui, als.user_factors, als.item_factors, reg, num_threads=threads)
-                als.solver(self._Ciu, als.item_factors, als.user_factors, reg, num_threads=threads)
+            reg, threads = als.regularization, als.num_threads
+            als.solver(self._Cui, als.user_factors, als.item_factors, reg, num_threads=threads)
+            als.solver(self._Ciu, als.item_factors, als.user_factors, reg, num_threads=threads)
         self.user_factors = als.user_factors
         self.item_factors = als.item_factors
         return {}
 
     def finish_training(self) -> None:
         self._als = None
-        self._X = self._Cui = self._Ciu = None
+        self._Cui = self._Ciu = None
 
 
 @dataclass(frozen=True)

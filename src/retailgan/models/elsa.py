@@ -26,6 +26,7 @@ import torch
 
 from retailgan.data.dataset import InteractionDataset
 from retailgan.models.base import IterativeRecommender, ModelConfig, TrainingOptions
+from retailgan.models.fast_topk import FactorItems, factor_top_k
 from retailgan.persistence import take
 
 
@@ -75,6 +76,8 @@ def reconstruction_cosine(x: torch.Tensor, x_sq: torch.Tensor, A: torch.Tensor) 
 
 class ELSA(IterativeRecommender):
     """Low-rank linear item-item autoencoder; scores ``x A A^T - x`` for a history ``x``."""
+
+    exact_top_k = True
 
     name = "elsa"
     config_class = ELSAConfig
@@ -149,6 +152,20 @@ class ELSA(IterativeRecommender):
         rows = np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))
         out[rows, x.indices] -= 1.0
         return out.astype(np.float32, copy=False)
+
+    def _top_k_known(
+        self, user_idx: np.ndarray, k: int, banned: sp.csr_matrix, allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Float32 blocks of ``(x A) A^T`` with ``-x`` added sparsely
+        (:func:`~retailgan.models.fast_topk.factor_top_k`); no items x items array."""
+        assert self.seen is not None
+        x = sp.csr_matrix(self.seen[np.asarray(user_idx, dtype=np.int64)], dtype=np.float32)
+        x.data[:] = 1.0
+        z = np.asarray(x @ np.asarray(self.A, dtype=np.float64), dtype=np.float32)
+        cached = getattr(self, "_items_cache", None)
+        if cached is None or cached[0] is not self.A:
+            cached = self._items_cache = (self.A, FactorItems.build(self.A))
+        return factor_top_k(z, cached[1], k, banned, allowed, adjust=-x)
 
     # -- persistence --------------------------------------------------------------------------
 
