@@ -12,6 +12,10 @@ excluded) and compares the list with the customer's held-out purchases among tho
 A model scores new products through its ordinary ``score_users``: the split keeps them in the
 vocabulary (with no training interaction), so a content-based model gives them scores from their
 catalogue record, as ``recommend`` does for products without sales.
+
+Ties are broken in a seeded random order of the products, not by product index: every new product
+has the same popularity (none), and the index order of a vocabulary built from a log carries
+information (when a product first appeared), which would reward a model for giving up.
 """
 
 from __future__ import annotations
@@ -53,9 +57,9 @@ def view_parts(split: Split, part: str = "test") -> dict[str, tuple[sp.csr_matri
     return out
 
 
-def _masked_scores(model: Any, train: sp.csr_matrix, allowed: np.ndarray):
-    """``model.score_users`` with non-candidates at -inf; customers without training interactions
-    get the model's fallback ranking (popularity), as in :func:`evaluate`."""
+def _masked_scores(model: Any, train: sp.csr_matrix, allowed: np.ndarray, order: np.ndarray):
+    """``model.score_users`` with non-candidates at -inf, columns in ``order``; customers without
+    training interactions get the model's fallback ranking (popularity), as in :func:`evaluate`."""
     n_items = train.shape[1]
     banned = np.ones(n_items, bool)
     banned[allowed] = False
@@ -67,7 +71,7 @@ def _masked_scores(model: Any, train: sp.csr_matrix, allowed: np.ndarray):
         if fallback is not None and no_history[users].any():
             s[no_history[users]] = fallback()
         s[:, banned] = -np.inf
-        return s
+        return s[:, order]
 
     return score
 
@@ -79,7 +83,9 @@ def evaluate_views(
     out = {}
     for view, (train, held, allowed) in view_parts(split, part).items():
         if view in views:
+            order = np.random.default_rng(split.seed).permutation(train.shape[1])
             out[view] = evaluate(
-                None, train, held, ks=ks, scores_fn=_masked_scores(model, train, allowed), prefetch=False
+                None, train[:, order], held[:, order], ks=ks,
+                scores_fn=_masked_scores(model, train, allowed, order), prefetch=False,
             )
     return out
