@@ -145,14 +145,23 @@ def paired_tests(doc: dict[str, Any], per_user: dict[tuple[int, str, str], np.nd
     return out
 
 
-def table(doc: dict[str, Any]) -> str:
-    """The markdown table of docs/benchmarks-cold.md for one dataset."""
-    head = "| model | " + " | ".join(f"{v} R@20 | {v} N@20" for v in VIEWS) + " | fit s | tune s | ms/customer |"
-    lines = [head, "|:---|" + "---:|" * (2 * len(VIEWS) + 3)]
+def table(doc: dict[str, Any], *more: dict[str, Any]) -> str:
+    """The markdown table of docs/benchmarks-cold.md for one dataset; rows of ``more`` result files
+    of the same dataset and seeds are added (a row already present is kept from ``doc``), and
+    their paired tests listed, each against the best other row of its own file."""
+    doc = {**doc, "summary": dict(doc["summary"]), "paired": dict(doc.get("paired", {}))}
+    for other in more:
+        for name, row in other["summary"].items():
+            doc["summary"].setdefault(name, row)
+        if not doc["paired"]:
+            doc["paired"] = other.get("paired", {})
+    head = "| model | " + " | ".join(f"{v} R@20 | {v} N@20" for v in VIEWS) + " | seeds | fit s | tune s | ms/customer |"
+    lines = [head, "|:---|" + "---:|" * (2 * len(VIEWS) + 4)]
     for name, row in doc["summary"].items():
-        cells = [f"{row[f'{v} {m}'][0]:.4f} ± {row[f'{v} {m}'][1]:.4f}" for v in VIEWS for m in METRICS]
+        sd = (lambda x: f" ± {x:.4f}") if row["seeds"] > 1 else (lambda x: "")  # one seed: no sd
+        cells = [f"{row[f'{v} {m}'][0]:.4f}{sd(row[f'{v} {m}'][1])}" for v in VIEWS for m in METRICS]
         tune_s = "" if row.get("tune_s") is None else f"{row['tune_s']:.0f}"
-        times = f" | {row['fit_s']:.1f} | {tune_s} | {row['recommend_ms']:.2f} |"
+        times = f" | {row['seeds']} | {row['fit_s']:.1f} | {tune_s} | {row['recommend_ms']:.2f} |"
         lines.append(f"| {name} | " + " | ".join(cells) + times)
     for v, t in doc.get("paired", {}).items():
         p = t["p_ttest_over_seeds"]
@@ -172,10 +181,11 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=0)
     ap.add_argument("--params", default=None, help='fixed parameters per model, JSON: {"bpr": {"epochs": 20}}')
     ap.add_argument("--json", default=None)
-    ap.add_argument("--table", type=Path, default=None, help="print the markdown table of a result file and exit")
+    ap.add_argument("--table", type=Path, nargs="+", default=None,
+                    help="print the markdown table of result files (one dataset) and exit")
     args = ap.parse_args()
     if args.table:
-        print(table(json.loads(args.table.read_text(encoding="utf-8"))), end="")
+        print(table(*[json.loads(t.read_text(encoding="utf-8")) for t in args.table]), end="")
         return
     import sys
 
