@@ -155,7 +155,8 @@ def table(doc: dict[str, Any], *more: dict[str, Any]) -> str:
             doc["summary"].setdefault(name, row)
         if not doc["paired"]:
             doc["paired"] = other.get("paired", {})
-    head = "| model | " + " | ".join(f"{v} R@20 | {v} N@20" for v in VIEWS) + " | seeds | fit s | tune s | ms/customer |"
+    cols = " | ".join(f"{v} R@20 | {v} N@20" for v in VIEWS)
+    head = f"| model | {cols} | seeds | fit s | tune s | ms/customer |"
     lines = [head, "|:---|" + "---:|" * (2 * len(VIEWS) + 4)]
     for name, row in doc["summary"].items():
         sd = (lambda x: f" ± {x:.4f}") if row["seeds"] > 1 else (lambda x: "")  # one seed: no sd
