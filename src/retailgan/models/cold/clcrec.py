@@ -86,7 +86,9 @@ class CLCRec(ColdStartRecommender):
             b = len(u)
             neg = self._warm_items[torch.randint(0, len(self._warm_items), (b, cfg.num_neg), generator=self._gen)]
             items = torch.cat([i[:, None], neg], 1)
-            feat = self._enc(self._X[items.reshape(-1)]).view(b, 1 + cfg.num_neg, -1)
+            # Each distinct product is encoded once per batch (rows repeat products many times).
+            uniq, inv = torch.unique(items, return_inverse=True)
+            feat = self._enc(self._X[uniq])[inv]
             emb = self._ie[items]
             l_ic = self._info_nce(F.normalize(self._ie[i], dim=1), F.normalize(feat, dim=2), cfg.temperature)
             swap = torch.rand(b, 1 + cfg.num_neg, generator=self._gen) < cfg.num_sample
