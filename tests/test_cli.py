@@ -228,3 +228,19 @@ def test_recommend_explain_names_history_products_or_popularity(store, tmp_path)
     assert all(it["reasons"][0].startswith("popular: bought by") for it in unknown["items"])
     res = runner.invoke(app, ["recommend", "--model-dir", str(model_dir), "--user", "C0", "--k", "3", "--explain"])
     assert res.exit_code == 0 and "because of" in res.output
+
+
+def test_compare_cold_items_reports_three_views(store, tmp_path):
+    out = tmp_path / "cold.json"
+    res = runner.invoke(app, [
+        "compare", "--store", str(store), "--protocol", "cold-items", "--models", "pop,contentknn", "--k", "20",
+        "--json", str(out),
+    ])
+    assert res.exit_code == 0, res.output
+    assert "cold recall@20 | cold ndcg@20" in res.stdout
+    doc = json.loads(out.read_text())
+    assert doc["protocol"] == "cold-items" and doc["split"]["cold_test_items"] > 0
+    for r in doc["results"]:
+        assert set(r["views"]) == {"cold", "warm", "hybrid"}
+        assert r["views"]["hybrid"]["metrics"]["ndcg@20"] == r["metrics"]["ndcg@20"]
+    assert "vs_best" in doc["results"][0]["views"]["cold"] or "vs_best" in doc["results"][1]["views"]["cold"]

@@ -199,7 +199,9 @@ def info(
 @app.command()
 def compare(
     store: Path = typer.Option(Path("retailgan.duckdb"), "--store"),
-    protocol: str = typer.Option("temporal", "--protocol", help="random, temporal, leave-last or cfgan-paper."),
+    protocol: str = typer.Option(
+        "temporal", "--protocol", help="random, temporal, leave-last, cfgan-paper or cold-items."
+    ),
     models: str = typer.Option("pop,itemknn,ease,ials,bpr", "--models"),
     tune_trials: int = typer.Option(0, "--tune-trials", help="Optuna trials per model, on validation only."),
     k: str = typer.Option("10,20", "--k", help="Cut-offs, comma-separated."),
@@ -297,6 +299,9 @@ def _compare(
     # The terminal gets the headline metrics without CIs; the report file has every column.
     brief = [m for m in shown if m.split("@")[0] in ("ndcg", "recall", "coverage", "revenue")]
     typer.echo(results_table_markdown([{**r, "ci": {}} for r in doc["results"]], brief))
+    if any("views" in r for r in doc["results"]):
+        table += "\n" + _views_table(doc, ks[-1])
+        typer.echo(_views_table(doc, ks[-1]))
     if json_out:
         _write_json_atomic(json_out, doc)
     if plot:
@@ -312,6 +317,20 @@ def _compare(
         for run in runs:
             run.model.save(Path(save_dir) / run.name)
     return doc
+
+
+def _views_table(doc: dict[str, Any], k: int) -> str:
+    """cold-items: Recall@k and NDCG@k of every model in the cold-only, warm-only and hybrid views."""
+    views = list(doc["results"][0]["views"])
+    head = "| model | " + " | ".join(f"{v} recall@{k} | {v} ndcg@{k}" for v in views) + " |"
+    lines = [head, "|:---|" + "---:|" * (2 * len(views))]
+    for r in doc["results"]:
+        cells = []
+        for v in views:
+            m = r["views"][v]["metrics"]
+            cells += [f"{m.get(f'recall@{k}') or 0:.4f}", f"{m.get(f'ndcg@{k}') or 0:.4f}"]
+        lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _report_markdown(doc: dict[str, Any], table: str) -> str:

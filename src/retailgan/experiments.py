@@ -38,6 +38,9 @@ class ModelRun:
     validation_value: float
     timings: dict[str, float]
     trials: list[dict[str, Any]] = field(default_factory=list)
+    views: dict[str, EvaluationResult] = field(default_factory=dict)
+    """``cold-items`` split: the cold-only, warm-only and hybrid evaluations (``result`` is the
+    hybrid one)."""
 
 
 def item_features_for_diversity(dataset: InteractionDataset) -> sp.csr_matrix:
@@ -82,7 +85,14 @@ def _run_one(name, split, ks, seed, tune_trials, metric, fixed, prices, features
     tuned = tune(name, split, n_trials=tune_trials, seed=seed, metric=metric, fixed=fixed)
     model = cls(**tuned.params)
     model.fit(train, TrainingOptions(seed=seed))
-    result = evaluate(model, train.matrix(), split.test.matrix(), ks=ks, item_prices=prices, item_features=features)
+    views: dict[str, EvaluationResult] = {}
+    if split.cold_test_items is not None:
+        from retailgan.evaluation.cold import evaluate_views
+
+        views = evaluate_views(model, split, ks)
+        result = views["hybrid"]
+    else:
+        result = evaluate(model, train.matrix(), split.test.matrix(), ks=ks, item_prices=prices, item_features=features)
     return ModelRun(
         name=name,
         params=tuned.params,
@@ -91,6 +101,7 @@ def _run_one(name, split, ks, seed, tune_trials, metric, fixed, prices, features
         validation_value=tuned.value,
         timings={"tune_s": tuned.seconds, "fit_s": model.fit_seconds, "eval_s": result.eval_seconds},
         trials=tuned.trials,
+        views=views,
     )
 
 
@@ -127,6 +138,8 @@ def comparison_json(
             pr = paired_comparison(run.result.per_user[primary], best.result.per_user[primary], n_boot=2000, seed=seed)
             entry["vs_best"] = {"best": best.name, "metric": primary, **pr.as_dict()}
         results.append(entry)
+    if runs and runs[0].views:
+        _add_views(runs, results, primary, seed)
     return {
         "dataset": dataset_name,
         "protocol": split.protocol,
@@ -136,3 +149,21 @@ def comparison_json(
         "best": best.name,
         "results": results,
     }
+
+
+def _add_views(runs: Sequence[ModelRun], results: list[dict[str, Any]], primary: str, seed: int) -> None:
+    """Each result's ``views``: per view (cold, warm, hybrid) its metrics, evaluated customers and
+    a paired comparison of ``primary`` with the view's best model."""
+    for view in runs[0].views:
+        best = max(runs, key=lambda r: r.views[view].summary().get(primary, float("-inf")))
+        for run, entry in zip(runs, results, strict=True):
+            res = run.views[view]
+            out: dict[str, Any] = {
+                "metrics": {k: (None if np.isnan(v) else float(v)) for k, v in res.summary().items()},
+                "n_users": res.n_users,
+            }
+            if run is not best and res.n_users:
+                other = best.views[view].per_user[primary]
+                pr = paired_comparison(res.per_user[primary], other, n_boot=2000, seed=seed)
+                out["vs_best"] = {"best": best.name, "metric": primary, **pr.as_dict()}
+            entry.setdefault("views", {})[view] = out

@@ -87,3 +87,26 @@ def test_bad_arguments():
     flat = InteractionDataset.from_arrays(["a", "b"], ["x", "y"], timestamps=[5, 5])
     with pytest.raises(ConfigError, match="share one timestamp"):
         split(flat, "temporal")
+
+
+def test_cold_items_holds_out_every_pair_of_the_new_products():
+    ds = random_dataset(n_items=50)
+    s = split(ds, "cold-items", seed=4)
+    present = np.unique(ds.item_idx)
+    cv, ct = set(s.cold_validation_items.tolist()), set(s.cold_test_items.tolist())
+    assert not cv & ct and len(cv) + len(ct) == round(0.2 * len(present)) and abs(len(cv) - len(ct)) <= 1
+    inner_items = set(s.train_inner.item_idx.tolist())
+    assert not inner_items & (cv | ct)  # the inner training part holds no new product
+    assert not set(s.train.item_idx.tolist()) & ct  # the final training part no test product
+    assert ct <= set(s.test.item_idx.tolist()) and cv <= set(s.validation.item_idx.tolist())
+    on_cold = np.isin(ds.item_idx, list(cv | ct))
+    assert len(s.test) + len(s.validation) - on_cold.sum() == pytest.approx(0.2 * (~on_cold).sum(), abs=2)
+    again = split(ds, "cold-items", seed=4)
+    assert np.array_equal(again.cold_test_items, s.cold_test_items)
+    assert not np.array_equal(split(ds, "cold-items", seed=5).cold_test_items, s.cold_test_items)
+
+
+def test_cold_items_needs_enough_products():
+    ds = InteractionDataset.from_arrays(["a", "b"], ["x", "y"], timestamps=[0, 1])
+    with pytest.raises(ConfigError, match="cold-items split"):
+        split(ds, "cold-items")

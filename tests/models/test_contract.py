@@ -31,6 +31,13 @@ FAST_CONFIGS: dict[str, dict] = {
     },
     "resgan": {"l2": 1.0, "hidden": 16, "d_hidden": 16, "batch_size": 16, "epochs": 5, "crossfit": 2},
     "recent": {"base": "ease", "base_params": {"l2": 1.0}, "trend_days": 3, "weight": 0.01},
+    "contentknn": {"text_dim": 8},
+    **{
+        name: {"factors": 8, "bpr_lr": 0.05, "bpr_reg": 0.05, "bpr_epochs": 100, "text_dim": 8, "hidden": 32,
+               "lr": 0.01, "batch_size": 64, "epochs": 30, **extra}
+        for name, extra in (("dropoutnet", {"out_dim": 16}), ("heater", {"out_dim": 16}), ("clcrec", {"num_neg": 8}),
+                            ("gar", {}))
+    },
 }
 PERSONALISED = [m for m in FAST_CONFIGS if m != "pop"]
 

@@ -19,6 +19,13 @@ Protocols:
 * ``cfgan-paper``: random 80/20 per user, as in CFGAN's ML-100K experiments (all ratings
   positive). The published tables have no validation part; here tuning uses a random 20 % slice
   of each user's training part.
+* ``cold-items``: the standard cold-start item protocol (DropoutNet, Heater, CLCRec, GAR): a
+  seeded ``test_fraction`` of the products (default 20 %) is declared new and every interaction
+  of theirs is held out; half of them are the validation products, half the test products. The
+  other products' interactions are split at random 80 / 10 / 10 (``test_fraction / 2`` each for
+  validation and test). ``train_inner`` holds no new product; ``train`` (= ``train_inner`` +
+  ``validation``) holds the validation products but no test product.
+  :mod:`retailgan.evaluation.cold` scores three views of it: cold-only, warm-only and hybrid.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import numpy as np
 from retailgan.data.dataset import InteractionDataset
 from retailgan.errors import ConfigError
 
-PROTOCOLS = ("random", "temporal", "leave-last", "cfgan-paper")
+PROTOCOLS = ("random", "temporal", "leave-last", "cfgan-paper", "cold-items")
 
 
 @dataclass(frozen=True)
@@ -43,9 +50,13 @@ class Split:
     test: InteractionDataset
     train_inner: InteractionDataset
     validation: InteractionDataset
+    cold_validation_items: np.ndarray | None = None
+    """``cold-items``: indices of the new products held out for validation (else None)."""
+    cold_test_items: np.ndarray | None = None
+    """``cold-items``: indices of the new products held out for test (else None)."""
 
     def describe(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "protocol": self.protocol,
             "seed": self.seed,
             "train": self.train.stats(),
@@ -53,6 +64,10 @@ class Split:
             "train_inner": self.train_inner.stats(),
             "validation": self.validation.stats(),
         }
+        if self.cold_test_items is not None and self.cold_validation_items is not None:
+            out["cold_validation_items"] = len(self.cold_validation_items)
+            out["cold_test_items"] = len(self.cold_test_items)
+        return out
 
 
 def split(
@@ -75,6 +90,8 @@ def split(
     if n_last < 1:
         raise ConfigError(f"n_last must be >= 1, got {n_last}")
     rng = np.random.default_rng(seed)
+    if protocol == "cold-items":
+        return _cold_items(dataset, seed, test_fraction, rng)
     if protocol in ("random", "cfgan-paper"):
         frac = 0.2 if protocol == "cfgan-paper" else test_fraction
         vfrac = 0.2 if protocol == "cfgan-paper" and validation_fraction is None else val_fraction
@@ -144,3 +161,35 @@ def _last_n(ds: InteractionDataset, pool: np.ndarray, n: int) -> np.ndarray:
     out = np.zeros(len(ds), dtype=bool)
     out[idx[order[take]]] = True
     return out
+
+
+def _cold_items(ds: InteractionDataset, seed: int, cold_fraction: float, rng: np.random.Generator) -> Split:
+    """The ``cold-items`` split (module docstring): products new at random, warm pairs 80/10/10."""
+    present = np.unique(ds.item_idx)
+    n_cold = round(cold_fraction * len(present))
+    if n_cold < 2 or n_cold >= len(present):
+        raise ConfigError(
+            f"cold-items split: {len(present)} products with interactions cannot give "
+            f"{n_cold} new ones (need at least 2 new and 1 known product)"
+        )
+    cold = rng.permutation(present)[:n_cold]
+    cold_val, cold_test = np.sort(cold[: n_cold // 2]), np.sort(cold[n_cold // 2 :])
+    is_cold_val, is_cold_test = np.isin(ds.item_idx, cold_val), np.isin(ds.item_idx, cold_test)
+    warm = np.flatnonzero(~(is_cold_val | is_cold_test))
+    order = warm[rng.permutation(len(warm))]
+    n_out = round(cold_fraction / 2 * len(warm))
+    warm_test, warm_val = np.zeros(len(ds), bool), np.zeros(len(ds), bool)
+    warm_test[order[:n_out]] = True
+    warm_val[order[n_out : 2 * n_out]] = True
+    test_mask = warm_test | is_cold_test
+    val_mask = warm_val | is_cold_val
+    return Split(
+        protocol="cold-items",
+        seed=seed,
+        train=ds.subset(~test_mask),
+        test=ds.subset(test_mask),
+        train_inner=ds.subset(~test_mask & ~val_mask),
+        validation=ds.subset(val_mask),
+        cold_validation_items=cold_val.astype(np.int64),
+        cold_test_items=cold_test.astype(np.int64),
+    )

@@ -17,6 +17,11 @@ MODELS: dict[str, str] = {
     "resgan": "retailgan.models.gan.resgan:ResGAN",
     "featgan": "retailgan.models.gan.featgan.model:FeatureGAN",
     "recent": "retailgan.models.recent:RecentSalesBlend",
+    "contentknn": "retailgan.models.cold.contentknn:ContentKNN",
+    "dropoutnet": "retailgan.models.cold.dropoutnet:DropoutNet",
+    "heater": "retailgan.models.cold.heater:Heater",
+    "clcrec": "retailgan.models.cold.clcrec:CLCRec",
+    "gar": "retailgan.models.cold.gar:GAR",
 }
 
 

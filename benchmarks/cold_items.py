@@ -1,0 +1,198 @@
+"""Cold-start item benchmark: the ``cold-items`` protocol, every row on the same splits.
+
+For each seed: one ``cold-items`` split (20 % of the products new, half validation, half test);
+each model tuned on the validation part of the first seed's split (``--trials`` Optuna trials;
+0: defaults with the epoch count chosen by early stopping on validation), the cold-start models
+on the tuned ``bpr`` row as their backbone (its factors, step size, penalty and epochs), then fitted on the
+training part of every seed's split with those settings and evaluated once in the cold-only,
+warm-only and hybrid views (Recall@20, NDCG@20, full ranking). Per-customer NDCG@20 arrays give
+paired tests of featgan against the best other row of each view (per seed: bootstrap CI, t-test,
+Wilcoxon; over seeds: a paired t-test of the seed means). The JSON is rewritten after every
+(seed, model), so an interrupted run leaves a partial table.
+
+    python benchmarks/cold_items.py --store out/ml100k.duckdb --name movielens-100k --seeds 0,1,2 \\
+        --trials 0 --json docs/results/cold-movielens-100k.json
+    python benchmarks/cold_items.py --table docs/results/cold-movielens-100k.json   # markdown table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats as sps
+
+from retailgan.data.dataset import load_dataset
+from retailgan.data.splits import split
+from retailgan.evaluation.cold import VIEWS, evaluate_views
+from retailgan.evaluation.stats import paired_comparison
+from retailgan.models.base import TrainingOptions
+from retailgan.models.registry import get_model_class
+from retailgan.tuning import tune
+
+MODELS = ("pop", "contentknn", "bpr", "dropoutnet", "heater", "clcrec", "gar", "featgan")
+COLD = ("dropoutnet", "heater", "clcrec", "gar")
+
+
+def backbone_params(bpr: dict[str, Any]) -> dict[str, Any]:
+    """The tuned BPR-MF row's settings as the cold-start models' backbone: one backbone for all."""
+    return {"factors": bpr["factors"], "bpr_lr": bpr["lr"], "bpr_reg": bpr["reg"], "bpr_epochs": bpr["epochs"]}
+METRICS = ("recall@20", "ndcg@20")
+
+
+def _write(path: Path, doc: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
+    tmp.replace(path)
+
+
+def _recommend_ms(model: Any, n: int = 200) -> float:
+    """Median over 3 repeats of ``recommend(k=20)`` time per customer, for ``n`` customers."""
+    users = list(model.users.ids[:n])
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        model.recommend(users, k=20)
+        times.append((time.perf_counter() - t) / len(users) * 1000)
+    return float(np.median(times))
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    ds = load_dataset(args.store)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    models = [m for m in args.models.split(",") if m]
+    fixed = json.loads(args.params) if args.params else {}
+    doc: dict[str, Any] = {
+        "dataset": args.name, "protocol": "cold-items", "seeds": seeds, "trials": args.trials,
+        "pairs": len(ds), "users": ds.n_users, "items": ds.n_items, "tuned": {}, "runs": {},
+        "command": args.command,
+    }
+    per_user: dict[tuple[int, str, str], np.ndarray] = {}
+    for seed in seeds:
+        s = split(ds, "cold-items", seed=seed)
+        doc.setdefault("splits", {})[str(seed)] = s.describe()
+        for name in models:
+            if name not in doc["tuned"]:
+                fix = dict(fixed.get(name, {}))
+                if name in COLD and "bpr" in doc["tuned"]:
+                    fix = {**backbone_params(doc["tuned"]["bpr"]["params"]), **fix}
+                res = tune(name, split(ds, "cold-items", seed=seeds[0]), n_trials=args.trials, seed=seeds[0],
+                           metric="ndcg@20", fixed=fix)
+                doc["tuned"][name] = {"params": res.params, "validation_ndcg@20": res.value, "tune_s": res.seconds}
+                print(f"{args.name} {name}: tuned {res.params} val {res.value:.4f} ({res.seconds:.0f} s)", flush=True)
+            model = get_model_class(name)(**doc["tuned"][name]["params"])
+            model.fit(s.train, TrainingOptions(seed=seed))
+            t = time.perf_counter()
+            views = evaluate_views(model, s, ks=(20,))
+            entry = {
+                "fit_s": model.fit_seconds, "eval_s": time.perf_counter() - t, "recommend_ms": _recommend_ms(model),
+                "views": {v: {**{m: r.summary()[m] for m in METRICS}, "n_users": r.n_users} for v, r in views.items()},
+            }
+            for v, r in views.items():
+                per_user[(seed, name, v)] = r.per_user["ndcg@20"]
+            doc["runs"].setdefault(name, {})[str(seed)] = entry
+            print(f"{args.name} seed {seed} {name}: " + ", ".join(
+                f"{v} {entry['views'][v]['ndcg@20']:.4f}" for v in VIEWS) + f" (fit {model.fit_seconds:.0f} s)",
+                flush=True)
+            doc["summary"] = summarise(doc)
+            doc["paired"] = paired_tests(doc, per_user)
+            if args.json:
+                _write(Path(args.json), doc)
+    return doc
+
+
+def summarise(doc: dict[str, Any]) -> dict[str, Any]:
+    """model -> view -> metric -> [mean, sd over seeds, seeds], plus mean times."""
+    out: dict[str, Any] = {}
+    for name, runs in doc["runs"].items():
+        row: dict[str, Any] = {"seeds": len(runs)}
+        for v in VIEWS:
+            for m in METRICS:
+                xs = np.array([r["views"][v][m] for r in runs.values()])
+                row[f"{v} {m}"] = [float(xs.mean()), float(xs.std(ddof=1)) if len(xs) > 1 else 0.0]
+        for key in ("fit_s", "eval_s", "recommend_ms"):
+            row[key] = float(np.mean([r[key] for r in runs.values()]))
+        row["tune_s"] = doc["tuned"].get(name, {}).get("tune_s")
+        out[name] = row
+    return out
+
+
+def paired_tests(doc: dict[str, Any], per_user: dict[tuple[int, str, str], np.ndarray]) -> dict[str, Any]:
+    """featgan against the best other model of each view (by mean NDCG@20 over the seeds both ran)."""
+    if "featgan" not in doc["runs"]:
+        return {}
+    out = {}
+    for v in VIEWS:
+        others = {n: r for n, r in doc["summary"].items() if n != "featgan"}
+        if not others:
+            continue
+        best = max(others, key=lambda n: others[n][f"{v} ndcg@20"][0])
+        seeds = sorted(set(doc["runs"]["featgan"]) & set(doc["runs"][best]), key=int)
+        per_seed = {
+            s: paired_comparison(per_user[(int(s), "featgan", v)], per_user[(int(s), best, v)], n_boot=2000,
+                                 seed=int(s)).as_dict()
+            for s in seeds
+        }
+        a = [doc["runs"]["featgan"][s]["views"][v]["ndcg@20"] for s in seeds]
+        b = [doc["runs"][best][s]["views"][v]["ndcg@20"] for s in seeds]
+        over = float(sps.ttest_rel(a, b).pvalue) if len(seeds) > 1 and np.any(np.subtract(a, b)) else None
+        out[v] = {"best_other": best, "seeds": seeds, "mean_diff": float(np.mean(np.subtract(a, b))),
+                  "p_ttest_over_seeds": over, "per_seed": per_seed}
+    return out
+
+
+def table(doc: dict[str, Any], *more: dict[str, Any]) -> str:
+    """The markdown table of docs/benchmarks-cold.md for one dataset; rows of ``more`` result files
+    of the same dataset and seeds are added (a row already present is kept from ``doc``), and
+    their paired tests listed, each against the best other row of its own file."""
+    doc = {**doc, "summary": dict(doc["summary"]), "paired": dict(doc.get("paired", {}))}
+    for other in more:
+        for name, row in other["summary"].items():
+            doc["summary"].setdefault(name, row)
+        if not doc["paired"]:
+            doc["paired"] = other.get("paired", {})
+    cols = " | ".join(f"{v} R@20 | {v} N@20" for v in VIEWS)
+    head = f"| model | {cols} | seeds | fit s | tune s | ms/customer |"
+    lines = [head, "|:---|" + "---:|" * (2 * len(VIEWS) + 4)]
+    for name, row in doc["summary"].items():
+        sd = (lambda x: f" ± {x:.4f}") if row["seeds"] > 1 else (lambda x: "")  # one seed: no sd
+        cells = [f"{row[f'{v} {m}'][0]:.4f}{sd(row[f'{v} {m}'][1])}" for v in VIEWS for m in METRICS]
+        tune_s = "" if row.get("tune_s") is None else f"{row['tune_s']:.0f}"
+        times = f" | {row['seeds']} | {row['fit_s']:.1f} | {tune_s} | {row['recommend_ms']:.2f} |"
+        lines.append(f"| {name} | " + " | ".join(cells) + times)
+    for v, t in doc.get("paired", {}).items():
+        p = t["p_ttest_over_seeds"]
+        ps = ", ".join(f"{d['p_ttest']:.2g}" for d in t["per_seed"].values())
+        lines.append("")
+        lines.append(f"- {v}: featgan - {t['best_other']} = {t['mean_diff']:+.4f} NDCG@20 over seeds {t['seeds']}"
+                     f" (paired t over seeds p = {'n/a' if p is None else f'{p:.2g}'}; per-customer p per seed: {ps})")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--store", type=Path)
+    ap.add_argument("--name", default="dataset")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--trials", type=int, default=0)
+    ap.add_argument("--params", default=None, help='fixed parameters per model, JSON: {"bpr": {"epochs": 20}}')
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--table", type=Path, nargs="+", default=None,
+                    help="print the markdown table of result files (one dataset) and exit")
+    args = ap.parse_args()
+    if args.table:
+        print(table(*[json.loads(t.read_text(encoding="utf-8")) for t in args.table]), end="")
+        return
+    import sys
+
+    args.command = "python " + " ".join(sys.argv)
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
