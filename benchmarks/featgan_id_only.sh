@@ -37,13 +37,17 @@ for d in beauty grocery; do
         --params '{"featgan": {"collab_dim_no_content": 0}}' --json "$out/$d-collab32.json"
 done
 .venv/bin/python - "$out" <<'PY'
-import json, sys
+import json, re, sys
 from pathlib import Path
 out = Path(sys.argv[1])
-doc = {"protocol": "leave-last", "seed": 0, "subset": "k-core: customers >= 5, products >= 10", "datasets": {}}
+keep = lambda r: {k: v for k, v in r["metrics"].items() if k.split("@")[0] in ("ndcg", "recall", "coverage")}
+doc = {"command": "bash benchmarks/featgan_id_only.sh", "protocol": "leave-last", "seed": 0,
+       "subset": "k-core: customers >= 5, products >= 10 (--min-user 5 --min-item 10)"}
 for d in ("beauty", "grocery"):
     runs = {r["model"]: r for r in json.loads((out / f"{d}.json").read_text())["results"]}
-    runs["featgan, collab_dim_no_content 0 (32-d block)"] = json.loads((out / f"{d}-collab32.json").read_text())["results"][0]
-    doc["datasets"][d] = {name: {"metrics": r["metrics"], "ci": r.get("ci", {})} for name, r in runs.items()}
+    before = json.loads((out / f"{d}-collab32.json").read_text())["results"][0]
+    doc[d] = {"test": {"pop": keep(runs["pop"]), "ease": keep(runs["ease"]),
+                       "featgan (collab_dim_no_content 256, default)": keep(runs["featgan"]),
+                       "featgan (collab_dim_no_content 0: 32-d block, as before)": keep(before)}}
 Path("docs/results/featgan-id-only.json").write_text(json.dumps(doc, indent=1) + "\n")
 PY
