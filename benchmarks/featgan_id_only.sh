@@ -37,7 +37,7 @@ for d in beauty grocery; do
         --params '{"featgan": {"collab_dim_no_content": 0}}' --json "$out/$d-collab32.json"
 done
 .venv/bin/python - "$out" <<'PY'
-import json, re, sys
+import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
 keep = lambda r: {k: v for k, v in r["metrics"].items() if k.split("@")[0] in ("ndcg", "recall", "coverage")}
