@@ -139,3 +139,21 @@ def test_text_encoder_tfidf_is_the_unreduced_space_of_transform():
     dense = np.asarray(m[:5] @ enc.components.T.astype(np.float64))
     dense /= np.linalg.norm(dense, axis=1, keepdims=True)
     np.testing.assert_allclose(enc.transform(titles[:5]), dense, rtol=1e-5, atol=1e-6)
+
+
+def test_id_only_catalogue_gets_the_wider_collaborative_block():
+    # No title, category or price for any product: the collaborative block is the whole space.
+    none = np.array([None] * 8, dtype=object)
+    cfg = dict(text_dim=4, min_df=1, collab_dim=2, price_bands=3, impute_neighbors=2)
+    space = FeatureSpace(FeatureSpaceConfig(**cfg, collab_dim_no_content=5))
+    X = space.fit(none, none, np.full(8, np.nan), _buyers(), seed=0)
+    assert space.block_dims == {"text": 0, "category": 0, "price": 0, "collab": 5}
+    assert X.shape == (8, 5)
+    np.testing.assert_allclose(np.linalg.norm(X[:7], axis=1), 1.0, rtol=1e-5)  # item 7: no buyers
+    # 0 keeps collab_dim; with content the setting does not apply.
+    off = FeatureSpace(FeatureSpaceConfig(**cfg, collab_dim_no_content=0))
+    assert off.fit(none, none, np.full(8, np.nan), _buyers(), seed=0).shape == (8, 2)
+    with_content = FeatureSpace(FeatureSpaceConfig(**cfg, collab_dim_no_content=5))
+    with_content.fit(TITLES, CATS, PRICES, _buyers(), seed=0)
+    assert with_content.block_dims["collab"] == 2
+    np.testing.assert_array_equal(with_content.fit(TITLES, CATS, PRICES, _buyers(), seed=0), _fit()[1])

@@ -13,7 +13,8 @@ its weight (so a block's share of a cosine similarity is set by its weight, not 
   L2-normalised), for products with interactions. A product without interactions (a new one)
   gets an **imputed** collaborative block: the similarity-weighted mean of the collaborative
   blocks of its ``impute_neighbors`` nearest products by text among those with interactions
-  (zero when it has no known text).
+  (zero when it has no known text). A catalogue without any content (no text, category or price:
+  a log of ids only) has nothing but this block, which is then ``collab_dim_no_content`` wide.
 
 Fitting learns the text vocabulary and basis, the category list, the price bands and the
 collaborative block of the fitted products; :meth:`FeatureSpace.transform` then embeds any product
@@ -48,6 +49,9 @@ class FeatureSpaceConfig:
     text_dim: int = 64
     min_df: int = 2
     collab_dim: int = 32
+    collab_dim_no_content: int = 256
+    """Width of the collaborative block when the catalogue carries no content at all: it is then
+    the only block, and 32 dimensions are too few to tell the products apart (0: ``collab_dim``)."""
     price_bands: int = 8
     impute_neighbors: int = 20
     w_text: float = 1.0
@@ -56,8 +60,13 @@ class FeatureSpaceConfig:
     w_collab: float = 1.0
 
     def validate(self) -> None:
-        if min(self.text_dim, self.min_df, self.price_bands, self.impute_neighbors) < 1 or self.collab_dim < 0:
-            raise ConfigError("feature space: text_dim, min_df, price_bands, impute_neighbors >= 1, collab_dim >= 0")
+        if min(self.text_dim, self.min_df, self.price_bands, self.impute_neighbors) < 1 or min(
+            self.collab_dim, self.collab_dim_no_content
+        ) < 0:
+            raise ConfigError(
+                "feature space: text_dim, min_df, price_bands, impute_neighbors >= 1, "
+                "collab_dim, collab_dim_no_content >= 0"
+            )
         if min(self.w_text, self.w_category, self.w_price, self.w_collab) < 0:
             raise ConfigError("feature space: block weights must be >= 0")
 
@@ -131,11 +140,12 @@ class FeatureSpace:
         else:
             self.price_edges = np.zeros(0)
         text = self.text.transform(list(titles))
-        if interactions is not None and cfg.collab_dim > 0 and has.sum() >= 2:
+        collab_dim = self.collab_dim_for(has_content=self.text.out_dim > 0 or bool(self.categories) or self._has_prices)
+        if interactions is not None and collab_dim > 0 and has.sum() >= 2:
             rows = interactions[has].astype(np.float64)
             norms = np.sqrt(np.asarray(rows.multiply(rows).sum(axis=1)).ravel())
             rows = sp.csr_matrix(sp.diags(1.0 / norms) @ rows)
-            u, s, _ = randomized_svd(rows, cfg.collab_dim, seed=seed)
+            u, s, _ = randomized_svd(rows, collab_dim, seed=seed)
             self.collab_basis = _l2_rows(u * s).astype(np.float32)
             self.collab_text = text[has]
         else:
@@ -144,6 +154,13 @@ class FeatureSpace:
         collab = self.impute_collab(text)
         collab[has] = self.collab_basis if len(self.collab_basis) else collab[has]
         return self._assemble(text, categories, prices, collab)
+
+    def collab_dim_for(self, *, has_content: bool) -> int:
+        """Width of the collaborative block fitted on a catalogue with or without content."""
+        cfg = self.config
+        if has_content or cfg.collab_dim == 0 or cfg.collab_dim_no_content == 0:
+            return cfg.collab_dim
+        return cfg.collab_dim_no_content
 
     # -- embedding ------------------------------------------------------------------------------
 

@@ -490,3 +490,19 @@ def test_removed_options_load_when_off_and_are_refused_when_on():
     for name, value in (("wta", True), ("train_samples", 5), ("id_embeddings", True), ("slate_merge", "calibrated")):
         with pytest.raises(ConfigError, match=f"{name}.*removed"):
             FeatureGANConfig.from_dict({name: value})
+
+
+def test_id_only_log_uses_the_wider_collaborative_block():
+    # A log of ids only (no catalogue): the feature space is the collaborative block alone,
+    # collab_dim_no_content wide (capped by the matrix' rank), and the model trains and saves.
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(30), 4)
+    items = (users % 6) * 3 + rng.integers(0, 3, len(users))
+    ds = InteractionDataset.from_arrays(
+        [f"u{u}" for u in users], [f"i{i}" for i in items], timestamps=np.tile(np.arange(4), 30)
+    )
+    model = FeatureGAN(**{**FAST, "epochs": 1, "collab_dim": 2, "collab_dim_no_content": 6})
+    model.fit(ds, TrainingOptions(seed=0))
+    assert model.space.block_dims == {"text": 0, "category": 0, "price": 0, "collab": 6}
+    assert model.X.shape == (ds.n_items, 6)
+    assert np.isfinite(model.score_users(np.arange(3))).all()

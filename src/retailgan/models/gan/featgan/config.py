@@ -34,6 +34,9 @@ class FeatureGANConfig(ModelConfig):
 
     text_dim: int = 64
     collab_dim: int = 32
+    collab_dim_no_content: int = 256
+    """Width of the collaborative block on a log of ids only (no title, category or price for
+    any product), where it is the whole feature space; 0: ``collab_dim``."""
     price_bands: int = 8
     w_text: float = 1.0
     w_category: float = 0.5
@@ -126,6 +129,7 @@ class FeatureGANConfig(ModelConfig):
         return FeatureSpaceConfig(
             text_dim=self.text_dim,
             collab_dim=self.collab_dim,
+            collab_dim_no_content=self.collab_dim_no_content,
             price_bands=self.price_bands,
             w_text=self.w_text,
             w_category=self.w_category,
