@@ -134,7 +134,8 @@ def knn_scores(E: Any, hist: sp.csr_matrix, warm: np.ndarray, cand: np.ndarray) 
 
 
 def run_seed(
-    ds: InteractionDataset, texts: list[str], store_texts: list[str], seed: int, minilm: np.ndarray | None
+    ds: InteractionDataset, texts: list[str], store_texts: list[str], seed: int, minilm: np.ndarray | None,
+    text_dims: tuple[int, ...] = (),
 ) -> dict[str, Any]:
     R = ds.matrix()
     n = ds.n_items
@@ -157,9 +158,13 @@ def run_seed(
     info = ds.item_info
     spaces = {}
     t0 = time.perf_counter()
-    for enc in ("tfidf", "minilm") if minilm is not None else ("tfidf",):
-        space = _Space(FeatureSpaceConfig(text_encoder=enc))
-        item_users = sp.csr_matrix(hist.T)
+    item_users = sp.csr_matrix(hist.T)
+    configs = {"tfidf": FeatureSpaceConfig(text_encoder="tfidf")}
+    configs.update({f"tfidf, text_dim={d}": FeatureSpaceConfig(text_dim=d) for d in text_dims})
+    if minilm is not None:
+        configs["minilm"] = FeatureSpaceConfig(text_encoder="minilm")
+    for enc, cfg in configs.items():
+        space = _Space(cfg)
         spaces[enc] = space.fit(np.asarray(texts, object), info.categories, info.prices, item_users, seed=seed)
     space_s = time.perf_counter() - t0
     out: dict[str, Any] = {"seed": seed, "n_warm": len(warm), "space_fit_s": round(space_s, 2)}
@@ -185,10 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--work", type=Path, default=REPO / "out" / "content")
     ap.add_argument("--no-minilm", action="store_true", help="TF-IDF only (without the 'text' extra)")
+    ap.add_argument("--space-text-dims", default="", help="also the space with TF-IDF of these text_dim (e.g. 256)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
+    dims = tuple(int(d) for d in args.space_text_dims.split(",") if d)
     report: dict[str, Any] = {
         "protocol": "cold items: products warm/cold 8:2, cold 1:1 validation/test, cold-only ranking, k=20",
         "seeds": seeds, "machine": f"{platform.machine()}, shared and loaded (other jobs running)",
@@ -200,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_minilm:
             minilm, enc_s = minilm_vectors(texts, args.work / f"{name}-minilm")
             _MemoSentenceEncoder.memo.update(zip(texts, minilm, strict=True))
-        per_seed = [run_seed(ds, texts, store_texts, s, minilm) for s in seeds]
+        per_seed = [run_seed(ds, texts, store_texts, s, minilm, dims) for s in seeds]
         rows = list(per_seed[0]["validation"]["rows"])
         summary: dict[str, Any] = {}
         for part in ("validation", "test"):

@@ -145,3 +145,25 @@ def test_content_readers(tmp_path: Path) -> None:
     assert content.product_text("Toy Story (1995)", None, float("nan"), "  Animation,  Comedy ") == (
         "Toy Story (1995). Animation, Comedy"
     )
+
+
+@needs_text
+def test_store_cache_embeds_new_products_with_minilm(offline: Path, tmp_path: Path) -> None:
+    from retailgan.data.store import Store
+    from retailgan.features.store_cache import read_feature_cache, refresh_feature_cache, write_feature_cache
+
+    path = tmp_path / "shop.duckdb"
+    ids = np.array([f"p{i}" for i in range(8)], object)
+    with Store.open(path) as store, store.transaction() as con:
+        for i, t, c, p in zip(ids, TITLES, CATS, PRICES, strict=True):
+            con.execute("INSERT INTO items VALUES (?, ?, ?, ?)", [i, t, c, None if np.isnan(p) else p])
+    space = FeatureSpace(FeatureSpaceConfig(text_encoder="minilm", collab_dim=2, impute_neighbors=2))
+    X = space.fit(TITLES, CATS, PRICES, _buyers())
+    write_feature_cache(path, space, ids, X)
+    with Store.open(path) as store, store.transaction() as con:
+        con.execute("INSERT INTO items VALUES ('p9', 'porcelain teacup', 'kitchen', 2.2)")
+    assert refresh_feature_cache(path) == 1
+    cached, ids2, X2 = read_feature_cache(path)
+    assert cached.config.text_encoder == "minilm" and ids2[-1] == "p9"
+    expected = space.transform(np.array(["porcelain teacup"], object), np.array(["kitchen"], object), np.array([2.2]))
+    np.testing.assert_allclose(X2[-1], expected[0], atol=1e-5)
