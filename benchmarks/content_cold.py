@@ -184,6 +184,20 @@ def run_seed(
     return out
 
 
+def markdown(report: dict[str, Any]) -> str:
+    """The results as the tables of docs/benchmarks-content.md (mean +- sd over the seeds)."""
+    lines = []
+    for name, d in report["datasets"].items():
+        val, test = d["summary"]["validation"], d["summary"]["test"]
+        lines += [f"**{name}** ({d['n_products']:,} products; best on validation: `{d['best_on_validation']}`)", "",
+                  "| scorer / text | validation NDCG@20 | test NDCG@20 | test Recall@20 |", "| --- | --- | --- | --- |"]
+        for row in val:
+            cells = [val[row]["ndcg@20"], test[row]["ndcg@20"], test[row]["recall@20"]]
+            lines.append(f"| {row} | " + " | ".join(f"{m:.4f} +- {sd:.4f}" for m, sd in cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--datasets", default=",".join(DATASETS))
@@ -192,7 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-minilm", action="store_true", help="TF-IDF only (without the 'text' extra)")
     ap.add_argument("--space-text-dims", default="", help="also the space with TF-IDF of these text_dim (e.g. 256)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--table", type=Path, default=None, help="print the markdown tables of a results JSON and exit")
     args = ap.parse_args(argv)
+    if args.table:
+        print(markdown(json.loads(args.table.read_text(encoding="utf-8"))))
+        return 0
     args.work.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     dims = tuple(int(d) for d in args.space_text_dims.split(",") if d)
