@@ -94,6 +94,7 @@ def test_vectors_normalised_deterministic_and_meaningful(offline: Path) -> None:
 
 
 @needs_text
+@pytest.mark.slow  # imports sentence-transformers (scikit-learn, pandas): the reference, not the runtime
 def test_same_numbers_as_sentence_transformers(offline: Path) -> None:
     st = pytest.importorskip("sentence_transformers")
     folder, _ = S.packaged_model()
