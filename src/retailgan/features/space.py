@@ -4,7 +4,9 @@ One vector per product, the concatenation of four blocks, each L2-normalised and
 its weight (so a block's share of a cosine similarity is set by its weight, not by its size):
 
 * ``text``: TF-IDF of the title / description reduced by a truncated SVD
-  (:class:`~retailgan.features.text.TextEncoder`);
+  (:class:`~retailgan.features.text.TextEncoder`, ``text_encoder="tfidf"``), or the
+  all-MiniLM-L6-v2 sentence embedding of the same text (:class:`~retailgan.features.sentence.
+  SentenceEncoder`, ``text_encoder="minilm"``, extra ``text``; nothing fitted, 384 dimensions);
 * ``category``: one-hot over the categories seen at fit time (an unseen or missing category:
   zeros);
 * ``price``: one-hot price band, bands at quantiles of log price over the fitted catalogue
@@ -29,7 +31,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -39,7 +41,11 @@ from retailgan.errors import ConfigError, ModelFileError
 from retailgan.features.linalg import randomized_svd
 from retailgan.features.text import TextEncoder, _l2_rows
 
+if TYPE_CHECKING:
+    from retailgan.features.sentence import SentenceEncoder
+
 BLOCKS = ("text", "category", "price", "collab")
+TEXT_ENCODERS = ("tfidf", "minilm")
 
 
 @dataclass(frozen=True)
@@ -58,8 +64,14 @@ class FeatureSpaceConfig:
     w_category: float = 0.5
     w_price: float = 0.25
     w_collab: float = 1.0
+    text_encoder: str = "tfidf"
+    """``tfidf`` (TF-IDF + SVD, ``text_dim``, ``min_df``) or ``minilm`` (sentence embeddings,
+    extra ``text``); measured against each other in docs/benchmarks-content.md."""
 
     def validate(self) -> None:
+        if self.text_encoder not in TEXT_ENCODERS:
+            raise ConfigError(f"feature space: text_encoder must be one of {', '.join(TEXT_ENCODERS)}, "
+                              f"got {self.text_encoder!r}")
         if min(self.text_dim, self.min_df, self.price_bands, self.impute_neighbors) < 1 or min(
             self.collab_dim, self.collab_dim_no_content
         ) < 0:
@@ -77,7 +89,7 @@ class FeatureSpace:
     def __init__(self, config: FeatureSpaceConfig | None = None) -> None:
         self.config = config or FeatureSpaceConfig()
         self.config.validate()
-        self.text = TextEncoder(self.config.text_dim, self.config.min_df)
+        self.text: TextEncoder | SentenceEncoder = self._new_text_encoder(0)
         self.categories: list[str] = []
         self.price_edges = np.zeros(0, np.float64)
         self._has_prices = False
@@ -85,6 +97,13 @@ class FeatureSpace:
         """Collaborative blocks of the fitted products that had interactions (rows of ``collab_items``)."""
         self.collab_text = np.zeros((0, 0), np.float32)
         """Text blocks of the same products (the neighbours that impute new products' blocks)."""
+
+    def _new_text_encoder(self, seed: int) -> TextEncoder | SentenceEncoder:
+        if self.config.text_encoder == "minilm":
+            from retailgan.features.sentence import SentenceEncoder
+
+            return SentenceEncoder()
+        return TextEncoder(self.config.text_dim, self.config.min_df, seed=seed)
 
     # -- sizes ----------------------------------------------------------------------------------
 
@@ -130,7 +149,7 @@ class FeatureSpace:
         n = len(titles)
         has = np.ones(n, bool) if interactions is None else np.diff(interactions.indptr) > 0
         fit_rows = has if has.any() else np.ones(n, bool)
-        self.text = TextEncoder(cfg.text_dim, cfg.min_df, seed=seed).fit(list(titles[fit_rows]))
+        self.text = self._new_text_encoder(seed).fit(list(titles[fit_rows]))
         self.categories = sorted({str(c) for c in categories[fit_rows] if c is not None})
         logp = np.log(np.asarray(prices, np.float64)[fit_rows & np.isfinite(prices) & (np.asarray(prices) > 0)])
         self._has_prices = logp.size > 0
@@ -248,7 +267,7 @@ class FeatureSpace:
     def restore(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray], prefix: str = "features") -> FeatureSpace:
         try:
             space = cls(FeatureSpaceConfig(**meta["config"]))
-            space.text = TextEncoder.restore(meta["text"], arrays, f"{prefix}.text")
+            space.text = _restore_text(meta["text"], arrays, f"{prefix}.text")
             space.categories = [str(c) for c in meta["categories"]]
             space._has_prices = bool(meta["has_prices"])
             space.price_edges = np.asarray(arrays[f"{prefix}.price_edges"], np.float64)
@@ -289,3 +308,12 @@ class FeatureSpace:
         if matrix is None or len(matrix) != len(ids):
             raise ModelFileError(f"{path}: feature matrix does not match its item ids")
         return cls.restore(meta, arrays), ids, matrix
+
+
+def _restore_text(meta: dict[str, Any], arrays: dict[str, np.ndarray], prefix: str) -> TextEncoder | SentenceEncoder:
+    """The saved text encoder (spaces saved before ``text_encoder`` existed hold TF-IDF)."""
+    if meta.get("kind", "tfidf") == "minilm":
+        from retailgan.features.sentence import SentenceEncoder
+
+        return SentenceEncoder.restore(meta, arrays, prefix)
+    return TextEncoder.restore(meta, arrays, prefix)

@@ -105,7 +105,7 @@ class TextEncoder:
 
     def meta(self) -> dict[str, Any]:
         terms_in_order = sorted(self.vocabulary, key=self.vocabulary.__getitem__)
-        return {"dim": self.dim, "min_df": self.min_df, "seed": self.seed, "terms": terms_in_order}
+        return {"kind": "tfidf", "dim": self.dim, "min_df": self.min_df, "seed": self.seed, "terms": terms_in_order}
 
     def arrays(self, prefix: str) -> dict[str, np.ndarray]:
         return {f"{prefix}.idf": self.idf.astype(np.float64), f"{prefix}.components": self.components}
