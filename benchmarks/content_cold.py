@@ -1,4 +1,5 @@
-"""TF-IDF against all-MiniLM-L6-v2 sentence embeddings as the product text of new products.
+"""Product text for new products: TF-IDF (raw, reduced, inside the feature space), and what the
+datasets' own content files add.
 
 Cold-item split per seed: the products are split warm / cold 8:2 at random, every interaction of
 a cold product is held out, the cold products are split 1:1 into validation and test. A
@@ -12,15 +13,15 @@ Beauty attribute ids, Grocery also-bought / also-viewed lists). Scorers, each wi
 
 * ``knn``: content-kNN, a cold product's score is the sum over the customer's warm history of
   the text cosine (negative ones as 0); encoders: ``tfidf`` (TF-IDF + SVD, the feature space's
-  text block), ``tfidf-raw`` (TF-IDF without the SVD) and ``minilm``;
+  text block) and ``tfidf-raw`` (TF-IDF without the SVD);
 * ``space``: the feature space (:class:`~retailgan.features.space.FeatureSpace`, default
-  weights, ``text_encoder`` = the encoder) fitted on the warm products; the cold products' vectors
+  weights, or another ``text_dim``) fitted on the warm products; the cold products' vectors
   have their collaborative block imputed from their text neighbours (what featgan sees of a new
   product); the customer's profile is the mean vector of their history, scored by inner product.
 
-TF-IDF is fitted on the warm products' texts, per seed; MiniLM fits nothing (its vectors are
-computed once per dataset). The encoder to keep is the one with the better mean validation
-NDCG@20. Results: docs/results/text-encoders.json, docs/benchmarks-content.md.
+TF-IDF is fitted on the warm products' texts, per seed. The all-MiniLM-L6-v2 sentence encoder
+was measured beside these rows and lost on validation on every dataset; it left the code (its
+rows stay in docs/results/text-encoders.json and docs/benchmarks-content.md).
 
     python benchmarks/content_cold.py --seeds 0,1,2 --json docs/results/text-encoders.json
 """
@@ -33,7 +34,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -41,9 +42,7 @@ from threadpoolctl import threadpool_limits
 
 from retailgan.data.dataset import InteractionDataset, load_dataset
 from retailgan.data.ingest import ingest
-from retailgan.evaluation.stats import paired_comparison
 from retailgan.features import content
-from retailgan.features.sentence import SentenceEncoder
 from retailgan.features.space import FeatureSpace, FeatureSpaceConfig
 from retailgan.features.text import TextEncoder
 
@@ -63,27 +62,6 @@ DATASETS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
-class _MemoSentenceEncoder(SentenceEncoder):
-    """The same vectors, computed once per text for all the seeds of a run."""
-
-    memo: ClassVar[dict[str, np.ndarray]] = {}
-
-    def fit(self, texts):  # type: ignore[no-untyped-def]
-        return self  # the vectors are in the memo: no need to load the model
-
-    def transform(self, texts):  # type: ignore[no-untyped-def]
-        keys = [str(t) for t in texts]
-        todo = sorted({k for k in keys if k not in self.memo})
-        if todo:
-            self.memo.update(zip(todo, super().transform(todo), strict=True))
-        return np.stack([self.memo[k] for k in keys]) if keys else np.zeros((0, self.out_dim), np.float32)
-
-
-class _Space(FeatureSpace):
-    def _new_text_encoder(self, seed: int):  # type: ignore[no-untyped-def]
-        return _MemoSentenceEncoder() if self.config.text_encoder == "minilm" else super()._new_text_encoder(seed)
-
-
 def load(name: str, work: Path) -> tuple[InteractionDataset, list[str], list[str]]:
     """The dataset, each product's full text, and its text from the store alone (title, category)."""
     spec = DATASETS[name]
@@ -97,24 +75,6 @@ def load(name: str, work: Path) -> tuple[InteractionDataset, list[str], list[str
              for j in range(ds.n_items)]
     store_texts = [content.product_text(info.titles[j], info.categories[j]) for j in range(ds.n_items)]
     return ds, texts, store_texts
-
-
-def minilm_vectors(texts: list[str], cache: Path) -> tuple[np.ndarray, float | None]:
-    """MiniLM vectors of ``texts``, kept in ``cache`` (keyed by the texts and the model) for reruns;
-    the seconds the encoding took (None: read from the cache)."""
-    import hashlib
-
-    from retailgan.features.sentence import packaged_model
-
-    key = hashlib.sha256(("\n".join(texts) + packaged_model()[1]).encode()).hexdigest()[:16]
-    path = cache.with_name(f"{cache.name}-{key}.npy")
-    if path.exists():
-        return np.load(path), None
-    t0 = time.perf_counter()
-    vecs = SentenceEncoder().transform(texts)
-    seconds = time.perf_counter() - t0
-    np.save(path, vecs)
-    return vecs, seconds
 
 
 def rank_metrics(scores: np.ndarray, targets: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
@@ -138,7 +98,7 @@ def knn_scores(E: Any, hist: sp.csr_matrix, warm: np.ndarray, cand: np.ndarray) 
 
 
 def run_seed(
-    ds: InteractionDataset, texts: list[str], store_texts: list[str], seed: int, minilm: np.ndarray | None,
+    ds: InteractionDataset, texts: list[str], store_texts: list[str], seed: int,
     text_dims: tuple[int, ...] = (),
 ) -> dict[str, Any]:
     R = ds.matrix()
@@ -157,18 +117,14 @@ def run_seed(
     if store_texts != texts:  # what the store alone carries (no dataset-file content)
         encoders["tfidf, store text only"] = TextEncoder(min_df=2, seed=seed).fit(
             [store_texts[i] for i in warm]).transform(store_texts)
-    if minilm is not None:
-        encoders["minilm"] = minilm
     info = ds.item_info
     spaces = {}
     t0 = time.perf_counter()
     item_users = sp.csr_matrix(hist.T)
-    configs = {"tfidf": FeatureSpaceConfig(text_encoder="tfidf")}
+    configs = {"tfidf": FeatureSpaceConfig()}
     configs.update({f"tfidf, text_dim={d}": FeatureSpaceConfig(text_dim=d) for d in text_dims})
-    if minilm is not None:
-        configs["minilm"] = FeatureSpaceConfig(text_encoder="minilm")
     for enc, cfg in configs.items():
-        space = _Space(cfg)
+        space = FeatureSpace(cfg)
         spaces[enc] = space.fit(np.asarray(texts, object), info.categories, info.prices, item_users, seed=seed)
     space_s = time.perf_counter() - t0
     out: dict[str, Any] = {"seed": seed, "n_warm": len(warm), "space_fit_s": round(space_s, 2)}
@@ -207,7 +163,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--datasets", default=",".join(DATASETS))
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--work", type=Path, default=REPO / "out" / "content")
-    ap.add_argument("--no-minilm", action="store_true", help="TF-IDF only (without the 'text' extra)")
     ap.add_argument("--space-text-dims", default="", help="also the space with TF-IDF of these text_dim (e.g. 256)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--table", type=Path, default=None, help="print the markdown tables of a results JSON and exit")
@@ -231,11 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         report["datasets"] = {k: v for k, v in old.get("datasets", {}).items() if k not in args.datasets.split(",")}
     for name in args.datasets.split(","):
         ds, texts, store_texts = load(name, args.work)
-        minilm, enc_s = None, None
-        if not args.no_minilm:
-            minilm, enc_s = minilm_vectors(texts, args.work / f"{name}-minilm")
-            _MemoSentenceEncoder.memo.update(zip(texts, minilm, strict=True))
-        per_seed = [run_seed(ds, texts, store_texts, s, minilm, dims) for s in seeds]
+        per_seed = [run_seed(ds, texts, store_texts, s, dims) for s in seeds]
         rows = list(per_seed[0]["validation"]["rows"])
         summary: dict[str, Any] = {}
         for part in ("validation", "test"):
@@ -248,25 +199,12 @@ def main(argv: list[str] | None = None) -> int:
                     "recall@20": [round(float(np.mean(rc)), 4), round(float(np.std(rc)), 4)],
                     "ndcg@20_per_seed": [round(x, 4) for x in nd],
                 }
-        paired: dict[str, Any] = {}
-        if minilm is not None:
-            # minilm - tfidf on test, per-customer NDCG@20 pooled over seeds, per scorer
-            for scorer in ("knn", "space"):
-                a = np.concatenate([r["test"]["rows"][f"{scorer}/minilm"][0] for r in per_seed])
-                b = np.concatenate([r["test"]["rows"][f"{scorer}/tfidf"][0] for r in per_seed])
-                pc = paired_comparison(a, b)
-                paired[f"{scorer}: minilm - tfidf"] = {
-                    "mean_diff": round(pc.mean_diff, 4), "ci95": [round(pc.ci_low, 4), round(pc.ci_high, 4)],
-                    "p_wilcoxon": float(f"{pc.p_wilcoxon:.3g}"), "n": pc.n,
-                }
         best = max(rows, key=lambda r: summary["validation"][r]["ndcg@20"][0])
         report["datasets"][name] = {
             "n_products": ds.n_items, "n_customers": ds.n_users,
             "example_text": texts[int(np.argmax([len(t) > 0 for t in texts]))][:200],
-            "minilm_encode_s": None if enc_s is None else round(enc_s, 1),
-            "minilm_encode_note": "seconds for all products' texts, CPU, once (null: read from the cache)",
             "n_customers_evaluated": {p: [r[p]["n_customers"] for r in per_seed] for p in ("validation", "test")},
-            "summary": summary, "paired_test": paired, "best_on_validation": best,
+            "summary": summary, "best_on_validation": best,
         }
         print(f"\n{name}: best on validation {best}", file=sys.stderr)
         for row in rows:

@@ -1,7 +1,7 @@
 """Product content text: the title, the category, and the content a dataset's own files carry
 that the store's ``items`` table (``title``, ``category``, ``price``) does not.
 
-The text encoders (:mod:`.text`, :mod:`.sentence`) read one string per product.
+The text encoder (:mod:`.text`) reads one string per product.
 :func:`product_text` joins its parts; the readers below return ``item id -> extra text`` from the
 raw public datasets, for the parts ingest leaves out of the ``items`` table:
 

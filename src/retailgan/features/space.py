@@ -4,9 +4,8 @@ One vector per product, the concatenation of four blocks, each L2-normalised and
 its weight (so a block's share of a cosine similarity is set by its weight, not by its size):
 
 * ``text``: TF-IDF of the title / description reduced by a truncated SVD
-  (:class:`~retailgan.features.text.TextEncoder`, ``text_encoder="tfidf"``), or the
-  all-MiniLM-L6-v2 sentence embedding of the same text (:class:`~retailgan.features.sentence.
-  SentenceEncoder`, ``text_encoder="minilm"``, extra ``text``; nothing fitted, 384 dimensions);
+  (:class:`~retailgan.features.text.TextEncoder`; it won against sentence embeddings on
+  validation, docs/benchmarks-content.md);
 * ``category``: one-hot over the categories seen at fit time (an unseen or missing category:
   zeros);
 * ``price``: one-hot price band, bands at quantiles of log price over the fitted catalogue
@@ -31,7 +30,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -41,11 +40,7 @@ from retailgan.errors import ConfigError, ModelFileError
 from retailgan.features.linalg import randomized_svd
 from retailgan.features.text import TextEncoder, _l2_rows
 
-if TYPE_CHECKING:
-    from retailgan.features.sentence import SentenceEncoder
-
 BLOCKS = ("text", "category", "price", "collab")
-TEXT_ENCODERS = ("tfidf", "minilm")
 
 
 @dataclass(frozen=True)
@@ -64,14 +59,8 @@ class FeatureSpaceConfig:
     w_category: float = 0.5
     w_price: float = 0.25
     w_collab: float = 1.0
-    text_encoder: str = "tfidf"
-    """``tfidf`` (TF-IDF + SVD, ``text_dim``, ``min_df``) or ``minilm`` (sentence embeddings,
-    extra ``text``); measured against each other in docs/benchmarks-content.md."""
 
     def validate(self) -> None:
-        if self.text_encoder not in TEXT_ENCODERS:
-            raise ConfigError(f"feature space: text_encoder must be one of {', '.join(TEXT_ENCODERS)}, "
-                              f"got {self.text_encoder!r}")
         if min(self.text_dim, self.min_df, self.price_bands, self.impute_neighbors) < 1 or min(
             self.collab_dim, self.collab_dim_no_content
         ) < 0:
@@ -89,7 +78,7 @@ class FeatureSpace:
     def __init__(self, config: FeatureSpaceConfig | None = None) -> None:
         self.config = config or FeatureSpaceConfig()
         self.config.validate()
-        self.text: TextEncoder | SentenceEncoder = self._new_text_encoder(0)
+        self.text: TextEncoder = self._new_text_encoder(0)
         self.categories: list[str] = []
         self.price_edges = np.zeros(0, np.float64)
         self._has_prices = False
@@ -98,11 +87,7 @@ class FeatureSpace:
         self.collab_text = np.zeros((0, 0), np.float32)
         """Text blocks of the same products (the neighbours that impute new products' blocks)."""
 
-    def _new_text_encoder(self, seed: int) -> TextEncoder | SentenceEncoder:
-        if self.config.text_encoder == "minilm":
-            from retailgan.features.sentence import SentenceEncoder
-
-            return SentenceEncoder()
+    def _new_text_encoder(self, seed: int) -> TextEncoder:
         return TextEncoder(self.config.text_dim, self.config.min_df, seed=seed)
 
     # -- sizes ----------------------------------------------------------------------------------
@@ -310,10 +295,8 @@ class FeatureSpace:
         return cls.restore(meta, arrays), ids, matrix
 
 
-def _restore_text(meta: dict[str, Any], arrays: dict[str, np.ndarray], prefix: str) -> TextEncoder | SentenceEncoder:
-    """The saved text encoder (spaces saved before ``text_encoder`` existed hold TF-IDF)."""
-    if meta.get("kind", "tfidf") == "minilm":
-        from retailgan.features.sentence import SentenceEncoder
-
-        return SentenceEncoder.restore(meta, arrays, prefix)
+def _restore_text(meta: dict[str, Any], arrays: dict[str, np.ndarray], prefix: str) -> TextEncoder:
+    """The saved text encoder."""
+    if meta.get("kind", "tfidf") != "tfidf":
+        raise ModelFileError(f"feature space: unknown text encoder {meta.get('kind')!r}")
     return TextEncoder.restore(meta, arrays, prefix)
