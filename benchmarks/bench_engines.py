@@ -67,7 +67,10 @@ def prepare(work: Path, size: str) -> tuple[Path, Path, dict[str, Any]]:
     return store, model, info
 
 
-def engines(work: Path, size: str, repeats: int) -> dict[str, Any]:
+SETUPS = {"local-1": ("local", 1), "local-2": ("local", 2), "ray-2": ("ray", 2)}
+
+
+def engines(work: Path, size: str, repeats: int, names: list[str] | None = None, cli: bool = True) -> dict[str, Any]:
     import ray
 
     from retailgan.batch import recommend_all
@@ -76,13 +79,13 @@ def engines(work: Path, size: str, repeats: int) -> dict[str, Any]:
     t = time.perf_counter()
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     ray_start_s = time.perf_counter() - t
-    setups = [("local-1", "local", 1), ("local-2", "local", 2), ("ray-2", "ray", 2)]
+    setups = [(name, *SETUPS[name]) for name in (names or list(SETUPS))]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in setups}
     reference: bytes | None = None
     customers = 0
     try:
         for r in range(repeats):
-            for name, engine, workers in setups[r % 3 :] + setups[: r % 3]:  # rotate: load drifts
+            for name, engine, workers in setups[r % len(setups) :] + setups[: r % len(setups)]:  # rotate: load drifts
                 out = work / f"recs-{name}.parquet"
                 load = _load()
                 t = time.perf_counter()
@@ -96,20 +99,23 @@ def engines(work: Path, size: str, repeats: int) -> dict[str, Any]:
     finally:
         ray.shutdown()
     med = {name: statistics.median(x["seconds"] for x in rs) for name, rs in runs.items()}
-    # What a user without a cluster gets: the CLI starts a local instance and stops it.
-    out = work / "recs-cli-ray.parquet"
-    load = _load()
-    t = time.perf_counter()
-    subprocess.run([*CLI, "recommend", "--model-dir", str(model), "--all", "--store", str(store), "--k", "10",
-                    "--out", str(out), "--engine", "ray", "--workers", "2"], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    cli_s = time.perf_counter() - t
-    assert out.read_bytes() == reference
-    return {"size": size, "spec": SIZES[size].__dict__, "customers": customers, "k": 10, **info,
-            "ray_start_s": ray_start_s, "runs": runs, "median_s": med,
-            "us_per_customer": {k: 1e6 * v / customers for k, v in med.items()},
-            "ray_overhead_ratio": med["ray-2"] / med["local-2"], "local_2_speedup": med["local-1"] / med["local-2"],
-            "cli_ray_with_own_instance_s": cli_s, "cli_load_before": load, "tables_identical": True}
+    result = {"size": size, "spec": SIZES[size].__dict__, "customers": customers, "k": 10, **info,
+              "ray_start_s": ray_start_s, "runs": runs, "median_s": med,
+              "us_per_customer": {k: 1e6 * v / customers for k, v in med.items()}, "tables_identical": True}
+    if {"ray-2", "local-2"} <= med.keys():
+        result["ray_overhead_ratio"] = med["ray-2"] / med["local-2"]
+    if {"local-1", "local-2"} <= med.keys():
+        result["local_2_speedup"] = med["local-1"] / med["local-2"]
+    if cli:  # what a user without a cluster gets: the CLI starts a local instance and stops it
+        out = work / "recs-cli-ray.parquet"
+        result["cli_load_before"] = _load()
+        t = time.perf_counter()
+        subprocess.run([*CLI, "recommend", "--model-dir", str(model), "--all", "--store", str(store), "--k", "10",
+                        "--out", str(out), "--engine", "ray", "--workers", "2"], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        result["cli_ray_with_own_instance_s"] = time.perf_counter() - t
+        assert out.read_bytes() == reference
+    return result
 
 
 # -- memory of processes sharing one model -----------------------------------------------------------
@@ -181,6 +187,8 @@ def main() -> None:
     ap.add_argument("--parts", default="engines,mmap")
     ap.add_argument("--size", choices=list(SIZES), default="S")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--setups", default=",".join(SETUPS), help="engine setups to time (local-1, local-2, ray-2)")
+    ap.add_argument("--no-cli", action="store_true", help="skip the CLI run that starts its own Ray instance")
     ap.add_argument("--mmap-customers", type=int, default=1_000_000)
     ap.add_argument("--mmap-products", type=int, default=100_000)
     ap.add_argument("--processes", type=int, default=3)
@@ -194,7 +202,8 @@ def main() -> None:
     command = "python benchmarks/bench_engines.py " + " ".join(sys.argv[1:])
     parts = args.parts.split(",")
     if "engines" in parts:
-        doc["engines"] = {"command": command, **engines(args.work, args.size, args.repeats)}
+        doc["engines"] = {"command": command, **engines(args.work, args.size, args.repeats,
+                                                           args.setups.split(","), not args.no_cli)}
     if "mmap" in parts:
         doc["mmap"] = {"command": command, **mmap(args.work, args.mmap_customers, args.mmap_products,
                                                    args.processes)}
