@@ -603,14 +603,12 @@ def recommend(
         if store is not None:
             # Products of the store's catalogue the model was not trained with (no sales yet) join
             # the candidates of a model that embeds products from their records.
+            from retailgan.data.store import Store
             from retailgan.serving.engine import add_catalogue_products
-            from retailgan.serving.storage import ServiceStore
+            from retailgan.serving.storage import store_catalogue
 
-            st = ServiceStore(store, read_only=True)
-            try:
-                add_catalogue_products(mdl, st.catalogue().values())
-            finally:
-                st.close()
+            with Store.open(store, create=False, read_only=True) as st:
+                add_catalogue_products(mdl, store_catalogue(st).values())
         recs = mdl.recommend(user, k, exclude_seen=not include_seen)
         info = mdl.item_info
         out = []

@@ -52,6 +52,19 @@ def test_recommend_cli_adds_catalogue_products_without_sales(launched):
     assert next(it for it in items if it["product_id"] == "N0")["title"] == "Product 0-77"
 
 
+
+def test_recommend_batch_adds_catalogue_products_without_sales(launched, tmp_path):
+    import pyarrow.parquet as pq
+
+    store, model_dir = launched
+    out = tmp_path / "recs.parquet"
+    res = CliRunner().invoke(cli, ["recommend", "--model-dir", str(model_dir), "--store", str(store),
+                                   "--segment", "ids:C0", "--out", str(out), "--k", "10"])
+    assert res.exit_code == 0, res.output
+    rows = pq.read_table(out).to_pylist()
+    _check([r["product_id"] for r in sorted(rows, key=lambda r: r["rank"])])
+
+
 def test_service_adds_catalogue_products_without_sales(launched, built):
     store, model_dir = launched
     app = create_app(Settings(model_dir=model_dir, store=store, keys_file=built["keys"]))
