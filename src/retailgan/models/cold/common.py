@@ -25,13 +25,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 
-from retailgan.data.dataset import InteractionDataset, ItemInfo, Vocabulary
-from retailgan.errors import ConfigError, ModelFileError
+from retailgan.data.dataset import InteractionDataset
+from retailgan.errors import ModelFileError
 from retailgan.features.space import FeatureSpace, FeatureSpaceConfig
 from retailgan.models.base import IterativeRecommender, ModelConfig, TrainingOptions
+from retailgan.models.catalogue import extend_catalogue, new_products
 from retailgan.models.gan.state import load_module_arrays, module_arrays
 from retailgan.persistence import take
 
@@ -126,34 +126,13 @@ class NewProductsMixin:
     ) -> None:
         """Add products to the catalogue without retraining: they are embedded from their records
         through the fitted content space and networks, and are recommendable at once."""
-        model: Any = self
-        model._check_fitted()
-        assert self.space is not None and model.items is not None and model.seen is not None
-        ids = [str(i) for i in item_ids]
-        n = len(ids)
-        cats = np.asarray([None] * n if categories is None else list(categories), dtype=object)
-        pr = np.asarray([np.nan if p is None else float(p) for p in (prices if prices is not None else [None] * n)])
-        tit = np.asarray(list(titles), dtype=object)
-        if not (len(tit) == len(cats) == len(pr) == n):
-            raise ConfigError(f"add_products: {n} ids, {len(tit)} titles, {len(cats)} categories, {len(pr)} prices")
-        dup = [i for i in ids if i in model.items] + [i for i in set(ids) if ids.count(i) > 1]
-        if dup:
-            raise ConfigError(
-                f"add_products: product id(s) already in the catalogue or repeated: {sorted(set(dup))[:10]}"
-            )
-        if n == 0:
+        new = new_products(self, item_ids, titles, categories, prices)
+        if not new.ids:
             return
-        self._add_content(self.space.transform(tit, cats, pr).astype(np.float32))
-        model.items = Vocabulary(list(model.items.ids) + ids)
-        info = model.item_info
-        model.item_info = ItemInfo(
-            np.concatenate([info.titles, tit]),
-            np.concatenate([info.categories, cats]),
-            np.concatenate([info.prices, pr]),
-        )
-        model.seen = sp.csr_matrix((model.seen.data, model.seen.indices, model.seen.indptr),
-                                   shape=(model.seen.shape[0], len(model.items)))
-        model.popularity = np.concatenate([model.popularity, np.zeros(n, np.float32)])
+        assert self.space is not None
+        # The content first: a record the space cannot embed leaves the catalogue unchanged.
+        self._add_content(self.space.transform(new.titles, new.categories, new.prices).astype(np.float32))
+        extend_catalogue(self, new)
 
     def _extra_meta(self) -> dict[str, Any]:
         assert self.space is not None
