@@ -98,16 +98,17 @@ class BlockScorer:
 
     @classmethod
     def load(cls, options: BatchOptions) -> BlockScorer:
-        """Load the model (and, for a ``trend_days`` model with a store, its recent sales)."""
-        b = ModelBundle.load(options.model_dir)
-        if options.label is not None and b.label != options.label:
-            raise ModelFileError(f"{options.model_dir}: the model changed during the batch job "
-                                 f"({options.label} -> {b.label})")
+        """Load the model (and, with a store, its catalogue products without sales for a model
+        with ``add_products``, and recent sales for a ``trend_days`` model)."""
+        b = _load_bundle(options.model_dir, options.store)
         if b.trend_days and options.store is not None:
             from retailgan.data.store import Store
 
             with Store.open(options.store, create=False, read_only=True, threads=1) as store:
                 b.set_recent_sales(store.recent_buyers(b.trend_days, options.now))
+        if options.label is not None and b.label != options.label:
+            raise ModelFileError(f"{options.model_dir}: the model changed during the batch job "
+                                 f"({options.label} -> {b.label})")
         return cls(b, options)
 
     def __call__(self, customers: Sequence[str]) -> pa.Table:
@@ -127,6 +128,19 @@ class BlockScorer:
             cols["reason"] = [text for texts in reasons for text in texts]
         cols["model_version"] = [b.label] * int(counts.sum())
         return pa.table(cols, schema=self.schema)
+
+
+def _load_bundle(model_dir: str | Path, store: str | Path | None) -> ModelBundle:
+    """The model, with the store's catalogue products without sales when it embeds products from
+    content (``add_products``), as the service loads it."""
+    if store is None:
+        return ModelBundle.load(model_dir)
+    from retailgan.data.store import Store
+    from retailgan.serving.storage import store_catalogue
+
+    with Store.open(store, create=False, read_only=True, threads=1) as st:
+        catalogue = store_catalogue(st)
+    return ModelBundle.load(model_dir, catalogue)
 
 
 def write_block(scorer: BlockScorer, work: Path, c: int, customers: list[str]) -> None:
@@ -199,7 +213,7 @@ def recommend_all(
     if store_path is not None and not store_path.is_file():
         raise FileNotFoundError(2, "no such file", str(store_path))
     runner = make_engine(engine, workers, address)
-    b = ModelBundle.load(model_dir)
+    b = _load_bundle(model_dir, None if store_path is None else str(store_path))
     seg_text, ref_ts, ignored = None, None, 0
     if store_path is None:
         customers = sorted(str(u) for u in b.model.users.ids if not str(u).startswith(FORGOTTEN_PREFIX))

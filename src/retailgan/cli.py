@@ -568,7 +568,10 @@ def recommend(
         "all | ids:ID1,ID2 | country:NAME | recent:DAYS | spend:LOW-HIGH."
     ),
     out: Path | None = typer.Option(None, "--out", help="Parquet file for --all / --segment (written atomically)."),
-    store: Path | None = typer.Option(None, "--store", help="DuckDB store whose customers --all / --segment take."),
+    store: Path | None = typer.Option(
+        None, "--store", help="DuckDB store whose customers --all / --segment take; its catalogue products without "
+        "sales are added to models that embed products from content (featgan, the cold-start models)."
+    ),
     as_of: str | None = typer.Option(
         None, "--as-of", help="Reference time for --segment recent:N and trend models ('now' or an ISO date / "
         "time, UTC); default: the store's latest ingested event."
@@ -588,8 +591,8 @@ def recommend(
         return
     if not user:
         _fail("give --user ID (repeatable), or --all / --segment with --out for every customer")
-    if out is not None or store is not None or as_of is not None or engine != "local" or address is not None:
-        _fail("--out, --store, --as-of, --engine and --address go with --all or --segment")
+    if out is not None or as_of is not None or engine != "local" or address is not None:
+        _fail("--out, --as-of, --engine and --address go with --all or --segment")
 
     def go() -> None:
         from rich.table import Table
@@ -597,6 +600,15 @@ def recommend(
         from retailgan.persistence import load_model
 
         mdl = load_model(model_dir)
+        if store is not None:
+            # Products of the store's catalogue the model was not trained with (no sales yet) join
+            # the candidates of a model that embeds products from their records.
+            from retailgan.data.store import Store
+            from retailgan.serving.engine import add_catalogue_products
+            from retailgan.serving.storage import store_catalogue
+
+            with Store.open(store, create=False, read_only=True) as st:
+                add_catalogue_products(mdl, store_catalogue(st).values())
         recs = mdl.recommend(user, k, exclude_seen=not include_seen)
         info = mdl.item_info
         out = []

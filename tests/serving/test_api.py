@@ -353,9 +353,9 @@ def test_not_ready_before_the_model_is_loaded_and_one_reload_at_a_time(built, tm
 
     real = app_module.ModelBundle.load
 
-    def slow_load(path):
+    def slow_load(path, *args):
         time.sleep(3.0)
-        return real(path)
+        return real(path, *args)
 
     with c:
         monkeypatch.setattr(app_module.ModelBundle, "load", staticmethod(slow_load))

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -62,6 +62,18 @@ def model_version(path: Path) -> str:
     return h.hexdigest()[:12]
 
 
+def add_catalogue_products(model: Any, products: Iterable[Product]) -> int:
+    """Give a model that has ``add_products`` the catalogue products it does not know (embedded
+    from their records); returns how many were added (0 for models without it)."""
+    if not hasattr(model, "add_products"):
+        return 0
+    new = [p for p in products if p.product_id not in model.items]
+    if new:
+        model.add_products([p.product_id for p in new], [p.title or "" for p in new],
+                           [p.category for p in new], [p.price for p in new])
+    return len(new)
+
+
 @dataclass
 class ModelBundle:
     """A loaded model and the arrays the service derives from it."""
@@ -95,8 +107,11 @@ class ModelBundle:
         self.model.set_recent_sales(ids, [sales[i] for i in ids])
 
     @classmethod
-    def load(cls, path: str | Path) -> ModelBundle:
-        """Load and validate a model directory; raises :class:`ModelFileError` if it is unusable."""
+    def load(cls, path: str | Path, catalogue: Mapping[str, Product] | None = None) -> ModelBundle:
+        """Load and validate a model directory; raises :class:`ModelFileError` if it is unusable.
+
+        A model that embeds products from content (``add_products``: featgan, the cold-start
+        models) also gets the ``catalogue`` products it was not trained with (products without sales)."""
         path = Path(path)
         meta = read_meta(path)
         try:
@@ -110,6 +125,8 @@ class ModelBundle:
             raise
         except Exception as exc:  # a corrupt file can fail anywhere in numpy / scipy
             raise ModelFileError(f"{path}: model files are inconsistent ({type(exc).__name__}: {exc})") from None
+        if catalogue is not None:
+            add_catalogue_products(model, catalogue.values())
         info = model.item_info
         n = model.n_items
         if n == 0:

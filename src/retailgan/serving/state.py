@@ -198,7 +198,7 @@ class ServiceState:
         """Load a model directory and check it against the store's catalogue; a model that follows
         recent sales (featgan ``trend_days``) gets them from the store, as of its latest event,
         instead of the training snapshot."""
-        bundle = ModelBundle.load(path)
+        bundle = ModelBundle.load(path, self.catalogue)
         bundle.check_catalogue(self.catalogue, self.settings.store)
         if bundle.trend_days and self.store is not None:
             bundle.set_recent_sales(self.store.recent_buyers(bundle.trend_days, parse_as_of(self.settings.as_of)))

@@ -45,6 +45,12 @@ class NewEvent:
     price: float | None
 
 
+def store_catalogue(store: Store) -> dict[str, Product]:
+    """``product id -> Product`` for every product of the store's catalogue."""
+    rows = store.con.execute("SELECT item_id, title, category, price FROM items").fetchall()
+    return {str(i): Product(str(i), t, c, None if p is None or p != p else float(p)) for i, t, c, p in rows}
+
+
 class ServiceStore:
     """A store connection shared by the service's threads (access is serialised)."""
 
@@ -61,10 +67,7 @@ class ServiceStore:
 
     def catalogue(self) -> dict[str, Product]:
         with self._lock:
-            rows = self.store.con.execute("SELECT item_id, title, category, price FROM items").fetchall()
-        return {
-            str(i): Product(str(i), t, c, None if p is None or p != p else float(p)) for i, t, c, p in rows
-        }
+            return store_catalogue(self.store)
 
     def image_flags(self) -> dict[str, bool]:
         """``product -> generated`` for catalogue products that have an image."""

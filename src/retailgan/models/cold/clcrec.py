@@ -73,6 +73,9 @@ class CLCRec(ColdStartRecommender):
         items = torch.where(self._is_warm[:, None], self._ie, self._enc(self._X))
         return self._ue, items
 
+    def content_vectors(self, X: torch.Tensor) -> torch.Tensor:
+        return self._enc(X)
+
     @staticmethod
     def _info_nce(anchor: torch.Tensor, rows: torch.Tensor, temperature: float) -> torch.Tensor:
         """-log softmax of column 0 of ``anchor . rows`` / temperature (rows: (b, 1 + k, d))."""

@@ -11,11 +11,16 @@
   still has an input.
 * **Base class**: :class:`ColdStartRecommender` computes one vector per customer and one per
   product (new products from content) at the end of every epoch; scores are their inner products.
+* **Products added after fitting** (:class:`NewProductsMixin`, the same ``add_products`` as
+  featgan's): the fitted content space and the content networks are saved with the model, so a
+  product first seen in the catalogue after training is embedded from its record, as the cold
+  products of the training vocabulary are.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -23,8 +28,11 @@ import numpy as np
 import torch
 
 from retailgan.data.dataset import InteractionDataset
+from retailgan.errors import ModelFileError
 from retailgan.features.space import FeatureSpace, FeatureSpaceConfig
 from retailgan.models.base import IterativeRecommender, ModelConfig, TrainingOptions
+from retailgan.models.catalogue import extend_catalogue, new_products
+from retailgan.models.gan.state import load_module_arrays, module_arrays
 from retailgan.persistence import take
 
 
@@ -83,12 +91,79 @@ def backbone(dataset: InteractionDataset, cfg: ColdConfig, seed: int) -> tuple[n
     return U.copy(), V.copy()
 
 
-def content_features(dataset: InteractionDataset, text_dim: int, seed: int) -> np.ndarray:
-    """``(items, d + 1)`` content vectors (module docstring): text, category, price band, constant."""
+def content_features(dataset: InteractionDataset, text_dim: int, seed: int) -> tuple[FeatureSpace, np.ndarray]:
+    """The fitted content space and the ``(items, d + 1)`` content vectors (module docstring):
+    text, category, price band, constant."""
     info = dataset.item_info
     space = FeatureSpace(FeatureSpaceConfig(text_dim=text_dim, collab_dim=0))
     X = space.fit(info.titles, info.categories, info.prices, dataset.matrix().T.tocsr(), seed=seed)
+    return space, with_constant(X)
+
+
+def with_constant(X: np.ndarray) -> np.ndarray:
     return np.hstack([X, np.ones((len(X), 1), np.float32)]).astype(np.float32)
+
+
+class NewProductsMixin:
+    """``add_products`` and the saved content space, for models that embed a product from content.
+
+    A subclass sets ``self.space`` when fitting and implements :meth:`_add_content` (what it keeps
+    per product, from the new products' content rows)."""
+
+    space: FeatureSpace | None = None
+    _space_meta: dict[str, Any] | None = None
+
+    def _add_content(self, content: np.ndarray) -> None:
+        """Extend the per-product arrays with products of these ``(n, d)`` content rows (no constant)."""
+        raise NotImplementedError
+
+    def add_products(
+        self,
+        item_ids: Sequence[object],
+        titles: Sequence[object],
+        categories: Sequence[object] | None = None,
+        prices: Sequence[float | None] | None = None,
+    ) -> None:
+        """Add products to the catalogue without retraining: they are embedded from their records
+        through the fitted content space and networks, and are recommendable at once."""
+        new = new_products(self, item_ids, titles, categories, prices)
+        if not new.ids:
+            return
+        assert self.space is not None
+        # The content first: a record the space cannot embed leaves the catalogue unchanged.
+        self._add_content(self.space.transform(new.titles, new.categories, new.prices).astype(np.float32))
+        extend_catalogue(self, new)
+
+    def _extra_meta(self) -> dict[str, Any]:
+        assert self.space is not None
+        return {"content_space": self.space.meta()}
+
+    def _load_extra_meta(self, extra: dict[str, Any]) -> None:
+        self._space_meta = extra.get("content_space")
+
+    def _space_arrays(self) -> dict[str, np.ndarray]:
+        assert self.space is not None
+        return self.space.arrays("content")
+
+    def _restore_space(self, arrays: dict[str, np.ndarray], dim: int | None = None) -> None:
+        """Restore the saved content space and check that it embeds a record into ``dim`` values
+        (the width of the model's content rows; default: the space's own); a damaged space is refused."""
+        if self._space_meta is None:
+            if self.space is not None:  # during training the fitted space is kept
+                return
+            raise ModelFileError("content_space: missing from model.json (needed to embed new products)")
+        space = FeatureSpace.restore(self._space_meta, arrays, "content")
+        edges = space.price_edges
+        if edges.ndim != 1 or not np.all(np.isfinite(edges)) or np.any(np.diff(edges) < 0):
+            raise ModelFileError("content.price_edges: not an increasing 1-d array")
+        try:
+            probe = space.transform(np.asarray(["probe"], object), np.asarray([None], object), np.asarray([1.0]))
+        except Exception as exc:  # a damaged text basis fails in numpy / scipy
+            raise ModelFileError(f"content space: arrays inconsistent ({type(exc).__name__}: {exc})") from None
+        dim = space.dim if dim is None else dim
+        if probe.shape != (1, dim) or not np.isfinite(probe).all():
+            raise ModelFileError(f"content space: embeds a product into {probe.shape[1]} values, the model takes {dim}")
+        self.space = space
 
 
 def mlp(dims: list[int], act: type[torch.nn.Module] = torch.nn.Tanh, dropout: float = 0.0) -> torch.nn.Sequential:
@@ -103,7 +178,7 @@ def mlp(dims: list[int], act: type[torch.nn.Module] = torch.nn.Tanh, dropout: fl
     return torch.nn.Sequential(*layers)
 
 
-class ColdStartRecommender(IterativeRecommender):
+class ColdStartRecommender(NewProductsMixin, IterativeRecommender):
     """Scores = customer vector . product vector, both recomputed after every epoch
     (:meth:`embed`); products without training interactions get theirs from content."""
 
@@ -118,7 +193,7 @@ class ColdStartRecommender(IterativeRecommender):
         self._gen = torch.Generator().manual_seed(options.seed)
         self._rng = np.random.default_rng(options.seed)
         U, V = backbone(dataset, cfg, options.seed)
-        X = content_features(dataset, cfg.text_dim, options.seed)
+        self.space, X = content_features(dataset, cfg.text_dim, options.seed)
         self._warm_mask = np.diff(dataset.matrix().tocsc().indptr) > 0
         self._warm_items = torch.from_numpy(np.flatnonzero(self._warm_mask))
         self._is_warm = torch.from_numpy(self._warm_mask)
@@ -127,6 +202,7 @@ class ColdStartRecommender(IterativeRecommender):
         self._pos_u = torch.from_numpy(np.repeat(np.arange(X_pairs.shape[0]), np.diff(X_pairs.indptr)).astype(np.int64))
         self._pos_i = torch.from_numpy(X_pairs.indices.astype(np.int64))
         self.build(options)
+        self._built = True
         self._sync()
 
     def build(self, options: TrainingOptions) -> None:
@@ -138,8 +214,20 @@ class ColdStartRecommender(IterativeRecommender):
         raise NotImplementedError
 
     def networks(self) -> list[torch.nn.Module]:
-        """The networks (switched between train and eval mode around :meth:`embed`)."""
+        """The networks (switched between train and eval mode around :meth:`embed`; saved)."""
         return []
+
+    def content_vectors(self, X: torch.Tensor) -> torch.Tensor:
+        """Product vectors of products known by their content rows ``X`` alone (with the constant),
+        as :meth:`embed` computes them for the cold products of the training vocabulary."""
+        raise NotImplementedError
+
+    def _add_content(self, content: np.ndarray) -> None:
+        for m in self.networks():
+            m.eval()
+        with torch.no_grad():
+            new = self.content_vectors(torch.from_numpy(with_constant(content))).numpy().astype(np.float32)
+        self.item_emb = np.concatenate([self.item_emb, new]).astype(np.float32)
 
     def batches(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """One epoch of (user, positive item, uniform negative warm item) mini-batches."""
@@ -184,11 +272,29 @@ class ColdStartRecommender(IterativeRecommender):
         self.user_emb[user_idx] = 0.0
 
     def _state(self) -> dict[str, np.ndarray]:
-        return {"user_emb": np.array(self.user_emb, np.float32), "item_emb": np.array(self.item_emb, np.float32)}
+        state = {"user_emb": np.array(self.user_emb, np.float32), "item_emb": np.array(self.item_emb, np.float32)}
+        for k, m in enumerate(self.networks()):
+            state.update(module_arrays(m, f"net{k}"))
+        return {**state, **self._space_arrays()}
 
     def _load_state(self, arrays: dict[str, np.ndarray]) -> None:
         self.user_emb = take(arrays, "user_emb", np.float32, (self.n_users, None))
         self.item_emb = take(arrays, "item_emb", np.float32, (self.n_items, self.user_emb.shape[1]))
+        self._restore_space(arrays)
+        assert self.space is not None
+        if not getattr(self, "_built", False):
+            # Loading from files: networks of the saved shapes (backbone factors + bias, content +
+            # constant), filled from the saved arrays whose shapes load_module_arrays checks.
+            cfg: ColdConfig = self.config  # type: ignore[assignment]
+            cfg.check(self.name)
+            self._U = self._V = torch.zeros(1, cfg.factors + 1)
+            self._X = torch.zeros(1, self.space.dim + 1)
+            self.build(TrainingOptions())
+            self._built = True
+            self.finish_training()
+        for k, m in enumerate(self.networks()):
+            load_module_arrays(m, arrays, f"net{k}", self.name)
+            m.eval()
 
 
 def mean_losses(totals: dict[str, float], n: int) -> dict[str, float]:

@@ -14,7 +14,7 @@ import numpy as np
 
 from retailgan.data.dataset import InteractionDataset
 from retailgan.models.base import ModelConfig, Recommender, TrainingOptions
-from retailgan.models.cold.common import content_features
+from retailgan.models.cold.common import NewProductsMixin, content_features
 from retailgan.persistence import take
 
 
@@ -26,7 +26,7 @@ class ContentKNNConfig(ModelConfig):
         self.require("contentknn", [(self.text_dim >= 1, "text_dim >= 1")])
 
 
-class ContentKNN(Recommender):
+class ContentKNN(NewProductsMixin, Recommender):
     """Max content cosine to the history (module docstring); ties broken by popularity."""
 
     name = "contentknn"
@@ -39,9 +39,11 @@ class ContentKNN(Recommender):
     def _fit(self, dataset: InteractionDataset, options: TrainingOptions) -> None:
         cfg: ContentKNNConfig = self.config  # type: ignore[assignment]
         cfg.check()
-        X = content_features(dataset, cfg.text_dim, options.seed)[:, :-1]  # the constant adds nothing to a cosine
-        norms = np.linalg.norm(X, axis=1, keepdims=True)
-        self.X = np.divide(X, norms, out=np.zeros_like(X), where=norms > 0).astype(np.float32)
+        self.space, X = content_features(dataset, cfg.text_dim, options.seed)
+        self.X = _unit_rows(X[:, :-1])  # the constant adds nothing to a cosine
+
+    def _add_content(self, content: np.ndarray) -> None:
+        self.X = np.concatenate([self.X, _unit_rows(content)]).astype(np.float32)
 
     def score_users(self, user_idx: np.ndarray) -> np.ndarray:
         assert self.seen is not None and self.popularity is not None
@@ -56,7 +58,13 @@ class ContentKNN(Recommender):
         return out + (1e-4 * np.log1p(self.popularity) / np.log1p(max(self.popularity.max(), 1.0)))[None, :]
 
     def _state(self) -> dict[str, np.ndarray]:
-        return {"X": np.asarray(self.X, np.float32)}
+        return {"X": np.asarray(self.X, np.float32), **self._space_arrays()}
 
     def _load_state(self, arrays: dict[str, np.ndarray]) -> None:
         self.X = take(arrays, "X", np.float32, (self.n_items, None))
+        self._restore_space(arrays, self.X.shape[1])
+
+
+def _unit_rows(X: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    return np.divide(X, norms, out=np.zeros_like(X), where=norms > 0).astype(np.float32)

@@ -56,6 +56,10 @@ class DropoutNet(ColdStartRecommender):
         v_in = self._V * self._is_warm[:, None].float()
         return self._fu(self._U), self._fv(torch.cat([v_in, self._X], 1))
 
+    def content_vectors(self, X: torch.Tensor) -> torch.Tensor:
+        cfg: DropoutNetConfig = self.config  # type: ignore[assignment]
+        return self._fv(torch.cat([torch.zeros(len(X), cfg.factors + 1), X], 1))
+
     def train_batches(self) -> dict[str, float]:
         cfg: DropoutNetConfig = self.config  # type: ignore[assignment]
         total, n = 0.0, 0

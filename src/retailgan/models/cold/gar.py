@@ -79,6 +79,9 @@ class GAR(ColdStartRecommender):
         v_in = torch.where(self._is_warm[:, None], self._V, self._g(self._X))
         return self._ru(self._U), self._ri(v_in)
 
+    def content_vectors(self, X: torch.Tensor) -> torch.Tensor:
+        return self._ri(self._g(X))
+
     def _score(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return (self._ru(u) * self._ri(v)).sum(1)
 

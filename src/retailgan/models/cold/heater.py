@@ -75,6 +75,9 @@ class Heater(ColdStartRecommender):
         v_in = torch.where(self._is_warm[:, None], self._V, self._psi(self._X))
         return self._fu(self._U), self._fv(v_in)
 
+    def content_vectors(self, X: torch.Tensor) -> torch.Tensor:
+        return self._fv(self._psi(X))
+
     def train_batches(self) -> dict[str, float]:
         cfg: HeaterConfig = self.config  # type: ignore[assignment]
         totals, n = {"loss": 0.0, "sim": 0.0}, 0

@@ -8,10 +8,9 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from retailgan.data.dataset import ItemInfo, Vocabulary
-from retailgan.errors import ConfigError
 from retailgan.features.space import FeatureSpace
 from retailgan.models.base import IterativeRecommender
+from retailgan.models.catalogue import extend_catalogue, new_products
 from retailgan.models.gan.featgan.config import FeatureGANConfig
 from retailgan.models.gan.featgan.networks import Nets
 from retailgan.models.gan.featgan.priors import PriorsMixin
@@ -56,34 +55,12 @@ class FeatureGAN(SlatesMixin, ScoringMixin, PriorsMixin, TrainingMixin, Iterativ
     ) -> None:
         """Add products to the catalogue without retraining: their features come from their
         records (collaborative block imputed from text), and they are recommendable at once."""
-        self._check_fitted()
-        assert self.space is not None and self.X is not None and self.items is not None
-        assert self.item_info is not None and self.seen is not None and self.popularity is not None
-        ids = [str(i) for i in item_ids]
-        n = len(ids)
-        cats = np.asarray([None] * n if categories is None else list(categories), dtype=object)
-        pr = np.asarray([np.nan if p is None else float(p) for p in (prices if prices is not None else [None] * n)])
-        tit = np.asarray(list(titles), dtype=object)
-        if not (len(tit) == len(cats) == len(pr) == n):
-            raise ConfigError(f"add_products: {n} ids, {len(tit)} titles, {len(cats)} categories, {len(pr)} prices")
-        dup = [i for i in ids if i in self.items] + [i for i in set(ids) if ids.count(i) > 1]
-        if dup:
-            raise ConfigError(
-                f"add_products: product id(s) already in the catalogue or repeated: {sorted(set(dup))[:10]}"
-            )
-        feats = self.space.transform(tit, cats, pr)
+        new = new_products(self, item_ids, titles, categories, prices)
+        assert self.space is not None and self.X is not None
+        n = len(new.ids)
+        feats = self.space.transform(new.titles, new.categories, new.prices)
         self.X = np.concatenate([self.X, feats]).astype(np.float32)
-        self.items = Vocabulary(list(self.items.ids) + ids)
-        info = self.item_info
-        self.item_info = ItemInfo(
-            np.concatenate([info.titles, tit]),
-            np.concatenate([info.categories, cats]),
-            np.concatenate([info.prices, pr]),
-        )
-        self.seen = sp.csr_matrix(
-            (self.seen.data, self.seen.indices, self.seen.indptr), shape=(self.n_users, len(self.X))
-        )
-        self.popularity = np.concatenate([self.popularity, np.zeros(n, np.float32)])
+        extend_catalogue(self, new)
         if self._prior_counts is not None:
             self._prior_counts = np.concatenate([self._prior_counts, np.zeros(n)])
         if self._recent is not None and self._cold_items is not None:
