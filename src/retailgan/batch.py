@@ -100,7 +100,7 @@ class BlockScorer:
     def load(cls, options: BatchOptions) -> BlockScorer:
         """Load the model (and, with a store, its catalogue products without sales for a model
         with ``add_products``, and recent sales for a ``trend_days`` model)."""
-        b = _load_bundle(options.model_dir, options.store)
+        b = load_bundle(options.model_dir, options.store)
         if b.trend_days and options.store is not None:
             from retailgan.data.store import Store
 
@@ -130,7 +130,7 @@ class BlockScorer:
         return pa.table(cols, schema=self.schema)
 
 
-def _load_bundle(model_dir: str | Path, store: str | Path | None) -> ModelBundle:
+def load_bundle(model_dir: str | Path, store: str | Path | None) -> ModelBundle:
     """The model, with the store's catalogue products without sales when it embeds products from
     content (``add_products``), as the service loads it."""
     if store is None:
@@ -213,7 +213,7 @@ def recommend_all(
     if store_path is not None and not store_path.is_file():
         raise FileNotFoundError(2, "no such file", str(store_path))
     runner = make_engine(engine, workers, address)
-    b = _load_bundle(model_dir, None if store_path is None else str(store_path))
+    b = load_bundle(model_dir, None if store_path is None else str(store_path))
     seg_text, ref_ts, ignored = None, None, 0
     if store_path is None:
         customers = sorted(str(u) for u in b.model.users.ids if not str(u).startswith(FORGOTTEN_PREFIX))

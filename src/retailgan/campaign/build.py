@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from retailgan.batch import load_bundle
 from retailgan.campaign import DEFAULT_CHUNK_SIZE
 from retailgan.campaign.query import (
     parse_segment,
@@ -281,7 +282,7 @@ class _Workers:
     work: str
 
     def __call__(self) -> Callable[[int, list[str]], None]:
-        b = ModelBundle.load(self.model_dir)
+        b = load_bundle(self.model_dir, self.store_path)
         if b.label != self.label:
             raise ModelFileError(
                 f"{self.model_dir}: the model changed during the campaign build ({self.label} -> {b.label})")
@@ -344,10 +345,10 @@ def build_campaign(
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: exists and is not a directory")
     seg = parse_segment(segment)
-    b = ModelBundle.load(model_dir)
-    ctx = CampaignContext.create(b, theme, k, recent_days)
     if not store_path.is_file():
         raise FileNotFoundError(2, "no such file", str(store_path))
+    b = load_bundle(model_dir, store_path)  # with the catalogue's unsold products, as the service loads it
+    ctx = CampaignContext.create(b, theme, k, recent_days)
     params = {"segment": seg.text, "theme": ctx.theme, "k": k, "recent_days": recent_days,
               "chunk_size": chunk_size}
     work = work_dir(out)
