@@ -142,11 +142,18 @@ def test_a_failure_leaves_the_store_unchanged(store, pg_url, monkeypatch):
 
 
 def test_refuses_while_a_service_holds_the_store(store, pg_url):
-    svc = ServiceStore(store)  # the one-process service's connection, open for writing
+    import subprocess
+    import sys
+
+    # Another process holds the store open for writing, as a one-process service does.
+    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+                               "print('open', flush=True); time.sleep(60)", str(store)], stdout=subprocess.PIPE, text=True)
     try:
+        assert holder.stdout.readline().strip() == "open"
         result = CliRunner().invoke(app, ["events", "sync", "--events-db", pg_url, "--store", str(store)])
     finally:
-        svc.close()
+        holder.kill()
+        holder.wait()
     assert result.exit_code == 2
     assert "in use by another process" in result.output and "nightly job" in result.output
 
