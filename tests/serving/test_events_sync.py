@@ -146,8 +146,8 @@ def test_refuses_while_a_service_holds_the_store(store, pg_url):
     import sys
 
     # Another process holds the store open for writing, as a one-process service does.
-    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
-                               "print('open', flush=True); time.sleep(60)", str(store)], stdout=subprocess.PIPE, text=True)
+    code = "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('open', flush=True); time.sleep(60)"
+    holder = subprocess.Popen([sys.executable, "-c", code, str(store)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "open"
         result = CliRunner().invoke(app, ["events", "sync", "--events-db", pg_url, "--store", str(store)])
