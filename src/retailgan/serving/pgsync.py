@@ -96,7 +96,9 @@ def _check_erasures(con: duckdb.DuckDBPyConnection, store: Path, since: datetime
     rows = con.execute("SELECT erased_at, report FROM erasures ORDER BY erased_at").fetchall()
     store_only = [at for at, rep in rows if "events_db_events" not in json.loads(rep).get("store", {})]
     with_db = [at for at, rep in rows if "events_db_events" in json.loads(rep).get("store", {})]
-    pending = [at for at in store_only if (since is None or at >= since.replace(microsecond=0)) and not any(w >= at for w in with_db)]
+    # The audit record keeps whole seconds: an erasure in the second of the last sync counts as after it.
+    start = None if since is None else since.replace(microsecond=0)
+    pending = [at for at in store_only if (start is None or at >= start) and not any(w >= at for w in with_db)]
     if pending:
         raise StoreError(
             f"{store}: customers were erased at {pending[-1]:%Y-%m-%d %H:%M} without --events-db, so their events "
