@@ -786,6 +786,32 @@ def forget(
     _run(go)
 
 
+# -- events sync ------------------------------------------------------------------------------
+
+events_app = typer.Typer(no_args_is_help=True, help="The service's events in PostgreSQL (`serve --events-db`).")
+app.add_typer(events_app, name="events")
+
+
+@events_app.command("sync")
+def events_sync(
+    events_db: str | None = typer.Option(
+        None, "--events-db", envvar="RETAILGAN_EVENTS_DB", help="The PostgreSQL URL the service writes events to."
+    ),
+    store: Path = typer.Option(..., "--store", help="The store to copy them into (not open in a running service)."),
+) -> None:
+    """Copy the events the service took in PostgreSQL that the store lacks into the store, once each,
+    in one transaction. Run it before `train`, `compare`, `recommend --all` and `campaign build`."""
+
+    def go() -> None:
+        if not events_db:
+            raise ConfigError("events sync: give --events-db postgresql://... (or set RETAILGAN_EVENTS_DB)")
+        from retailgan.serving.pgsync import sync_events
+
+        console.print(sync_events(events_db, store).summary(store), highlight=False)
+
+    _run(go)
+
+
 # -- demo -------------------------------------------------------------------------------------
 
 

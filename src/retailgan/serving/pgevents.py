@@ -160,14 +160,8 @@ class PgEventStore:
 
     def read_new(self, conn: Any, pos: Position) -> tuple[list[StoredEvent], Position]:
         """Events not read at ``pos`` yet (and some read already), in ``seq`` order, and the next position."""
-        xmin = str(conn.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())").fetchone()[0])
-        rows = conn.execute(
-            "SELECT seq, customer_id, product_id FROM retailgan_events WHERE seq > %s OR xid >= %s::xid8 "
-            "ORDER BY seq",
-            [pos.seq, pos.xmin],
-        ).fetchall()
-        events = [StoredEvent(int(s), str(c), str(p)) for s, c, p in rows]
-        return events, Position(max([pos.seq, *(e.seq for e in events)]), xmin)
+        rows, nxt = read_rows(conn, pos, "customer_id, product_id")
+        return [StoredEvent(int(s), str(c), str(p)) for s, c, p in rows], nxt
 
     def read_since(self, pos: Position) -> tuple[list[StoredEvent], Position]:
         with self.pool.connection() as conn:
@@ -218,6 +212,18 @@ class PgEventStore:
                 "WHERE id = 1 RETURNING generation", [version]).fetchone()[0])
             conn.execute("SELECT pg_notify(%s, %s)", [MODEL_CHANNEL, str(gen)])
         return gen
+
+
+def read_rows(conn: Any, pos: Position, columns: str) -> tuple[list[tuple[Any, ...]], Position]:
+    """Rows (``seq`` first, then ``columns``) of ``retailgan_events`` not read at ``pos`` yet, and some
+    read already, in ``seq`` order, and the next position: the module docstring's rule for
+    out-of-order commits."""
+    xmin = str(conn.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())").fetchone()[0])
+    rows = conn.execute(
+        f"SELECT seq, {columns} FROM retailgan_events WHERE seq > %s OR xid >= %s::xid8 ORDER BY seq",
+        [pos.seq, pos.xmin],
+    ).fetchall()
+    return rows, Position(max([pos.seq, *(int(r[0]) for r in rows)]), xmin)
 
 
 class Follower:
