@@ -10,11 +10,13 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 from retailgan import progress
-from retailgan.errors import ConfigError, RetailganError
+from retailgan.cli_common import AS_OF_HELP, console, json_option, load_store, parse_ks, run_guarded, write_json
+from retailgan.cli_recommend import recommend
+from retailgan.errors import ConfigError
 from retailgan.fileio import write_text_atomic
+from retailgan.serving.cli import events_app, serve
 
 app = typer.Typer(
     add_completion=False,
@@ -22,83 +24,7 @@ app = typer.Typer(
     help="retailgan: personalised recommendations from raw retail logs.",
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True, soft_wrap=True)  # a line stays one line in a log (no wrap at 80 columns)
 BUNDLED_RETAIL = Path(__file__).resolve().parents[2] / "data" / "online-retail" / "online_retail.csv.gz"
-
-
-def _fail(message: str, code: int = 2) -> None:
-    # Escaped: a message may hold brackets ("pip install 'retailgan[serve]'") that rich reads as markup.
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def _write_json_atomic(path: Path, payload: Any) -> None:
-    write_text_atomic(path, json.dumps(payload, indent=2, default=str) + "\n")
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    write_text_atomic(path, text)
-
-
-def _parse_ks(text: str) -> tuple[int, ...]:
-    try:
-        ks = tuple(sorted({int(k) for k in text.split(",") if k.strip()}))
-    except ValueError:
-        raise ConfigError(f"--k must be comma-separated integers like 10,20, got {text!r}") from None
-    if not ks or ks[0] < 1:
-        raise ConfigError(f"--k values must be >= 1, got {text!r}")
-    return ks
-
-
-def _parse_weights(text: str | None) -> dict[str, float] | None:
-    if not text:
-        return None
-    out: dict[str, float] = {}
-    for part in text.split(","):
-        name, sep, value = part.partition("=")
-        if not sep:
-            raise ConfigError(f"--event-weights must look like view=1,cart=2,purchase=3; got {part!r}")
-        try:
-            out[name.strip()] = float(value)
-        except ValueError:
-            raise ConfigError(f"--event-weights: {value!r} for {name!r} is not a number") from None
-    return out
-
-
-AS_OF_HELP = (
-    "Reference time ('now' or an ISO date / time, UTC): events dated after it are ignored and every recency "
-    "rule counts back from it; default: the store's latest ingested event."
-)
-
-
-def _load(store: Path, event_weights: str | None, rating_threshold: float | None, min_user: int, min_item: int,
-          as_of: str | None = None):
-    from retailgan.data.dataset import LoadOptions, load_dataset
-    from retailgan.data.reftime import parse_as_of
-    from retailgan.data.schemas import DEFAULT_EVENT_WEIGHTS
-
-    weights = _parse_weights(event_weights)
-    opts = LoadOptions(
-        event_weights={**DEFAULT_EVENT_WEIGHTS, **(weights or {})},
-        rating_threshold=rating_threshold,
-        min_user=min_user,
-        min_item=min_item,
-        as_of=parse_as_of(as_of),
-    )
-    ds = load_dataset(store, opts)
-    if len(ds) == 0:
-        raise ConfigError(f"{store}: the store has no events (run `retailgan ingest` first)")
-    return ds
-
-
-def _run(fn, *args, **kwargs):
-    """Call ``fn`` turning retailgan errors into one clear line on stderr and exit code 2."""
-    try:
-        return fn(*args, **kwargs)
-    except RetailganError as exc:
-        _fail(str(exc))
-    except FileNotFoundError as exc:
-        _fail(f"{exc.filename}: no such file or directory")
 
 
 @app.callback()
@@ -160,7 +86,7 @@ def ingest(
         }.items()
         if v
     }
-    report = _run(
+    report = run_guarded(
         do_ingest,
         store,
         source,
@@ -172,7 +98,7 @@ def ingest(
     )
     Console().print(report.to_markdown(), highlight=False, soft_wrap=True)
     if json_out:
-        _write_json_atomic(json_out, report.to_dict())
+        write_json(json_out, report.to_dict())
 
 
 @app.command()
@@ -187,10 +113,10 @@ def info(
         with Store.open(store, create=False, read_only=True) as st:
             return st.summary()
 
-    data = _run(summary)
+    data = run_guarded(summary)
     Console().print_json(json.dumps(data, default=str))
     if json_out:
-        _write_json_atomic(json_out, data)
+        write_json(json_out, data)
 
 
 # -- compare ----------------------------------------------------------------------------------
@@ -220,7 +146,7 @@ def compare(
     as_of: str | None = typer.Option(None, "--as-of", help=AS_OF_HELP),
 ) -> None:
     """Tune on validation, fit, and evaluate recommenders side by side on one split."""
-    _run(
+    run_guarded(
         _compare,
         store,
         protocol,
@@ -268,7 +194,7 @@ def _compare(
     from retailgan.experiments import comparison_json, run_comparison
     from retailgan.models.registry import get_model_class
 
-    ks = _parse_ks(k)
+    ks = parse_ks(k)
     names = [m.strip() for m in models.split(",") if m.strip()]
     if not names:
         raise ConfigError("--models is empty")
@@ -280,7 +206,7 @@ def _compare(
         raise ConfigError(f"--params is not valid JSON: {exc}") from None
     if not isinstance(fixed, dict) or not all(isinstance(v, dict) for v in fixed.values()):
         raise ConfigError('--params must be a JSON object of objects, e.g. {"ease": {"l2": 300}}')
-    ds = _load(store, event_weights, rating_threshold, min_user, min_item, as_of)
+    ds = load_store(store, event_weights, rating_threshold, min_user, min_item, as_of)
     sp_ = split(ds, protocol, seed=seed, test_fraction=test_fraction, n_last=n_last)
     console.print(
         f"{ds.name}: {len(ds):,} pairs, {ds.n_users:,} users, {ds.n_items:,} items; "
@@ -303,7 +229,7 @@ def _compare(
         table += "\n" + _views_table(doc, ks[-1])
         typer.echo(_views_table(doc, ks[-1]))
     if json_out:
-        _write_json_atomic(json_out, doc)
+        write_json(json_out, doc)
     if plot:
         plot_results(
             doc["results"],
@@ -312,7 +238,7 @@ def _compare(
             title=f"{ds.name} - {protocol} split",
         )
     if report:
-        _write_text_atomic(report, _report_markdown(doc, table))
+        write_text_atomic(report, _report_markdown(doc, table))
     if save_dir:
         for run in runs:
             run.model.save(Path(save_dir) / run.name)
@@ -359,17 +285,6 @@ def _report_markdown(doc: dict[str, Any], table: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _json_option(value: str | None, name: str) -> dict[str, Any]:
-    """A JSON-object option (empty when not given); a clear error otherwise."""
-    try:
-        out = json.loads(value) if value else {}
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{name} is not valid JSON: {exc}") from None
-    if not isinstance(out, dict):
-        raise ConfigError(f'{name} must be a JSON object, e.g. {{"l2": 300}}')
-    return out
-
-
 @app.command(name="tune")
 def tune_cmd(
     store: Path = typer.Option(Path("retailgan.duckdb"), "--store"),
@@ -397,8 +312,8 @@ def tune_cmd(
         from retailgan.tuning import tune
 
         get_model_class(model)
-        ds = _load(store, event_weights, rating_threshold, min_user, min_item, as_of)
-        fixed = _json_option(params, "--params")
+        ds = load_store(store, event_weights, rating_threshold, min_user, min_item, as_of)
+        fixed = json_option(params, "--params")
         result = tune(
             model,
             split(ds, protocol, seed=seed),
@@ -421,12 +336,12 @@ def tune_cmd(
         }
         typer.echo(f"best validation {metric} = {result.value:.4f} with {json.dumps(result.params)}")
         if json_out:
-            _write_json_atomic(json_out, doc)
+            write_json(json_out, doc)
 
-    _run(go)
+    run_guarded(go)
 
 
-# -- train / recommend --------------------------------------------------------------------------
+# -- train ------------------------------------------------------------------------------------
 
 
 @app.command()
@@ -459,7 +374,7 @@ def train(
         from retailgan.models.registry import get_model_class
 
         cls = get_model_class(model)
-        fixed = _json_option(params, "--params")
+        fixed = json_option(params, "--params")
         job = {
             "store": store, "model": model, "out": out, "fixed": fixed, "tune_trials": tune_trials,
             "protocol": protocol, "seed": seed, "event_weights": event_weights,
@@ -475,7 +390,7 @@ def train(
         if nproc > 1 and under_torchrun:
             raise ConfigError("--nproc cannot be combined with torchrun (torchrun already started the processes)")
         if nproc > 1:
-            _load(store, event_weights, rating_threshold, min_user, min_item, as_of)  # fail fast, before spawning
+            load_store(store, event_weights, rating_threshold, min_user, min_item, as_of)  # fail fast, before spawning
             distributed.launch(nproc, _train_job, job)
         elif under_torchrun:
             import torch.distributed as dist
@@ -489,7 +404,7 @@ def train(
         else:
             _train_job(job)
 
-    _run(go)
+    run_guarded(go)
 
 
 def _train_job(job: dict[str, Any]) -> None:
@@ -503,7 +418,7 @@ def _train_job(job: dict[str, Any]) -> None:
     main_process = distributed.rank() == 0
     progress.enable(main_process)  # one process reports
     cls = get_model_class(job["model"])
-    ds = _load(job["store"], job["event_weights"], job["rating_threshold"], job["min_user"], job["min_item"],
+    ds = load_store(job["store"], job["event_weights"], job["rating_threshold"], job["min_user"], job["min_item"],
                job["as_of"])
     chosen = job["fixed"]
     seed = job["seed"]
@@ -523,7 +438,7 @@ def _train_job(job: dict[str, Any]) -> None:
     where = f" on {world} processes" if world > 1 else ""
     console.print(f"saved {job['model']} ({ds.n_users:,} users, {ds.n_items:,} items{where}) to {job['out']}")
     if job["json_out"]:
-        _write_json_atomic(
+        write_json(
             job["json_out"],
             {
                 "model": job["model"],
@@ -538,206 +453,10 @@ def _train_job(job: dict[str, Any]) -> None:
         )
 
 
-def _reasons(model, user_id: str, top, known: bool) -> list:
-    """Reasons for one customer's list (``retailgan.explanations``, as the service gives them)."""
-    import numpy as np
+# -- recommend, serve (defined in retailgan.cli_recommend and retailgan.serving.cli) --------------
 
-    from retailgan.explanations import explain_items
-
-    u = model.users.index([user_id], missing="negative")[0]
-    hist = model.seen[u].indices if u >= 0 else np.empty(0, dtype=np.int64)
-    titles = dict(zip(model.items.ids, model.item_info.titles, strict=True))
-    return explain_items(
-        model, model.name, model.popularity, top, hist, "model" if known else "popular", lambda pid: titles.get(pid)
-    )
-
-
-@app.command()
-def recommend(
-    model_dir: Path = typer.Option(..., "--model-dir"),
-    user: list[str] | None = typer.Option(None, "--user", help="Raw customer id (repeatable)."),
-    k: int = typer.Option(10, "--k", min=1, max=1000),
-    include_seen: bool = typer.Option(False, "--include-seen", help="Allow items the customer already has."),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    explain: bool = typer.Option(False, "--explain", help="Show why: the history products behind each one."),
-    all_customers: bool = typer.Option(
-        False, "--all", help="Every customer (the store's, else the model's) into --out (a batch job)."
-    ),
-    segment: str | None = typer.Option(
-        None, "--segment", help="Like --all for a campaign segment (needs --store): "
-        "all | ids:ID1,ID2 | country:NAME | recent:DAYS | spend:LOW-HIGH."
-    ),
-    out: Path | None = typer.Option(None, "--out", help="Parquet file for --all / --segment (written atomically)."),
-    store: Path | None = typer.Option(
-        None, "--store", help="DuckDB store whose customers --all / --segment take; its catalogue products without "
-        "sales are added to models that embed products from content (featgan, the cold-start models)."
-    ),
-    as_of: str | None = typer.Option(
-        None, "--as-of", help="Reference time for --segment recent:N and trend models ('now' or an ISO date / "
-        "time, UTC); default: the store's latest ingested event."
-    ),
-    block_size: int = typer.Option(2000, "--block-size", help="Customers per block (bounds memory; resumable unit)."),
-    workers: int = typer.Option(1, "--workers", help="Processes scoring blocks in parallel (same output)."),
-    engine: str = typer.Option("local", "--engine", help="Where --all / --segment run: local | ray."),
-    address: str | None = typer.Option(
-        None, "--address", help="Ray cluster for --engine ray (e.g. auto or HOST:6379); default: a local instance."
-    ),
-) -> None:
-    """Top-k products for customers, with titles and prices; with --all or --segment, every
-    customer's top-k into a Parquet table (resumable, atomic; see retailgan.batch)."""
-    if all_customers or segment is not None:
-        _recommend_batch(model_dir, user, all_customers, segment, out, store, as_of, k, include_seen, explain,
-                         block_size, workers, engine, address)
-        return
-    if not user:
-        _fail("give --user ID (repeatable), or --all / --segment with --out for every customer")
-    if out is not None or as_of is not None or engine != "local" or address is not None:
-        _fail("--out, --as-of, --engine and --address go with --all or --segment")
-
-    def go() -> None:
-        from rich.table import Table
-
-        from retailgan.persistence import load_model
-
-        mdl = load_model(model_dir)
-        if store is not None:
-            # Products of the store's catalogue the model was not trained with (no sales yet) join
-            # the candidates of a model that embeds products from their records.
-            from retailgan.data.store import Store
-            from retailgan.serving.engine import add_catalogue_products
-            from retailgan.serving.storage import store_catalogue
-
-            with Store.open(store, create=False, read_only=True) as st:
-                add_catalogue_products(mdl, store_catalogue(st).values())
-        recs = mdl.recommend(user, k, exclude_seen=not include_seen)
-        info = mdl.item_info
-        out = []
-        for r, uid in enumerate(recs.user_ids):
-            valid = recs.item_idx[r] >= 0
-            reasons = _reasons(mdl, str(uid), recs.item_idx[r][valid], bool(recs.known[r])) if explain else []
-            items = []
-            for rank, (j, iid, score) in enumerate(
-                zip(recs.item_idx[r][valid], recs.item_ids[r][valid], recs.scores[r][valid], strict=True), start=1
-            ):
-                price = float(info.prices[j])
-                item = {
-                    "rank": rank,
-                    "product_id": iid,
-                    "title": info.titles[j],
-                    "price": None if price != price else price,
-                    "score": float(score),
-                }
-                if explain:
-                    why = reasons[rank - 1]
-                    item["reasons"] = [w.text for w in why]
-                    item["because"] = [
-                        {"product_id": w.product_id, "contribution": w.contribution}
-                        for w in why
-                        if w.kind == "history_item"
-                    ]
-                items.append(item)
-            # The names of the HTTP API's responses (retailgan.serving.schemas), so one vocabulary.
-            out.append({"customer_id": uid, "known_customer": bool(recs.known[r]), "items": items})
-            close = None if recs.known[r] else mdl.users.close_match(str(uid))
-            if close is not None:
-                console.print(f"customer {uid!r} is unknown (popular products shown): did you mean {close}?",
-                              highlight=False, markup=False)
-        if json_out:
-            typer.echo(json.dumps(out, indent=2))
-            return
-        for entry in out:
-            note = "" if entry["known_customer"] else " (unknown customer: popular products)"
-            table = Table(title=f"customer {entry['customer_id']}{note}")
-            for col in ("rank", "product", "title", "price", "score", *(["why"] if explain else [])):
-                table.add_column(col)
-            for it in entry["items"]:
-                price = "" if it["price"] is None else f"{it['price']:.2f}"
-                row = [str(it["rank"]), it["product_id"], str(it["title"] or ""), price, f"{it['score']:.4f}"]
-                if explain:
-                    row.append("; ".join(it["reasons"]))
-                table.add_row(*row)
-            Console().print(table)
-
-    _run(go)
-
-
-def _recommend_batch(model_dir: Path, user: list[str] | None, all_customers: bool, segment: str | None,
-                     out: Path | None, store: Path | None, as_of: str | None, k: int, include_seen: bool,
-                     explain: bool, block_size: int, workers: int, engine: str, address: str | None) -> None:
-    """``recommend --all`` / ``--segment``: the batch job of :mod:`retailgan.batch`."""
-    if user:
-        _fail("--user cannot be combined with --all or --segment")
-    if all_customers and segment is not None:
-        _fail("give --all or --segment, not both")
-    if out is None:
-        _fail("--all / --segment need --out FILE.parquet")
-    if segment is not None and store is None:
-        _fail("--segment needs --store (the customers it selects from)")
-
-    def go():
-        from retailgan.batch import recommend_all
-        from retailgan.data.reftime import parse_as_of
-
-        return recommend_all(model_dir, out, store=store, segment=segment or "all", k=k,
-                             exclude_seen=not include_seen, explain=explain, block_size=block_size,
-                             workers=workers, engine=engine, address=address, progress=True,
-                             as_of=parse_as_of(as_of))
-
-    summary = _run(go)
-    if summary.ignored_events:
-        console.print(f"note: {summary.ignored_events} event(s) dated after the reference time "
-                      f"{summary.reference_time} were ignored (--as-of moves it)", highlight=False)
-    console.print(f"wrote {summary.rows} recommendations for {summary.customers} customers to {out} "
-                  f"({summary.model_version})", highlight=False)
-
-
-@app.command()
-def serve(
-    model_dir: Path = typer.Option(..., "--model-dir", help="Model directory (reloaded from here)."),
-    store: Path = typer.Option(..., "--store", help="DuckDB store (catalogue, histories, events)."),
-    host: str = typer.Option("127.0.0.1", "--host"),
-    port: int = typer.Option(8000, "--port"),
-    workers: int = typer.Option(
-        1, "--workers", help="Worker processes on the one port; more than 1 needs --events-db."
-    ),
-    events_db: str | None = typer.Option(
-        None, "--events-db", help="PostgreSQL URL (postgresql://...) for events shared by every worker and host "
-        "(default: $RETAILGAN_EVENTS_DB, else the DuckDB store); needs the 'postgres' extra.",
-    ),
-    events_poll: float = typer.Option(
-        1.0, "--events-poll", help="With --events-db: most seconds before other replicas' events are folded in."
-    ),
-    rate_limit_redis: str | None = typer.Option(
-        None, "--rate-limit-redis", help="Redis URL (redis://host:6379/0) for rate limits shared by every "
-        "worker and host (default: per process); needs the 'redis' extra.",
-    ),
-    keys: Path | None = typer.Option(None, "--keys", help="API keys file (name:role:sha256hex lines)."),
-    no_auth: bool = typer.Option(False, "--no-auth", help="Serve without API keys (local use only)."),
-    rate_limit: float = typer.Option(50.0, "--rate-limit", help="Requests per second per key."),
-    rate_burst: int = typer.Option(100, "--rate-burst", help="Burst size per key."),
-    as_of: str | None = typer.Option(None, "--as-of", help=AS_OF_HELP),
-    anon_rate_limit: float = typer.Option(
-        5.0, "--anon-rate-limit", help="Requests per second per client address without a valid key."
-    ),
-    anon_rate_burst: int = typer.Option(20, "--anon-rate-burst", help="Burst size per address without a valid key."),
-) -> None:
-    """Serve recommendations over HTTP (needs the 'serve' extra); see retailgan.serving."""
-
-    def go() -> None:
-        from retailgan.serving.server import check_serving_extra
-
-        check_serving_extra()
-        from retailgan.serving.server import serve as run_server
-        from retailgan.serving.settings import Settings
-
-        shared: dict[str, Any] = {"events_db": events_db} if events_db else {}
-        settings = Settings(model_dir=model_dir, store=store, keys_file=keys, auth=not no_auth,
-                            rate_limit=rate_limit, rate_burst=rate_burst, anon_rate_limit=anon_rate_limit,
-                            anon_rate_burst=anon_rate_burst, as_of=as_of, events_poll_s=events_poll,
-                            rate_limit_redis=rate_limit_redis, **shared)
-        run_server(settings, host=host, port=port, workers=workers)
-
-    _run(go)
+app.command()(recommend)
+app.command()(serve)
 
 
 # -- forget -----------------------------------------------------------------------------------
@@ -781,35 +500,9 @@ def forget(
         if report.models:
             console.print("models keep what shared parameters learned from them until retrained", highlight=False)
         if json_out:
-            _write_json_atomic(json_out, report.to_dict())
+            write_json(json_out, report.to_dict())
 
-    _run(go)
-
-
-# -- events sync ------------------------------------------------------------------------------
-
-events_app = typer.Typer(no_args_is_help=True, help="The service's events in PostgreSQL (`serve --events-db`).")
-app.add_typer(events_app, name="events")
-
-
-@events_app.command("sync")
-def events_sync(
-    events_db: str | None = typer.Option(
-        None, "--events-db", envvar="RETAILGAN_EVENTS_DB", help="The PostgreSQL URL the service writes events to."
-    ),
-    store: Path = typer.Option(..., "--store", help="The store to copy them into (not open in a running service)."),
-) -> None:
-    """Copy the events the service took in PostgreSQL that the store lacks into the store, once each,
-    in one transaction. Run it before `train`, `compare`, `recommend --all` and `campaign build`."""
-
-    def go() -> None:
-        if not events_db:
-            raise ConfigError("events sync: give --events-db postgresql://... (or set RETAILGAN_EVENTS_DB)")
-        from retailgan.serving.pgsync import sync_events
-
-        console.print(sync_events(events_db, store).summary(store), highlight=False)
-
-    _run(go)
+    run_guarded(go)
 
 
 # -- demo -------------------------------------------------------------------------------------
@@ -831,7 +524,7 @@ def demo(
         _demo_ingest(source, store, out)
         steps.done(1, "ingested")
         steps.begin(2, f"temporal split, tune {models} on validation ({tune_trials} trials each), evaluate on test")
-        _run(_compare, store, "temporal", models, tune_trials, "10,20", seed, 0.2, 1, None, None, 1, 1, None,
+        run_guarded(_compare, store, "temporal", models, tune_trials, "10,20", seed, 0.2, 1, None, None, 1, 1, None,
              out / "compare.json", out / "compare.png", out / "report.md", out / "models")
         steps.done(2, "compared")
     console.print(
@@ -861,6 +554,8 @@ def _demo_ingest(source: Path, store: Path, out: Path) -> None:
         force=False,
     )
 
+
+app.add_typer(events_app, name="events")
 
 from retailgan.imagegen.cli import images_app  # noqa: E402  (the sub-app is defined after the main app)
 

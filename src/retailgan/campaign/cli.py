@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 
 from retailgan.campaign import DEFAULT_CHUNK_SIZE
+from retailgan.cli_common import run_guarded
 
 campaign_app = typer.Typer(
     no_args_is_help=True,
@@ -44,10 +45,9 @@ def build(
     """Build campaign.parquet, one HTML + text e-mail and banner PNG per customer, summary.json and
     report.html / report.png into OUT."""
     from retailgan.campaign.build import build_campaign
-    from retailgan.cli import _run
     from retailgan.data.reftime import parse_as_of
 
-    summary = _run(
+    summary = run_guarded(
         lambda: build_campaign(
             store, model_dir, out, segment=segment, theme=theme, k=k, recent_days=recent_days,
             chunk_size=chunk_size, workers=workers, engine=engine, address=address, progress=True,

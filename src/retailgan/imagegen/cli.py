@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from retailgan.cli_common import run_guarded, write_json
 from retailgan.errors import ConfigError
 from retailgan.imagegen import DEFAULT_TRUNCATION
 
@@ -19,12 +20,10 @@ images_app = typer.Typer(
 
 def _run(go, threads: int = 1):
     """Run a command with ``threads`` torch threads (the machine's cores are shared), errors as one line."""
-    # Imported lazily: retailgan.cli imports this module to register the sub-app.
-    from retailgan.cli import _run as run
     from retailgan.models.base import torch_threads
 
     with torch_threads(threads):
-        return run(go)
+        return run_guarded(go)
 
 
 def _echo_json(payload: object) -> None:
@@ -193,7 +192,6 @@ def evaluate_cmd(
     """Quality metrics (FD, KID, precision/recall, GAN-test/-train, copy check) beside real and noise rows."""
 
     def go() -> None:
-        from retailgan.cli import _write_json_atomic
         from retailgan.imagegen.generate import save_grid
         from retailgan.imagegen.model import ConditionalGAN
         from retailgan.imagegen.quality import evaluate_gan
@@ -209,7 +207,7 @@ def evaluate_cmd(
             num_threads=threads,
             truncation=truncation,
         )
-        _write_json_atomic(out / "evaluation.json", result)
+        write_json(out / "evaluation.json", result)
         save_grid(model, out / "samples.png", seed=seed)
         _echo_json(_summary(result))
 
