@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import retailgan.data.ingest as ingest_mod
+import retailgan.data.ingest.write as ingest_write
 from retailgan.data.ingest import (
     FORMATS,
     NON_PRODUCT_CODES,
@@ -636,7 +636,7 @@ def test_error_inside_the_transaction_rolls_back(
     def boom(**_: Any) -> IngestReport:
         raise RuntimeError("disk full")  # after rejects, events, items, users were written
 
-    monkeypatch.setattr(ingest_mod, "IngestReport", boom)
+    monkeypatch.setattr(ingest_write, "IngestReport", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         ingest(populated, newer)
     assert snapshot(populated) == before

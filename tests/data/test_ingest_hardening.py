@@ -24,7 +24,7 @@ import pytest
 from click.testing import Result
 from typer.testing import CliRunner
 
-import retailgan.data.ingest as ingest_mod
+import retailgan.data.ingest.write as ingest_write
 import retailgan.data.store as store_mod
 from retailgan.cli import app
 from retailgan.data.ingest import MAX_COLUMN_NAME, MAX_HEADER_BYTES, ingest, is_non_product_code
@@ -144,7 +144,7 @@ def test_write_failure_at_commit_is_one_line_and_rolls_back(
     def denied(*_: Any, **__: Any) -> int:  # what DuckDB raises when it cannot create the WAL
         raise duckdb.IOException(f'IO Error: Cannot open file "{populated}.wal": Permission denied')
 
-    monkeypatch.setattr(ingest_mod, "_insert_events", denied)
+    monkeypatch.setattr(ingest_write, "_insert_events", denied)
     src = write_csv(tmp_path / "new.csv", HEADER, [GOOD.replace("536365", "600000")])
     before = snapshot(populated)
     line = assert_refused(cli(src, "--store", populated))
