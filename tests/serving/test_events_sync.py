@@ -174,3 +174,43 @@ def test_erased_customers_do_not_come_back(store, pg_url):
     forget(store, ["GONE"], events_db=pg_url)
     assert sync_events(pg_url, store).copied == 0
     assert {r[1] for r in api_rows(store)} == {"KEPT"}
+
+
+def test_pages_of_any_size_give_the_unpaged_result(built, tmp_path, pg_url):
+    import dataclasses
+
+    import psycopg
+
+    stores = {size: tmp_path / f"pages-{size}.duckdb" for size in (1, 2, 10**6)}
+    events = [ev(f"p{i}", f"PAGED{i % 3}", f"P00{i % 4}") for i in range(7)]
+    for path in stores.values():
+        shutil.copy(built["store"], path)
+        svc = ServiceStore(path)  # two of the events are in every store already
+        svc.write_events(events[2:4])
+        svc.close()
+    pg = PgEventStore(pg_url)
+    slow = psycopg.connect(pg_url)
+    try:
+        slow.execute("INSERT INTO retailgan_events (event_key, event_id, customer_id, product_id, event_type, ts) "
+                     "VALUES ('slow', 'slow', 'LATE', 'P009', 'view', now())")  # a lower seq, committed later
+        pg.write_events(events)
+        first = {size: sync_events(pg_url, path, page_rows=size) for size, path in stores.items()}
+        slow.commit()
+        pg.write_events([ev("p7", "PAGED0", "P001")])
+        second = {size: sync_events(pg_url, path, page_rows=size) for size, path in stores.items()}
+    finally:
+        slow.close()
+        pg.close()
+
+    whole = stores[10**6]
+    assert (first[10**6].read, first[10**6].copied, first[10**6].present) == (7, 5, 2)
+    assert (second[10**6].copied, second[10**6].new_customers) == (2, 1)  # LATE and p7
+    for size, path in stores.items():
+        assert dataclasses.asdict(first[size]) == dataclasses.asdict(first[10**6]), size
+        assert dataclasses.asdict(second[size]) == dataclasses.asdict(second[10**6]), size
+        assert api_rows(path) == api_rows(whole)
+        with Store.open(path, read_only=True) as s, Store.open(whole, read_only=True) as w:
+            query = "SELECT * FROM users ORDER BY user_id"
+            assert s.con.execute(query).fetchall() == w.con.execute(query).fetchall()
+            query = "SELECT source, seq, xmin, copied FROM events_sync"
+            assert s.con.execute(query).fetchall() == w.con.execute(query).fetchall()

@@ -33,7 +33,7 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -214,16 +214,43 @@ class PgEventStore:
         return gen
 
 
+_NEW_ROWS = "SELECT seq, {columns} FROM retailgan_events WHERE seq > %s OR xid >= %s::xid8 ORDER BY seq"
+
+
+def _snapshot_xmin(conn: Any) -> str:
+    # Taken before the rows are read: every row that read cannot see belongs to a transaction >= it.
+    return str(conn.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())").fetchone()[0])
+
+
 def read_rows(conn: Any, pos: Position, columns: str) -> tuple[list[tuple[Any, ...]], Position]:
     """Rows (``seq`` first, then ``columns``) of ``retailgan_events`` not read at ``pos`` yet, and some
     read already, in ``seq`` order, and the next position: the module docstring's rule for
     out-of-order commits."""
-    xmin = str(conn.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())").fetchone()[0])
-    rows = conn.execute(
-        f"SELECT seq, {columns} FROM retailgan_events WHERE seq > %s OR xid >= %s::xid8 ORDER BY seq",
-        [pos.seq, pos.xmin],
-    ).fetchall()
+    xmin = _snapshot_xmin(conn)
+    rows = conn.execute(_NEW_ROWS.format(columns=columns), [pos.seq, pos.xmin]).fetchall()
     return rows, Position(max([pos.seq, *(int(r[0]) for r in rows)]), xmin)
+
+
+def read_pages(conn: Any, pos: Position, columns: str, page_rows: int) -> tuple[str, Iterator[list[tuple[Any, ...]]]]:
+    """The rows of :func:`read_rows` in pages of at most ``page_rows``, through a server-side cursor.
+
+    Returns the ``xmin`` of the next position and the pages (its ``seq`` is the highest of the rows, or
+    ``pos.seq``). The cursor is opened here, so every page comes from one snapshot, taken after ``xmin``:
+    the same rows as one :func:`read_rows`, with one page in memory at a time. ``conn`` must not be in
+    autocommit mode (the cursor lives in its transaction); read the pages before that ends.
+    """
+    if page_rows < 1:
+        raise ConfigError(f"page_rows must be >= 1, got {page_rows}")
+    xmin = _snapshot_xmin(conn)
+    cur = conn.cursor(name="retailgan_events_pages")
+    cur.execute(_NEW_ROWS.format(columns=columns), [pos.seq, pos.xmin])
+
+    def pages() -> Iterator[list[tuple[Any, ...]]]:
+        with cur:
+            while rows := cur.fetchmany(page_rows):
+                yield rows
+
+    return xmin, pages()
 
 
 class Follower:

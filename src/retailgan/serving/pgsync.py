@@ -14,6 +14,8 @@ where it has read up to, all in one DuckDB transaction: a failure leaves the sto
   drew a lower ``seq`` but committed after the previous run is copied by the next one.
 * **Idempotent.** Rows read again are dropped by an anti-join on ``event_key``: a re-run, or the
   same event already written by a one-process service, copies nothing twice.
+* **Bounded memory.** The rows are read through one server-side cursor (one snapshot) in pages of
+  :data:`PAGE_ROWS`, each written before the next is read, all in the one transaction.
 * **Erasures hold.** ``retailgan forget --events-db`` deletes the customers' events from
   PostgreSQL, so nothing brings them back. An erasure recorded in the store's ``erasures``
   table without ``--events-db`` since the last sync leaves their events in PostgreSQL, where the
@@ -27,14 +29,19 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
 from retailgan.data.reftime import API_INGEST_ID, to_utc
 from retailgan.data.store import Store, fetch1
 from retailgan.errors import StoreError
-from retailgan.serving.pgevents import Position, check_postgres_extra, check_url, read_rows
+from retailgan.serving.pgevents import Position, check_postgres_extra, check_url, read_pages
 from retailgan.serving.storage import API_SOURCE
+
+PAGE_ROWS = 50_000
+"""Rows read from PostgreSQL and written to the store at a time (memory is bounded by one page)."""
+_COLUMNS = "customer_id, event_id, product_id, event_type, ts, quantity, price"
 
 SYNC_DDL = (
     "CREATE TABLE IF NOT EXISTS events_sync (source VARCHAR PRIMARY KEY, seq BIGINT NOT NULL, "
@@ -107,60 +114,75 @@ def _check_erasures(con: duckdb.DuckDBPyConnection, store: Path, since: datetime
         )
 
 
-def sync_events(events_db: str, store_path: str | Path) -> SyncReport:
-    """Copy the events of ``events_db`` the store lacks into it, in one transaction (module docstring)."""
+def sync_events(events_db: str, store_path: str | Path, *, page_rows: int = PAGE_ROWS) -> SyncReport:
+    """Copy the events of ``events_db`` the store lacks into it, in one transaction (module docstring).
+
+    The rows are read through one server-side cursor, ``page_rows`` at a time, and each page is written
+    before the next is read: memory is bounded by the page, and the result is the same for any page size.
+    """
     check_postgres_extra()
     check_url(events_db)
     import psycopg
-    import pyarrow as pa
 
     store_path = Path(store_path)
     source = source_name(events_db)
     with _open_store(store_path) as store:
         pos, synced_at = _position(store.con, source)
         _check_erasures(store.con, store_path, synced_at)
+        con = store.con
         try:
             # A plain connection, not PgEventStore: its schema set-up (CREATE INDEX IF NOT EXISTS) waits for
             # every open write transaction, and a database no service has written to has no table yet.
-            with psycopg.connect(events_db, connect_timeout=10) as conn:
-                if conn.execute("SELECT to_regclass('retailgan_events')").fetchone()[0] is None:
-                    rows, nxt = [], pos
-                else:
-                    rows, nxt = read_rows(conn, pos, "customer_id, event_id, product_id, event_type, ts, "
-                                                     "quantity, price")
-        except psycopg.Error as exc:
-            raise StoreError(f"--events-db: cannot read the events ({' '.join(str(exc).split())})") from None
-        # The payload of the store's key, built as the one-process service builds it (same json.dumps).
-        table = pa.table({
-            "payload": pa.array([json.dumps([API_SOURCE, r[1], r[2]]) for r in rows], pa.string()),
-            "user_id": pa.array([r[1] for r in rows], pa.string()),
-            "item_id": pa.array([r[3] for r in rows], pa.string()),
-            "ts": pa.array([to_utc(r[5]) for r in rows], pa.timestamp("us")),
-            "event_type": pa.array([r[4] for r in rows], pa.string()),
-            "quantity": pa.array([r[6] for r in rows], pa.float64()),
-            "price": pa.array([r[7] for r in rows], pa.float64()),
-        })
-        con = store.con
-        con.register("_pg_events", table)
-        try:
-            with store.transaction():
+            with psycopg.connect(events_db, connect_timeout=10) as conn, store.transaction():
                 users_before = int(fetch1(con.execute("SELECT count(*) FROM users"))[0])
-                copied = int(fetch1(con.execute(
-                    """
-                    INSERT INTO events
-                    SELECT DISTINCT ON (k) k, user_id, item_id, ts, event_type, quantity, price, NULL, ?
-                    FROM (SELECT md5_number(payload) AS k, * FROM _pg_events) n
-                    WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.ingest_id = ? AND e.event_key = n.k)
-                    """,
-                    [API_INGEST_ID, API_INGEST_ID],
-                ))[0])
-                con.execute("INSERT INTO users SELECT DISTINCT user_id, NULL FROM _pg_events ON CONFLICT DO NOTHING")
+                read = copied = 0
+                nxt = pos
+                if conn.execute("SELECT to_regclass('retailgan_events')").fetchone()[0] is not None:
+                    xmin, pages = read_pages(conn, pos, _COLUMNS, page_rows)
+                    seq = pos.seq
+                    for rows in pages:
+                        copied += _copy_page(con, rows)
+                        read += len(rows)
+                        seq = max(seq, *(int(r[0]) for r in rows))
+                    nxt = Position(seq, xmin)
                 new_customers = int(fetch1(con.execute("SELECT count(*) FROM users"))[0]) - users_before
                 con.execute(
                     "INSERT OR REPLACE INTO events_sync VALUES (?, ?, ?, ?, "
                     "coalesce((SELECT copied FROM events_sync WHERE source = ?), 0) + ?)",
                     [source, nxt.seq, nxt.xmin, datetime.now(timezone.utc).replace(tzinfo=None), source, copied],
                 )
-        finally:
-            con.unregister("_pg_events")
-    return SyncReport(source, len(rows), copied, len(rows) - copied, new_customers, nxt)
+        except psycopg.Error as exc:
+            raise StoreError(f"--events-db: cannot read the events ({' '.join(str(exc).split())})") from None
+    return SyncReport(source, read, copied, read - copied, new_customers, nxt)
+
+
+def _copy_page(con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]]) -> int:
+    """Write one page of rows (``seq`` then :data:`_COLUMNS`) the store lacks; returns how many were new."""
+    import pyarrow as pa
+
+    # The payload of the store's key, built as the one-process service builds it (same json.dumps).
+    table = pa.table({
+        "payload": pa.array([json.dumps([API_SOURCE, r[1], r[2]]) for r in rows], pa.string()),
+        "user_id": pa.array([r[1] for r in rows], pa.string()),
+        "item_id": pa.array([r[3] for r in rows], pa.string()),
+        "ts": pa.array([to_utc(r[5]) for r in rows], pa.timestamp("us")),
+        "event_type": pa.array([r[4] for r in rows], pa.string()),
+        "quantity": pa.array([r[6] for r in rows], pa.float64()),
+        "price": pa.array([r[7] for r in rows], pa.float64()),
+    })
+    con.register("_pg_events", table)
+    try:
+        # The anti-join also sees the pages written before in this transaction: an event is copied once.
+        copied = int(fetch1(con.execute(
+            """
+            INSERT INTO events
+            SELECT DISTINCT ON (k) k, user_id, item_id, ts, event_type, quantity, price, NULL, ?
+            FROM (SELECT md5_number(payload) AS k, * FROM _pg_events) n
+            WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.ingest_id = ? AND e.event_key = n.k)
+            """,
+            [API_INGEST_ID, API_INGEST_ID],
+        ))[0])
+        con.execute("INSERT INTO users SELECT DISTINCT user_id, NULL FROM _pg_events ON CONFLICT DO NOTHING")
+    finally:
+        con.unregister("_pg_events")
+    return copied
