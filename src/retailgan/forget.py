@@ -36,6 +36,7 @@ from typing import Any
 
 import duckdb
 
+from retailgan.data.schemas import PADDING
 from retailgan.data.store import Store
 from retailgan.errors import ConfigError
 
@@ -43,8 +44,6 @@ ERASURES_DDL = (
     "CREATE TABLE IF NOT EXISTS erasures (erasure_id VARCHAR PRIMARY KEY, erased_at TIMESTAMP NOT NULL, "
     "reference VARCHAR, customers INTEGER NOT NULL, report JSON NOT NULL)"
 )
-PADDING = " \t\n\r\f\v"
-"""What is trimmed from an id (the service's id rule too): ASCII spaces, tabs and line breaks."""
 _FIELD_SPLIT = re.compile(r"[,;\t|]|::")
 
 

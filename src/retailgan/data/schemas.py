@@ -7,6 +7,11 @@ integer indices exist only inside an in-memory dataset, never in the store.
 
 from __future__ import annotations
 
+PADDING = " \t\n\r\f\v"
+"""Trimmed from both ends of an id by the service (:mod:`retailgan.serving.schemas`) and by
+:mod:`retailgan.forget` alike: ASCII spaces, tabs and line breaks (the same characters in every regex
+engine, unlike \\s)."""
+
 EVENT_TYPES: tuple[str, ...] = ("view", "cart", "purchase", "rating")
 """Known event types. ``rating`` events carry an explicit ``rating`` value."""
 

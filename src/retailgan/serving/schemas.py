@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from retailgan.data.reftime import FUTURE_SLACK
+from retailgan.data.schemas import PADDING
 
 MAX_K = 100
 MAX_LIST = 1000
@@ -33,8 +34,6 @@ MAX_SESSION = 200
 MAX_EVENTS = 100
 """Most events per ``POST /v1/events``."""
 
-PADDING = " \t\n\r\f\v"
-"""Trimmed from both ends of ids (the same characters in every regex engine, unlike \\s)."""
 Id = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=r"[^ \t\n\r\f\v]"),
     AfterValidator(lambda s: s.strip(PADDING)),
