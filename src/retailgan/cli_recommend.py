@@ -52,7 +52,7 @@ def recommend(
     workers: int = typer.Option(1, "--workers", help="Processes scoring blocks in parallel (same output)."),
     engine: str = typer.Option("local", "--engine", help="Where --all / --segment run: local | ray."),
     address: str | None = typer.Option(
-        None, "--address", help="Ray cluster for --engine ray (e.g. auto or HOST:6379); default: a local instance."
+        None, "--address", help="Ray cluster for --engine ray (e.g. auto or HEAD:6380); default: a local instance."
     ),
 ) -> None:
     """Top-k products for customers, with titles and prices; with --all or --segment, every

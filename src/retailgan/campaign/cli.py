@@ -35,7 +35,7 @@ def build(
     workers: int = typer.Option(1, "--workers", help="Processes building chunks in parallel (same output)."),
     engine: str = typer.Option("local", "--engine", help="Where the chunks run: local | ray."),
     address: str | None = typer.Option(
-        None, "--address", help="Ray cluster for --engine ray (e.g. auto or HOST:6379); default: a local instance."
+        None, "--address", help="Ray cluster for --engine ray (e.g. auto or HEAD:6380); default: a local instance."
     ),
     as_of: str | None = typer.Option(
         None, "--as-of", help="Reference time ('now' or an ISO date / time, UTC) that recent:N and --recent-days "
