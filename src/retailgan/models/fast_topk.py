@@ -14,7 +14,8 @@ at S an eighth of the catalogue settles 84 % of customers and a quarter 97 % of 
 job (:data:`SKIP_BELOW`). Where norms are
 flat (ELSA's unit rows) no prefix can settle anyone and the whole catalogue is scored at once.
 
-**Sparse item-item models** (ItemKNN) multiply the sparse history by the sparse weights: a row
+**Sparse item-item models** (ItemKNN; SANSA through its two sparse factors) multiply the sparse
+history by the sparse weights: a row
 with at least k positive scores after exclusions has its list among them (every other item
 scores 0); other rows take the dense path.
 
@@ -201,16 +202,19 @@ def _block_entries(block: sp.csr_matrix, pos: np.ndarray | None, width: int) -> 
 
 def sparse_item_top_k(
     history: sp.csr_matrix,
-    weights: sp.csr_matrix,
+    weights: sp.csr_matrix | Callable[[sp.csr_matrix], sp.spmatrix],
     k: int,
     banned: sp.csr_matrix,
     allowed: np.ndarray | None,
     dense: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k of ``history @ weights`` (both sparse, non-negative) without a dense row: a row with
-    at least k positive scores left after exclusions has its list among them; the others are
-    ranked by ``dense(rows)`` (the generic path)."""
-    n, m = history.shape[0], weights.shape[1]
+    """Top-k of ``history @ weights`` (both sparse; ``weights`` may also be a function of a float32
+    history block returning its sparse scores, e.g. a product through sparse factors) without a
+    dense row: a row with at least k positive scores left after exclusions has its list among
+    them (every item not stored scores 0, signed weights included); the others are ranked by
+    ``dense(rows)`` (the generic path)."""
+    n, m = history.shape
+    product = weights if callable(weights) else (lambda h: h @ weights)
     top = np.full((n, k), -1, np.int64)
     scores = np.full((n, k), -np.inf, np.float64)
     keep_col = None
@@ -221,7 +225,7 @@ def sparse_item_top_k(
     rest: list[np.ndarray] = []
     for a in range(0, n, step):
         b = min(a + step, n)
-        s = (sp.csr_matrix(history[a:b], dtype=np.float32) @ weights).tocoo()
+        s = sp.coo_matrix(product(sp.csr_matrix(history[a:b], dtype=np.float32)))
         r, c, v = s.row.astype(np.int64), s.col.astype(np.int64), s.data.astype(np.float64)
         ok = v > 0
         if keep_col is not None:
