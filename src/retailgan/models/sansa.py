@@ -149,8 +149,6 @@ def sansa_factors(X: sp.spmatrix, l2: float, neighbors: int) -> tuple[sp.csr_mat
     r, c = r[sel], c[sel]
     counts = np.minimum(counts, neighbors)
     starts = np.cumsum(counts) - counts
-    gkeys = np.repeat(np.arange(n, dtype=np.int64), np.diff(G.indptr)) * n + G.indices.astype(np.int64)
-    gvals = G.data
     # Solve in batches of items with similar pattern sizes (little padding).
     by_size = np.argsort(counts, kind="stable")
     u_rows, u_cols, u_vals = [], [], []
@@ -176,15 +174,14 @@ def sansa_factors(X: sp.spmatrix, l2: float, neighbors: int) -> tuple[sp.csr_mat
         # Off-diagonal entries of the local systems from the sparsified Gram matrix (one
         # triangle; the systems are symmetric).
         iu, ju = np.triu_indices(w, 1)
-        q = idx[:, iu] * n + idx[:, ju]
+        both = valid[:, iu] & valid[:, ju]
+        upper = np.zeros(both.shape)
+        # scipy's CSR lookup: a binary search inside each (short, sorted) row.
+        upper[both] = np.asarray(G[idx[:, iu][both], idx[:, ju][both]]).ravel()
         A = np.zeros((m, w, w))
-        if len(gkeys):
-            p = np.minimum(np.searchsorted(gkeys, q), len(gkeys) - 1)
-            upper = np.where((gkeys[p] == q) & valid[:, iu] & valid[:, ju], gvals[p], 0.0)
-            A[:, iu, ju] = upper
-            A[:, ju, iu] = upper
-            del p, upper
-        del q
+        A[:, iu, ju] = upper
+        A[:, ju, iu] = upper
+        del upper, both
         di = np.arange(w)
         A[:, di, di] = np.where(valid, dl[np.maximum(idx, 0)], 1.0)
         rhs = np.zeros((m, w, 1))
