@@ -45,7 +45,7 @@ PARAMS: dict[str, dict[str, Any]] = {
     "ials": {"factors": 64, "regularization": 10.0, "alpha": 5.0, "epochs": 15, "patience": 3},
     "ease": {"l2": 500.0},
     "elsa": {"factors": 128, "lr": 0.05, "batch_size": 1024, "epochs": 20, "patience": 3},
-    "sansa": {"l2": 500.0, "neighbors": 100},
+    "sansa": {"l2": 500.0, "neighbors": 50},
 }
 K = 20
 BATCH_K = 10

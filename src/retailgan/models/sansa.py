@@ -105,7 +105,7 @@ def sparsified_gram(X: sp.spmatrix, l2: float, keep: int) -> tuple[sp.csr_matrix
         if counts.max(initial=0) > keep:
             # Rows longer than `keep`: their strongest entries. The normalised strength is in
             # (0, 1], so 2 * row + (1 - strength) orders by row, then by decreasing strength.
-            order = np.argsort(2.0 * (r - s) + (1.0 - v * scale[r] * scale[c]), kind="stable")
+            order = np.argsort(2.0 * (r - s) + (1.0 - v * scale[r] * scale[c]))
             rank = np.arange(len(r)) - np.repeat(np.cumsum(counts) - counts, counts)
             sel = order[rank < keep]
             r, c, v = r[sel], c[sel], v[sel]
