@@ -227,7 +227,7 @@ class SANSA(_ItemItem):
     def search_space(trial: Any) -> dict[str, Any]:
         return {
             "l2": trial.suggest_float("l2", 1.0, 1e4, log=True),
-            "neighbors": trial.suggest_int("neighbors", 20, 400, log=True),
+            "neighbors": trial.suggest_int("neighbors", 10, 150, log=True),
         }
 
     def _fit(self, dataset: InteractionDataset, options: TrainingOptions) -> None:
