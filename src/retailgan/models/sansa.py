@@ -22,12 +22,14 @@ factorized sparse approximate inverse (FSAI, Kolotilina & Yeremin 1993):
 3. **Rows of the inverse factor.** ``(G + l2 I)[S, S] y = e_i`` on ``S = {i} + S_i`` (small dense
    systems, solved in batches), ``D_ii = y_i``, ``U_i = y / y_i``. With every predecessor in
    ``S_i`` this is exactly ``L^-1`` and ``D^-1`` of ``G + l2 I = L D L^T`` (row ``i`` is the
-   regression of item ``i`` on the items before it); with a sparse pattern it is the best
-   approximation on that pattern (it minimises the Kaporin condition number of the preconditioned
-   matrix), where the paper's UMR drops the smallest entries of an iterative approximation.
+   regression of item ``i`` on the items before it); with a sparse pattern it is the classical
+   FSAI approximation on that pattern, where the paper's UMR drops the smallest entries of an
+   iterative approximation.
 
 Entries of ``G`` outside the sparsified Gram matrix count as zero in step 3; where that leaves a
-local system not positive definite (rare; counted in ``fit_info``) the item keeps the diagonal only.
+local system not positive definite (counted in ``fit_info``; none at S) the item keeps the diagonal
+only. Neighbours and l2 were tuned on validation at S (docs/benchmarks.md 12): 25 neighbours beat
+50 at every l2 and matched EASE^R.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ GRAM_FACTOR = 4
 """Co-purchases kept per item in the sparsified Gram matrix, as a multiple of ``neighbors``: the
 local systems of step 3 read their off-diagonal entries from it."""
 GRAM_BLOCK_ELEMENTS = 1 << 24
-"""Dense Gram entries computed at once (a block of rows), 64 MiB as float32."""
+"""Gram rows computed at once: this many entries' worth (``n_items`` per row) at most."""
 SOLVE_BLOCK_ELEMENTS = 1 << 23
 """Entries of the batched local systems held at once."""
 
@@ -61,7 +63,7 @@ SOLVE_BLOCK_ELEMENTS = 1 << 23
 class SANSAConfig(ModelConfig):
     l2: float = 500.0
     """L2 penalty lambda, as EASE^R's ``l2``."""
-    neighbors: int = 100
+    neighbors: int = 25
     """Weights per item in each sparse factor besides its own (the paper's target density is
     about ``(neighbors + 1) / n_items``)."""
     feedback: str = "binary"
