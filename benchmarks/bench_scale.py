@@ -45,6 +45,7 @@ PARAMS: dict[str, dict[str, Any]] = {
     "ials": {"factors": 64, "regularization": 10.0, "alpha": 5.0, "epochs": 15, "patience": 3},
     "ease": {"l2": 500.0},
     "elsa": {"factors": 128, "lr": 0.05, "batch_size": 1024, "epochs": 20, "patience": 3},
+    "sansa": {"l2": 500.0, "neighbors": 25},
 }
 K = 20
 BATCH_K = 10
@@ -115,11 +116,13 @@ def child_model(name: str, store: Path, batch: bool, peer_sweeps: int) -> dict[s
         t_last[0] = now
 
     opts = TrainingOptions(seed=0, validation=s.validation, callback=callback, num_threads=os.cpu_count())
+    cpu0 = time.process_time()
     try:
         model.fit(s.train_inner, opts)
     except RetailganError as exc:
         return out | {"refused": str(exc), "peak_rss_mib": _peak_rss_mib()}
     out["fit_s"] = model.fit_seconds
+    out["fit_cpu_s"] = time.process_time() - cpu0  # all threads; the load does not inflate it
     out["fit_peak_rss_mib"] = _peak_rss_mib()
     if isinstance(model, IterativeRecommender):
         out["epochs_run"] = len(model.history)

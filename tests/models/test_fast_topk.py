@@ -37,6 +37,7 @@ CONFIGS = {
     "ials": {"factors": 16, "regularization": 1.0, "alpha": 5.0, "epochs": 4},
     "bpr": {"factors": 8, "lr": 0.05, "epochs": 3, "batch_size": 256},
     "elsa": {"factors": 8, "lr": 0.05, "batch_size": 64, "epochs": 2},
+    "sansa": {"l2": 5.0, "neighbors": 20},
     "itemknn": {"neighbors": 30, "shrink": 1.0},
 }
 

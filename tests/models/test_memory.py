@@ -39,7 +39,7 @@ def test_ease_refuses_before_allocating(monkeypatch):
         raise AssertionError("allocated despite the refusal")
 
     monkeypatch.setattr("retailgan.models.baselines.ease_weights", never)
-    with pytest.raises(ConfigError, match=r"^ease: needs about .* GiB .* is available; use elsa") as err:
+    with pytest.raises(ConfigError, match=r"^ease: needs about .* GiB .* is available; use sansa") as err:
         EASE(l2=1.0).fit(ds)
     assert "\n" not in str(err.value)
     monkeypatch.setenv(memory.ENV_CHECK, "off")  # the override lets it try anyway
@@ -73,5 +73,5 @@ def test_resgan_refuses_and_names_the_alternative(monkeypatch):
     need = resgan_bytes(cfg, ds.n_users, ds.n_items)
     assert need >= (2 + 1) * 4 * ds.n_items**2 + 4 * ds.n_users * ds.n_items
     monkeypatch.setattr(memory, "available_memory", lambda: need - 1)
-    with pytest.raises(ConfigError, match=r"^resgan: needs about .* use elsa"):
+    with pytest.raises(ConfigError, match=r"^resgan: needs about .* use sansa"):
         ResGAN(cfg).fit(ds)

@@ -26,12 +26,13 @@ from tests.conftest import oracle_dataset
 def saved(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("mmap")
     ds, _ = oracle_dataset()
-    params = {"ease": {"l2": 1.0}, "ials": {"factors": 4, "epochs": 2}, "itemknn": {}}
+    params = {"ease": {"l2": 1.0}, "ials": {"factors": 4, "epochs": 2}, "itemknn": {},
+              "sansa": {"l2": 1.0, "neighbors": 20}}
     return {name: get_model_class(name)(**p).fit(ds, TrainingOptions(seed=0)).save(root / name)
             for name, p in params.items()}
 
 
-LEARNED = {"ease": ["W"], "ials": ["user_factors", "item_factors"], "itemknn": ["W"]}
+LEARNED = {"ease": ["W"], "ials": ["user_factors", "item_factors"], "itemknn": ["W"], "sansa": ["Ut", "V"]}
 """The arrays each model keeps from its file."""
 
 
@@ -54,7 +55,7 @@ def _mapped(a: np.ndarray) -> bool:
     return isinstance(base, mmap.mmap)
 
 
-@pytest.mark.parametrize("name", ["ease", "ials", "itemknn"])
+@pytest.mark.parametrize("name", ["ease", "ials", "itemknn", "sansa"])
 def test_a_mapped_model_is_the_read_model(saved, name):
     read, mapped = load_model(saved[name]), load_model(saved[name], mmap=True)
     a, b = _arrays(read, name), _arrays(mapped, name)

@@ -187,7 +187,7 @@ class ItemKNN(_ItemItem):
         self._load_feedback(arrays)
 
 
-EASE_ALTERNATIVE = "elsa (the low-rank item-item model) or ials"
+EASE_ALTERNATIVE = "sansa (the sparse approximate EASE^R) or ials"
 
 
 def ease_bytes(n_items: int, block: int = 2048) -> int:

@@ -14,7 +14,8 @@ at S an eighth of the catalogue settles 84 % of customers and a quarter 97 % of 
 job (:data:`SKIP_BELOW`). Where norms are
 flat (ELSA's unit rows) no prefix can settle anyone and the whole catalogue is scored at once.
 
-**Sparse item-item models** (ItemKNN) multiply the sparse history by the sparse weights: a row
+**Sparse item-item models** (ItemKNN; SANSA through its two sparse factors) multiply the sparse
+history by the sparse weights: a row
 with at least k positive scores after exclusions has its list among them (every other item
 scores 0); other rows take the dense path.
 
@@ -201,16 +202,21 @@ def _block_entries(block: sp.csr_matrix, pos: np.ndarray | None, width: int) -> 
 
 def sparse_item_top_k(
     history: sp.csr_matrix,
-    weights: sp.csr_matrix,
+    weights: sp.csr_matrix | Callable[[sp.csr_matrix], sp.spmatrix],
     k: int,
     banned: sp.csr_matrix,
     allowed: np.ndarray | None,
     dense: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k of ``history @ weights`` (both sparse, non-negative) without a dense row: a row with
-    at least k positive scores left after exclusions has its list among them; the others are
-    ranked by ``dense(rows)`` (the generic path)."""
-    n, m = history.shape[0], weights.shape[1]
+    """Top-k of ``history @ weights`` (both sparse; ``weights`` may also be a function of a float32
+    history block returning its sparse scores, e.g. a product through sparse factors) without a
+    dense row: a row with at least k positive scores left after exclusions has its list among
+    them (every item not stored scores 0, signed weights included); the others are ranked by
+    ``dense(rows)`` (the generic path)."""
+    from retailgan.models.base import select_top_k
+
+    n, m = history.shape
+    product = weights if callable(weights) else (lambda h: h @ weights)
     top = np.full((n, k), -1, np.int64)
     scores = np.full((n, k), -np.inf, np.float64)
     keep_col = None
@@ -221,25 +227,32 @@ def sparse_item_top_k(
     rest: list[np.ndarray] = []
     for a in range(0, n, step):
         b = min(a + step, n)
-        s = (sp.csr_matrix(history[a:b], dtype=np.float32) @ weights).tocoo()
-        r, c, v = s.row.astype(np.int64), s.col.astype(np.int64), s.data.astype(np.float64)
-        ok = v > 0
-        if keep_col is not None:
-            ok &= keep_col[c]
+        s = sp.csr_matrix(product(sp.csr_matrix(history[a:b], dtype=np.float32)), dtype=np.float32)
         bb = banned[a:b]
-        if bb.nnz:
-            br = np.repeat(np.arange(b - a), np.diff(bb.indptr)).astype(np.int64)
-            ok &= ~np.isin(r * m + c, br * m + bb.indices.astype(np.int64))
-        r, c, v = r[ok], c[ok], v[ok]
-        counts = np.bincount(r, minlength=b - a)
-        o = np.lexsort((c, -v, r))
-        r, c, v = r[o], c[o], v[o]
-        rank = np.arange(len(r)) - np.repeat(np.cumsum(counts) - counts, counts)
-        full = counts >= k
-        sel = (rank < k) & full[r]
-        top[a + r[sel], rank[sel]] = c[sel]
-        scores[a + r[sel], rank[sel]] = v[sel]
-        rest.append(a + np.flatnonzero(~full))
+        if bb.nnz:  # banned scores become exact zeros (x - x), dropped with the other non-positive
+            s = sp.csr_matrix(s - s.multiply(sp.csr_matrix(bb, dtype=bool)))
+        if keep_col is not None:
+            s = sp.csr_matrix(s @ sp.diags(keep_col.astype(np.float32)))
+        s.data[s.data <= 0] = 0.0
+        s.eliminate_zeros()
+        s.sort_indices()  # item order inside a row: ties go to the lower item index
+        counts = np.diff(s.indptr)
+        full = np.flatnonzero(counts >= k)
+        # Each full row's positive scores padded into a dense row (item order), ranked by
+        # select_top_k: linear in the scores, where sorting them all cost most of the time.
+        width = int(counts[full].max()) if len(full) else 0
+        sub = max(1, _block_elements() // max(width, 1))
+        for f in range(0, len(full), sub):
+            rows = full[f : f + sub]
+            lens = counts[rows]
+            starts = s.indptr[rows]
+            offset = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)  # inside the row
+            pad = np.full((len(rows), width), -np.inf, np.float32)
+            pad[np.repeat(np.arange(len(rows)), lens), offset] = s.data[np.repeat(starts, lens) + offset]
+            t, ts = select_top_k(pad, k)
+            top[a + rows] = s.indices[starts[:, None] + t]
+            scores[a + rows] = ts
+        rest.append(a + np.flatnonzero(counts < k))
     left = np.concatenate(rest) if rest else np.zeros(0, np.int64)
     if len(left):
         top[left], scores[left] = dense(left)

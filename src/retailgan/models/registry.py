@@ -11,6 +11,7 @@ MODELS: dict[str, str] = {
     "itemknn": "retailgan.models.baselines:ItemKNN",
     "ease": "retailgan.models.baselines:EASE",
     "elsa": "retailgan.models.elsa:ELSA",
+    "sansa": "retailgan.models.sansa:SANSA",
     "ials": "retailgan.models.baselines:IALS",
     "bpr": "retailgan.models.baselines:BPR",
     "cfgan": "retailgan.models.gan.cfgan:CFGAN",

@@ -205,7 +205,7 @@ class ResGAN(IterativeRecommender):
             "resgan",
             resgan_bytes(cfg, self.n_users, self.n_items),
             "its dense customer x product and product x product arrays",
-            "elsa, ials or featgan",
+            "sansa, ials or featgan",
         )
         X = dataset.matrix().astype(np.float32)
         X.data[:] = 1.0
