@@ -19,7 +19,7 @@ Steps, each measured in its own child process (peak RSS is that step's alone):
 
 A model that refuses to start (EASE's memory check) is recorded with its one-line message.
 
-Usage: python benchmarks/bench_scale.py --size S --workdir DIR [--models pop,ials,ease,elsa,implicit]
+Usage: python benchmarks/bench_scale.py --size S --workdir DIR [--models pop,ials,ease,sansa,implicit]
        [--batch ials,implicit] [--batch-users 0] [--batch-job] [--eval-users 20000] [--skip-ingest]
        [--repeats 3] [--json docs/results/scale-S.json]
 """
@@ -44,7 +44,6 @@ PARAMS: dict[str, dict[str, Any]] = {
     "pop": {},
     "ials": {"factors": 64, "regularization": 10.0, "alpha": 5.0, "epochs": 15, "patience": 3},
     "ease": {"l2": 500.0},
-    "elsa": {"factors": 128, "lr": 0.05, "batch_size": 1024, "epochs": 20, "patience": 3},
     "sansa": {"l2": 500.0, "neighbors": 25},
 }
 K = 20
@@ -251,7 +250,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=list(SIZES), default="S")
     ap.add_argument("--workdir", type=Path, required=True)
-    ap.add_argument("--models", default="pop,ials,implicit,elsa,ease")
+    ap.add_argument("--models", default="pop,ials,implicit,sansa,ease")
     ap.add_argument("--batch", default="", help="models whose top-10 for every customer is timed")
     ap.add_argument("--skip-ingest", action="store_true", help="reuse the store in --workdir")
     ap.add_argument("--json", type=Path, default=None)

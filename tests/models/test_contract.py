@@ -18,7 +18,6 @@ FAST_CONFIGS: dict[str, dict] = {
     "pop": {},
     "itemknn": {"neighbors": 20, "shrink": 0.0},
     "ease": {"l2": 1.0},
-    "elsa": {"factors": 8, "lr": 0.1, "batch_size": 8, "epochs": 30},
     "sansa": {"l2": 1.0, "neighbors": 20},
     "ials": {"factors": 8, "regularization": 0.1, "alpha": 5.0, "epochs": 10},
     "bpr": {"factors": 8, "lr": 0.05, "reg": 0.05, "epochs": 100, "batch_size": 64},

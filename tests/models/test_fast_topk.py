@@ -1,6 +1,6 @@
 """Batch top-k fast paths (retailgan.models.fast_topk) give the dense path's lists.
 
-Factor models (ials, bpr with its bias, elsa with its -x adjustment) rank over norm-ordered item
+Factor models (ials, bpr with its bias) rank over norm-ordered item
 prefixes with a bound; ItemKNN ranks sparse products. Every list must equal
 ``Recommender.recommend``'s (same items, same order, ties by item index), with exclusions and
 candidate restrictions honoured, including on data where the prefixes settle most customers.
@@ -36,7 +36,6 @@ def _power_law_log(n_users: int = 300, n_items: int = 800, seed: int = 0) -> Int
 CONFIGS = {
     "ials": {"factors": 16, "regularization": 1.0, "alpha": 5.0, "epochs": 4},
     "bpr": {"factors": 8, "lr": 0.05, "epochs": 3, "batch_size": 256},
-    "elsa": {"factors": 8, "lr": 0.05, "batch_size": 64, "epochs": 2},
     "sansa": {"l2": 5.0, "neighbors": 20},
     "itemknn": {"neighbors": 30, "shrink": 1.0},
 }
@@ -134,7 +133,7 @@ def test_sparse_item_rows_with_few_positive_scores_take_the_dense_path():
     assert top[1].tolist() == [3, 2] and scores[1].tolist() == [4.0, 1.0]
 
 
-@pytest.mark.parametrize("name", ["ials", "bpr", "elsa"])
+@pytest.mark.parametrize("name", ["ials", "bpr"])
 def test_early_stopping_check_through_top_k_equals_evaluate(name, monkeypatch):
     """Validation ranks with the exact fast path; the metric equals the dense evaluate() one."""
     monkeypatch.setattr(fast, "MIN_PREFIX", 8)

@@ -1,7 +1,7 @@
 """Exact batch top-k for factor models and sparse item-item models (:meth:`Recommender.top_k`).
 
-**Factor models** score ``q_u . v_i (+ b_i) (+ a_ui)``: a user vector, item vectors, an optional
-item bias and an optional sparse, non-positive per-(user, item) adjustment (ELSA's ``-x``).
+**Factor models** score ``q_u . v_i (+ b_i)``: a user vector, item vectors
+and an optional item bias.
 :func:`factor_top_k` ranks in float32 row blocks of at most :data:`SCORE_BLOCK_ELEMENTS` scores
 and skips most of the catalogue with a bound that keeps the lists exact: items are ordered by
 ``|v_i|`` once per model; a user's k-th best score among the first ``c`` items is compared with
@@ -12,7 +12,7 @@ catalogue in item order. Factor norms of iALS follow popularity: on the generate
 at S an eighth of the catalogue settles 84 % of customers and a quarter 97 % of the rest
 (docs/benchmarks.md, Scale). Prefixes that settle few customers are dropped for the rest of a
 job (:data:`SKIP_BELOW`). Where norms are
-flat (ELSA's unit rows) no prefix can settle anyone and the whole catalogue is scored at once.
+flat no prefix can settle anyone and the whole catalogue is scored at once.
 
 **Sparse item-item models** (ItemKNN; SANSA through its two sparse factors) multiply the sparse
 history by the sparse weights: a row
@@ -106,12 +106,10 @@ def factor_top_k(
     k: int,
     banned: sp.csr_matrix,
     allowed: np.ndarray | None,
-    adjust: sp.csr_matrix | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(n, k) item indices and scores (float64 of the float32 scores), -1 / -inf padded, for
-    scores ``queries @ vectors.T (+ bias) (+ adjust)`` with ``banned`` (n x items) excluded and
-    only ``allowed`` items (None: all). ``adjust`` must be <= 0 where stored (it only lowers
-    scores, so the bound stays valid)."""
+    scores ``queries @ vectors.T (+ bias)`` with ``banned`` (n x items) excluded and
+    only ``allowed`` items (None: all)."""
     from retailgan.models.base import _finish_top_k as finish_top_k
     from retailgan.models.base import _partition_top as partition_top
     from retailgan.models.base import select_top_k
@@ -145,7 +143,7 @@ def factor_top_k(
             s = q[rows] @ svec[:c].T
             if sbias is not None:
                 s += sbias[None, :c]
-            _apply_sparse(s, rows, banned, adjust, pos, c)
+            _ban(s, rows, banned, pos, c)
             # Prefix rows are narrow: a plain partition beats select_top_k's sampled threshold.
             t, ts = finish_top_k(s, partition_top(s, k + 1), k + 1)
             kth, nxt = ts[:, k - 1], ts[:, k]
@@ -175,20 +173,16 @@ def factor_top_k(
             s = q[rows] @ vec.T
             if bias is not None:
                 s += bias[None, :]
-            _apply_sparse(s, rows, banned, adjust, col_pos, width)
+            _ban(s, rows, banned, col_pos, width)
             t, ts = select_top_k(s, k)
             top[rows] = np.where(t >= 0, t if full_cols is None else full_cols[np.maximum(t, 0)], -1)
             scores[rows] = ts
     return top, scores
 
 
-def _apply_sparse(s: np.ndarray, rows: np.ndarray, banned: sp.csr_matrix, adjust: sp.csr_matrix | None,
-                  pos: np.ndarray | None, width: int) -> None:
-    """Add ``adjust`` and set ``banned`` to -inf in ``s`` (rows = those of ``banned``; columns
-    through ``pos``, item -> column, None: identity; columns >= ``width`` are not in ``s``)."""
-    if adjust is not None:
-        r, c, v = _block_entries(adjust[rows], pos, width)
-        np.add.at(s, (r, c), v.astype(np.float32))
+def _ban(s: np.ndarray, rows: np.ndarray, banned: sp.csr_matrix, pos: np.ndarray | None, width: int) -> None:
+    """Set ``banned`` to -inf in ``s`` (rows = those of ``banned``; columns through ``pos``,
+    item -> column, None: identity; columns >= ``width`` are not in ``s``)."""
     r, c, _ = _block_entries(banned[rows], pos, width)
     s[r, c] = -np.inf
 

@@ -10,7 +10,6 @@ MODELS: dict[str, str] = {
     "pop": "retailgan.models.baselines:MostPopular",
     "itemknn": "retailgan.models.baselines:ItemKNN",
     "ease": "retailgan.models.baselines:EASE",
-    "elsa": "retailgan.models.elsa:ELSA",
     "sansa": "retailgan.models.sansa:SANSA",
     "ials": "retailgan.models.baselines:IALS",
     "bpr": "retailgan.models.baselines:BPR",
