@@ -22,6 +22,13 @@ Throughput at a latency target, with 1 and 2 worker processes (events in Postgre
 
 runs every worker count at each rate in turn (interleaved, so they share the machine's load alike)
 and reports the highest offered rate each sustained with p99 <= --p99-ms and no errors.
+
+An existing model directory and store instead of the bundled log's EASE model (e.g. the scale
+benchmark's size M, ``benchmarks/bench_scale.py``); the store is copied, the runs' events go to
+the copy; start-up time (process start to ``/readyz``) and the server's memory are reported:
+
+    .venv/bin/python benchmarks/bench_serve.py --model-dir out/scale/ials-model \
+        --store out/scale/store-M.duckdb --work out/bench-serve-M --out docs/results/serve-M.json
 """
 
 from __future__ import annotations
@@ -72,6 +79,21 @@ def sample_ids(store: Path, out: Path, seed: int) -> Path:
     out.write_text(json.dumps({"customers": rng.sample(customers, min(2000, len(customers))),
                                "products": rng.sample(products, min(2000, len(products)))}))
     return out
+
+
+def proc_memory_mib(pid: int) -> dict[str, float]:
+    """RSS, peak RSS (VmHWM), PSS and USS of a process in MiB (Linux /proc): a mapped model's pages
+    count in full in RSS, shared in PSS, and not at all in USS."""
+    kb: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("VmRSS:", "VmHWM:")):
+            kb[line.split(":")[0]] = int(line.split()[1])
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        key, value = line.split(":", 1)
+        kb[key] = int(value.split()[0])
+    return {"rss_mib": round(kb["VmRSS"] / 1024, 1), "peak_rss_mib": round(kb["VmHWM"] / 1024, 1),
+            "pss_mib": round(kb["Pss"] / 1024, 1),
+            "uss_mib": round((kb["Private_Clean"] + kb["Private_Dirty"]) / 1024, 1)}
 
 
 def proc_cpu_s(pid: int) -> float:
@@ -239,6 +261,9 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--work", type=Path, default=REPO / "out" / "bench-serve")
     ap.add_argument("--l2", type=float, default=490.13, help="EASE l2 (tuned value, docs/benchmarks.md section 2)")
+    ap.add_argument("--model-dir", type=Path, default=None, help="(run) serve this model instead of the EASE one")
+    ap.add_argument("--store", type=Path, default=None, help="(run) the store of --model-dir (copied for the run)")
+    ap.add_argument("--runs", default="steady,reload", help="(run) steady and/or reload (a reload at half time)")
     ap.add_argument("--out", type=Path, default=None, help="Write the results as JSON here.")
     ap.add_argument("--url", default=None)
     ap.add_argument("--reload-at", type=float, default=None)
@@ -256,16 +281,28 @@ def main() -> None:
     if args.mode == "capacity":
         capacity(args)
         return
-    store, model = prepare(args.work, args.l2)
+    if (args.model_dir is None) != (args.store is None):
+        raise SystemExit("--model-dir and --store go together")
+    if args.model_dir is not None:
+        args.work.mkdir(parents=True, exist_ok=True)
+        store, model = args.store, args.model_dir
+    else:
+        store, model = prepare(args.work, args.l2)
     ids = sample_ids(store, args.work / "ids.json", args.seed)
     served = args.work / "served.duckdb"  # a fresh copy each time: the runs' events go there
     shutil.copy(store, served)
     Path(f"{served}.wal").unlink(missing_ok=True)
     port = free_port()
+    load_at_start = os.getloadavg()[0]
+    t_start = time.perf_counter()
     server = start_server(served, model, port)
+    startup = {"seconds": round(time.perf_counter() - t_start, 2), "loadavg_1min_before": load_at_start,
+               "memory_after_start": proc_memory_mib(server.pid)}
+    print("start-up", json.dumps(startup), flush=True)
+    plan = {"steady": ("steady", None), "reload": ("reload mid-run", args.duration / 2)}
     runs = {}
     try:
-        for name, reload_at in (("steady", None), ("reload mid-run", args.duration / 2)):
+        for name, reload_at in (plan[r] for r in args.runs.split(",")):
             cmd = [sys.executable, __file__, "client", "--url", f"http://127.0.0.1:{port}", "--rate", str(args.rate),
                    "--duration", str(args.duration), "--seed", str(args.seed), "--ids", str(ids)]
             if reload_at is not None:
@@ -285,6 +322,7 @@ def main() -> None:
             runs[name]["client_cpu_ms_per_request"] = round(client_cpu / n * 1000, 3)
             runs[name]["loadavg_1min_before"] = load_before
             runs[name]["loadavg_1min_after"] = os.getloadavg()[0]
+            runs[name]["memory_after"] = proc_memory_mib(server.pid)
             print(name, json.dumps(runs[name]), flush=True)
     finally:
         server.send_signal(signal.SIGTERM)
@@ -295,7 +333,11 @@ def main() -> None:
     doc = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "loadavg_after": os.getloadavg()},
-        "model": {"name": "ease", "l2": args.l2, "dir": str(model)},
+        "model": {"name": "ease", "l2": args.l2, "dir": str(model)} if args.model_dir is None else
+                 {"name": json.loads((model / "model.json").read_text())["model"], "dir": str(model),
+                  "store": str(store)},
+        "command": " ".join(["python", *sys.argv]),
+        "startup": startup,
         "runs": runs,
     }
     print("| run | offered req/s | achieved | p50 ms | p90 ms | p99 ms | max ms | errors | server CPU ms/req | load |")
