@@ -51,3 +51,38 @@ def test_fast_path_after_new_events_leaves_their_products_out(built, tmp_path):
         assert c.post("/v1/events", json=ev, headers={"X-API-Key": "user-key-0123456789"}).status_code == 201
         after = rec(c, customer_id="C0", k=3)
         assert after["strategy"] == "model" and first not in [it["product_id"] for it in after["items"]]
+
+
+@pytest.mark.skipif(not __import__("retailgan.index.topk", fromlist=["x"]).faiss_available(), reason="faiss absent")
+def test_featgan_with_a_faiss_index_serves_its_index_lists(built, tmp_path):
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from retailgan.data.store import Store
+    from retailgan.models.base import TrainingOptions
+    from retailgan.models.registry import get_model_class
+    from retailgan.serving import Settings, create_app
+    from tests.conftest import oracle_dataset
+    from tests.models.test_contract import FAST_CONFIGS
+
+    ds, answer = oracle_dataset()
+    model = get_model_class("featgan")(**{**FAST_CONFIGS["featgan"], "index": "hnsw", "epochs": 3})
+    model.fit(ds, TrainingOptions(seed=0))
+    model_dir = model.save(tmp_path / "featgan")
+    store = tmp_path / "shop.duckdb"
+    shutil.copy(built["store"], store)
+    with Store.open(store) as st, st.transaction() as con:  # the oracle's products only
+        con.execute("DELETE FROM items")
+        info = ds.item_info
+        for item, title, category, price in zip(ds.items.ids, info.titles, info.categories, info.prices, strict=True):
+            con.execute("INSERT INTO items VALUES (?, ?, ?, ?)", [str(item), title, category, float(price)])
+    with TestClient(create_app(Settings(model_dir=model_dir, store=store, keys_file=built["keys"]))) as c:
+        bundle = c.app.state.service.bundle
+        served = bundle.model
+        for user in list(answer)[:4]:
+            assert bundle.fast_top_k(bundle.user_index(user))
+            got = rec(c, customer_id=user, k=3, exclude=["i0_1"])
+            want = served.top_k([user], 3, exclude=["i0_1"])
+            assert got["strategy"] == "model"
+            assert [it["product_id"] for it in got["items"]] == [str(i) for i in want.item_ids[0] if i is not None]

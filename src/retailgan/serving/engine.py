@@ -190,8 +190,14 @@ class ModelBundle:
 
     def fast_top_k(self, u: int) -> bool:
         """Whether customer row ``u`` is ranked by :meth:`rank_known` rather than a dense row of scores:
-        models whose exact top-k skips most of the catalogue (``exact_top_k``: factor models)."""
-        return u >= 0 and bool(getattr(self.model, "exact_top_k", False))
+        models whose exact top-k skips most of the catalogue (``exact_top_k``: factor models), and
+        models searched through a retrieval index (featgan with ``index`` "hnsw" or "ivf": the
+        lists of its ``recommend``)."""
+        if u < 0:
+            return False
+        if getattr(self.model, "exact_top_k", False):
+            return True
+        return getattr(getattr(self.model, "config", None), "index", "exact") != "exact"
 
     def rank_known(
         self, u: int, k: int, banned: np.ndarray, allowed: np.ndarray | None
