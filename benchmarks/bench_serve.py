@@ -29,6 +29,13 @@ the copy; start-up time (process start to ``/readyz``) and the server's memory a
 
     .venv/bin/python benchmarks/bench_serve.py --model-dir out/scale/ials-model \
         --store out/scale/store-M.duckdb --work out/bench-serve-M --out docs/results/serve-M.json
+
+The cost of one recommendation request on such a model, without HTTP: the handler called in
+process (CPU and wall time per request) for known customers, sessions and unknown customers, and
+a known customer's list through the model's top-k path against a dense row of scores:
+
+    .venv/bin/python benchmarks/bench_serve.py handler --model-dir out/scale/ials-model \
+        --store out/scale/store-M.duckdb --work out/bench-serve-M --out docs/results/serve-M-handler.json
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "data" / "online-retail" / "online_retail.csv.gz"
@@ -256,7 +264,7 @@ async def _client(url: str, rate: float, duration: float, reload_at: float | Non
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", nargs="?", default="run", choices=["run", "client", "capacity"])
+    ap.add_argument("mode", nargs="?", default="run", choices=["run", "client", "capacity", "handler"])
     ap.add_argument("--rate", type=float, default=200.0)
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--work", type=Path, default=REPO / "out" / "bench-serve")
@@ -280,6 +288,9 @@ def main() -> None:
         return
     if args.mode == "capacity":
         capacity(args)
+        return
+    if args.mode == "handler":
+        handler_cost(args)
         return
     if (args.model_dir is None) != (args.store is None):
         raise SystemExit("--model-dir and --store go together")
@@ -349,6 +360,74 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def _per_call(fn: Any, inputs: list) -> dict:
+    """Wall time percentiles and mean CPU time of ``fn`` over ``inputs``, in ms."""
+    import numpy as np
+
+    wall, cpu = [], []
+    for x in inputs:
+        t, c = time.perf_counter(), time.process_time()
+        fn(x)
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    w = np.asarray(wall) * 1000
+    return {"calls": len(inputs), "cpu_ms_mean": round(float(np.mean(cpu)) * 1000, 3),
+            "wall_ms_p50": round(float(np.percentile(w, 50)), 3), "wall_ms_p99": round(float(np.percentile(w, 99)), 3),
+            "loadavg_1min": os.getloadavg()[0]}
+
+
+def handler_cost(args: argparse.Namespace, calls: int = 500) -> None:
+    """CPU and wall time of the recommendation handler, called in process on --model-dir / --store."""
+    import numpy as np
+    from fastapi.testclient import TestClient
+
+    from retailgan.serving import schemas as S
+    from retailgan.serving.app import _recommend, create_app
+    from retailgan.serving.settings import Settings
+
+    if args.model_dir is None or args.store is None:
+        raise SystemExit("handler needs --model-dir and --store")
+    args.work.mkdir(parents=True, exist_ok=True)
+    served = args.work / "handler.duckdb"
+    shutil.copy(args.store, served)
+    Path(f"{served}.wal").unlink(missing_ok=True)
+    app = create_app(Settings(model_dir=args.model_dir, store=served, auth=False))
+    t = time.perf_counter()
+    with TestClient(app):
+        out: dict[str, Any] = {"startup_s": round(time.perf_counter() - t, 2)}
+        state = app.state.service
+        b = state.bundle
+        m = b.model
+        rng = random.Random(args.seed)
+        rows = [rng.randrange(m.n_users) for _ in range(calls)]
+        users = [str(m.users.ids[u]) for u in rows]
+        products = [str(m.items.ids[rng.randrange(m.n_items)]) for _ in range(3 * calls)]
+        cases = {
+            "known customer": [S.RecommendationRequest(customer_id=u, k=10) for u in users],
+            "session of 3 products": [S.RecommendationRequest(product_ids=products[3 * i : 3 * i + 3], k=10)
+                                      for i in range(calls)],
+            "unknown customer": [S.RecommendationRequest(customer_id=f"new-{i}", k=10) for i in range(calls)],
+        }
+        for name, reqs in cases.items():
+            _recommend(state, b, reqs[0])  # warm
+            out[f"handler, {name}"] = _per_call(lambda r: _recommend(state, b, r), reqs)
+        if b.fast_top_k(0):
+            out["top-k path, known customer"] = _per_call(lambda u: b.rank_known(u, 10, b.seen_items(u), None), rows)
+
+        def dense(u: int) -> Any:  # what the handler did before: every product scored, seen masked
+            scores = np.array(b.score_user(u), dtype=np.float64)
+            scores[b.seen_items(u)] = -np.inf
+            return b.top_k(scores, 10)
+
+        out["dense scores + top-k, known customer"] = _per_call(dense, rows)
+        out["model"] = {"name": b.name, "customers": m.n_users, "products": m.n_items, "dir": str(args.model_dir)}
+    out["command"] = " ".join(["python", *sys.argv])
+    print(json.dumps(out, indent=1))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=2) + "\n")
 
 
 def run_client(port: int, ids: Path, args: argparse.Namespace, rate: float, pgid: int,
