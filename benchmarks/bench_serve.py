@@ -422,6 +422,17 @@ def handler_cost(args: argparse.Namespace, calls: int = 500) -> None:
             return b.top_k(scores, 10)
 
         out["dense scores + top-k, known customer"] = _per_call(dense, rows)
+        # The store-side endpoints: an event committed (POST /v1/events), a customer's history.
+        from datetime import datetime, timezone
+
+        from retailgan.serving.storage import NewEvent
+
+        def event(i: int) -> None:
+            state.write_events([NewEvent(event_id=f"bench-{i}", customer_id=users[i], product_id=products[i],
+                                         event_type="view", ts=datetime.now(timezone.utc), quantity=None, price=None)])
+
+        out["event write (store)"] = _per_call(event, list(range(min(calls, 200))))
+        out["customer history (store, 20 events)"] = _per_call(lambda u: state.history(u, 20), users[:5])
         out["model"] = {"name": b.name, "customers": m.n_users, "products": m.n_items, "dir": str(args.model_dir)}
     out["command"] = " ".join(["python", *sys.argv])
     print(json.dumps(out, indent=1))
