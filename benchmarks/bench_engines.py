@@ -47,12 +47,15 @@ def _load() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def prepare(work: Path, size: str) -> tuple[Path, Path, dict[str, Any]]:
-    """The store and the trained ials model of the generated log (reused when present)."""
+def prepare(work: Path, size: str, store: Path | None = None, model: Path | None = None,
+            ) -> tuple[Path, Path, dict[str, Any]]:
+    """The store and the trained ials model of the generated log (reused when present; ``store``
+    and ``model`` name existing ones, e.g. ``bench_scale.py``'s)."""
     from retailgan.data.ingest import ingest
 
-    log_dir, store, model = work / f"log-{size}", work / f"{size}.duckdb", work / f"ials-{size}"
-    info: dict[str, Any] = {}
+    log_dir = work / f"log-{size}"
+    store, model = store or work / f"{size}.duckdb", model or work / f"ials-{size}"
+    info: dict[str, Any] = {"store": str(store), "model": str(model)}
     if not store.exists():
         t = time.perf_counter()
         generate(log_dir, SIZES[size])
@@ -70,12 +73,13 @@ def prepare(work: Path, size: str) -> tuple[Path, Path, dict[str, Any]]:
 SETUPS = {"local-1": ("local", 1), "local-2": ("local", 2), "ray-2": ("ray", 2)}
 
 
-def engines(work: Path, size: str, repeats: int, names: list[str] | None = None, cli: bool = True) -> dict[str, Any]:
+def engines(work: Path, size: str, repeats: int, names: list[str] | None = None, cli: bool = True,
+            store: Path | None = None, model: Path | None = None) -> dict[str, Any]:
     import ray
 
     from retailgan.batch import recommend_all
 
-    store, model, info = prepare(work, size)
+    store, model, info = prepare(work, size, store, model)
     t = time.perf_counter()
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     ray_start_s = time.perf_counter() - t
@@ -189,6 +193,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--setups", default=",".join(SETUPS), help="engine setups to time (local-1, local-2, ray-2)")
     ap.add_argument("--no-cli", action="store_true", help="skip the CLI run that starts its own Ray instance")
+    ap.add_argument("--store", type=Path, help="(engines) an existing store of the log instead of WORK/SIZE.duckdb")
+    ap.add_argument("--model", type=Path, help="(engines) an existing ials model of it instead of WORK/ials-SIZE")
     ap.add_argument("--mmap-customers", type=int, default=1_000_000)
     ap.add_argument("--mmap-products", type=int, default=100_000)
     ap.add_argument("--processes", type=int, default=3)
@@ -202,8 +208,8 @@ def main() -> None:
     command = "python benchmarks/bench_engines.py " + " ".join(sys.argv[1:])
     parts = args.parts.split(",")
     if "engines" in parts:
-        doc["engines"] = {"command": command, **engines(args.work, args.size, args.repeats,
-                                                           args.setups.split(","), not args.no_cli)}
+        doc["engines"] = {"command": command, **engines(args.work, args.size, args.repeats, args.setups.split(","),
+                                                           not args.no_cli, args.store, args.model)}
     if "mmap" in parts:
         doc["mmap"] = {"command": command, **mmap(args.work, args.mmap_customers, args.mmap_products,
                                                    args.processes)}

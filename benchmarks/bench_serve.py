@@ -22,6 +22,20 @@ Throughput at a latency target, with 1 and 2 worker processes (events in Postgre
 
 runs every worker count at each rate in turn (interleaved, so they share the machine's load alike)
 and reports the highest offered rate each sustained with p99 <= --p99-ms and no errors.
+
+An existing model directory and store instead of the bundled log's EASE model (e.g. the scale
+benchmark's size M, ``benchmarks/bench_scale.py``); the store is copied, the runs' events go to
+the copy; start-up time (process start to ``/readyz``) and the server's memory are reported:
+
+    .venv/bin/python benchmarks/bench_serve.py --model-dir out/scale/ials-model \
+        --store out/scale/store-M.duckdb --work out/bench-serve-M --out docs/results/serve-M.json
+
+The cost of one recommendation request on such a model, without HTTP: the handler called in
+process (CPU and wall time per request) for known customers, sessions and unknown customers, and
+a known customer's list through the model's top-k path against a dense row of scores:
+
+    .venv/bin/python benchmarks/bench_serve.py handler --model-dir out/scale/ials-model \
+        --store out/scale/store-M.duckdb --work out/bench-serve-M --out docs/results/serve-M-handler.json
 """
 
 from __future__ import annotations
@@ -40,6 +54,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "data" / "online-retail" / "online_retail.csv.gz"
@@ -72,6 +87,21 @@ def sample_ids(store: Path, out: Path, seed: int) -> Path:
     out.write_text(json.dumps({"customers": rng.sample(customers, min(2000, len(customers))),
                                "products": rng.sample(products, min(2000, len(products)))}))
     return out
+
+
+def proc_memory_mib(pid: int) -> dict[str, float]:
+    """RSS, peak RSS (VmHWM), PSS and USS of a process in MiB (Linux /proc): a mapped model's pages
+    count in full in RSS, shared in PSS, and not at all in USS."""
+    kb: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("VmRSS:", "VmHWM:")):
+            kb[line.split(":")[0]] = int(line.split()[1])
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        key, value = line.split(":", 1)
+        kb[key] = int(value.split()[0])
+    return {"rss_mib": round(kb["VmRSS"] / 1024, 1), "peak_rss_mib": round(kb["VmHWM"] / 1024, 1),
+            "pss_mib": round(kb["Pss"] / 1024, 1),
+            "uss_mib": round((kb["Private_Clean"] + kb["Private_Dirty"]) / 1024, 1)}
 
 
 def proc_cpu_s(pid: int) -> float:
@@ -285,11 +315,14 @@ def _run_client(coro: object) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", nargs="?", default="run", choices=["run", "client", "capacity"])
+    ap.add_argument("mode", nargs="?", default="run", choices=["run", "client", "capacity", "handler"])
     ap.add_argument("--rate", type=float, default=200.0)
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--work", type=Path, default=REPO / "out" / "bench-serve")
     ap.add_argument("--l2", type=float, default=490.13, help="EASE l2 (tuned value, docs/benchmarks.md section 2)")
+    ap.add_argument("--model-dir", type=Path, default=None, help="(run) serve this model instead of the EASE one")
+    ap.add_argument("--store", type=Path, default=None, help="(run) the store of --model-dir (copied for the run)")
+    ap.add_argument("--runs", default="steady,reload", help="(run) steady and/or reload (a reload at half time)")
     ap.add_argument("--out", type=Path, default=None, help="Write the results as JSON here.")
     ap.add_argument("--url", default=None)
     ap.add_argument("--reload-at", type=float, default=None)
@@ -307,16 +340,31 @@ def main() -> None:
     if args.mode == "capacity":
         capacity(args)
         return
-    store, model = prepare(args.work, args.l2)
+    if args.mode == "handler":
+        handler_cost(args)
+        return
+    if (args.model_dir is None) != (args.store is None):
+        raise SystemExit("--model-dir and --store go together")
+    if args.model_dir is not None:
+        args.work.mkdir(parents=True, exist_ok=True)
+        store, model = args.store, args.model_dir
+    else:
+        store, model = prepare(args.work, args.l2)
     ids = sample_ids(store, args.work / "ids.json", args.seed)
     served = args.work / "served.duckdb"  # a fresh copy each time: the runs' events go there
     shutil.copy(store, served)
     Path(f"{served}.wal").unlink(missing_ok=True)
     port = free_port()
+    load_at_start = os.getloadavg()[0]
+    t_start = time.perf_counter()
     server = start_server(served, model, port)
+    startup = {"seconds": round(time.perf_counter() - t_start, 2), "loadavg_1min_before": load_at_start,
+               "memory_after_start": proc_memory_mib(server.pid)}
+    print("start-up", json.dumps(startup), flush=True)
+    plan = {"steady": ("steady", None), "reload": ("reload mid-run", args.duration / 2)}
     runs = {}
     try:
-        for name, reload_at in (("steady", None), ("reload mid-run", args.duration / 2)):
+        for name, reload_at in (plan[r] for r in args.runs.split(",")):
             cmd = [sys.executable, __file__, "client", "--url", f"http://127.0.0.1:{port}", "--rate", str(args.rate),
                    "--duration", str(args.duration), "--seed", str(args.seed), "--ids", str(ids)]
             if reload_at is not None:
@@ -336,6 +384,7 @@ def main() -> None:
             runs[name]["client_cpu_ms_per_request"] = round(client_cpu / n * 1000, 3)
             runs[name]["loadavg_1min_before"] = load_before
             runs[name]["loadavg_1min_after"] = os.getloadavg()[0]
+            runs[name]["memory_after"] = proc_memory_mib(server.pid)
             print(name, json.dumps(runs[name]), flush=True)
     finally:
         server.send_signal(signal.SIGTERM)
@@ -346,7 +395,11 @@ def main() -> None:
     doc = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "loadavg_after": os.getloadavg()},
-        "model": {"name": "ease", "l2": args.l2, "dir": str(model)},
+        "model": {"name": "ease", "l2": args.l2, "dir": str(model)} if args.model_dir is None else
+                 {"name": json.loads((model / "model.json").read_text())["model"], "dir": str(model),
+                  "store": str(store)},
+        "command": " ".join(["python", *sys.argv]),
+        "startup": startup,
         "runs": runs,
     }
     print("| run | offered req/s | achieved | p50 ms | p90 ms | p99 ms | max ms | errors | server CPU ms/req | load |")
@@ -358,6 +411,85 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def _per_call(fn: Any, inputs: list) -> dict:
+    """Wall time percentiles and mean CPU time of ``fn`` over ``inputs``, in ms."""
+    import numpy as np
+
+    wall, cpu = [], []
+    for x in inputs:
+        t, c = time.perf_counter(), time.process_time()
+        fn(x)
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    w = np.asarray(wall) * 1000
+    return {"calls": len(inputs), "cpu_ms_mean": round(float(np.mean(cpu)) * 1000, 3),
+            "wall_ms_p50": round(float(np.percentile(w, 50)), 3), "wall_ms_p99": round(float(np.percentile(w, 99)), 3),
+            "loadavg_1min": os.getloadavg()[0]}
+
+
+def handler_cost(args: argparse.Namespace, calls: int = 500) -> None:
+    """CPU and wall time of the recommendation handler, called in process on --model-dir / --store."""
+    import numpy as np
+    from fastapi.testclient import TestClient
+
+    from retailgan.serving import schemas as S
+    from retailgan.serving.app import _recommend, create_app
+    from retailgan.serving.settings import Settings
+
+    if args.model_dir is None or args.store is None:
+        raise SystemExit("handler needs --model-dir and --store")
+    args.work.mkdir(parents=True, exist_ok=True)
+    served = args.work / "handler.duckdb"
+    shutil.copy(args.store, served)
+    Path(f"{served}.wal").unlink(missing_ok=True)
+    app = create_app(Settings(model_dir=args.model_dir, store=served, auth=False))
+    t = time.perf_counter()
+    with TestClient(app):
+        out: dict[str, Any] = {"startup_s": round(time.perf_counter() - t, 2)}
+        state = app.state.service
+        b = state.bundle
+        m = b.model
+        rng = random.Random(args.seed)
+        rows = [rng.randrange(m.n_users) for _ in range(calls)]
+        users = [str(m.users.ids[u]) for u in rows]
+        products = [str(m.items.ids[rng.randrange(m.n_items)]) for _ in range(3 * calls)]
+        cases = {
+            "known customer": [S.RecommendationRequest(customer_id=u, k=10) for u in users],
+            "session of 3 products": [S.RecommendationRequest(product_ids=products[3 * i : 3 * i + 3], k=10)
+                                      for i in range(calls)],
+            "unknown customer": [S.RecommendationRequest(customer_id=f"new-{i}", k=10) for i in range(calls)],
+        }
+        for name, reqs in cases.items():
+            _recommend(state, b, reqs[0])  # warm
+            out[f"handler, {name}"] = _per_call(lambda r: _recommend(state, b, r), reqs)
+        if b.fast_top_k(0):
+            out["top-k path, known customer"] = _per_call(lambda u: b.rank_known(u, 10, b.seen_items(u), None), rows)
+
+        def dense(u: int) -> Any:  # what the handler did before: every product scored, seen masked
+            scores = np.array(b.score_user(u), dtype=np.float64)
+            scores[b.seen_items(u)] = -np.inf
+            return b.top_k(scores, 10)
+
+        out["dense scores + top-k, known customer"] = _per_call(dense, rows)
+        # The store-side endpoints: an event committed (POST /v1/events), a customer's history.
+        from datetime import datetime, timezone
+
+        from retailgan.serving.storage import NewEvent
+
+        def event(i: int) -> None:
+            state.write_events([NewEvent(event_id=f"bench-{i}", customer_id=users[i], product_id=products[i],
+                                         event_type="view", ts=datetime.now(timezone.utc), quantity=None, price=None)])
+
+        out["event write (store)"] = _per_call(event, list(range(min(calls, 200))))
+        out["customer history (store, 20 events)"] = _per_call(lambda u: state.history(u, 20), users[:5])
+        out["model"] = {"name": b.name, "customers": m.n_users, "products": m.n_items, "dir": str(args.model_dir)}
+    out["command"] = " ".join(["python", *sys.argv])
+    print(json.dumps(out, indent=1))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=2) + "\n")
 
 
 def run_client(port: int, ids: Path, args: argparse.Namespace, rate: float, pgid: int,

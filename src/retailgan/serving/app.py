@@ -555,6 +555,8 @@ def _recommend(state: ServiceState, b: ModelBundle, req: S.RecommendationRequest
     notes: list[str] = []
     known = False
     empty = np.zeros(0, dtype=np.int64)
+    scores: np.ndarray | None = None
+    u = -1
     if req.customer_id is not None:
         u = b.user_index(req.customer_id)
         known = u >= 0
@@ -564,7 +566,7 @@ def _recommend(state: ServiceState, b: ModelBundle, req: S.RecommendationRequest
         if len(new_idx) and b.foldin:
             scores, strategy = b.score_history(hist), "fold-in"
         elif known:
-            scores, strategy = b.score_user(u), "model"
+            strategy = "model"  # scored below: the model's top-k path where it has one
             if len(new_idx):
                 notes.append(f"the {b.name} model cannot fold in new events: products from them are left out "
                              "of the list, and the scores change once the model is retrained")
@@ -585,33 +587,24 @@ def _recommend(state: ServiceState, b: ModelBundle, req: S.RecommendationRequest
             scores, strategy = b.popularity.copy(), "popular"
             if len(hist):
                 notes.append(f"the {b.name} model cannot score ad-hoc sessions: popular products shown")
-    scores = np.array(scores, dtype=np.float64)
-    if req.exclude_seen and len(hist):
-        scores[hist] = -np.inf
+    banned = hist if req.exclude_seen else empty
     if req.exclude:
         ex = b.item_index(req.exclude)
-        scores[ex[ex >= 0]] = -np.inf
-    allowed = np.ones(len(scores), dtype=bool)
-    if req.candidates is not None:
-        _check_known(state, b, req.candidates, "candidates")
-        cidx = b.item_index(req.candidates)
-        allowed[:] = False
-        allowed[cidx[cidx >= 0]] = True
-    f = req.filters
-    if f is not None and f.categories is not None:
-        unknown = [c for c in f.categories if c not in b.category_index]
-        if unknown:
-            shown = ", ".join(repr(c) for c in unknown[:10])
-            raise RequestError(f"unknown categor(ies) in filters.categories: {shown}")
-        in_cat = np.zeros(len(scores), dtype=bool)
-        for c in f.categories:
-            in_cat[b.category_index[c]] = True
-        allowed &= in_cat
-    if f is not None and f.max_price is not None:
-        with np.errstate(invalid="ignore"):
-            allowed &= b.prices <= f.max_price  # unknown prices (NaN) never pass a price filter
-    scores[~allowed] = -np.inf
-    top, sc = diverse_top_k(b, scores, req) if req.diversity > 0 else b.top_k(scores, req.k)
+        banned = np.union1d(banned, ex[ex >= 0])
+    allowed = _allowed(state, b, req)
+    pool_k = 3 * req.k if req.diversity > 0 else req.k  # diversity re-ranks the best 3 k
+    if scores is None and b.fast_top_k(u):
+        # No dense row over the catalogue: the model's exact top-k (factor models score a
+        # norm-ordered prefix of the products for most customers, docs/benchmarks.md, Scale).
+        top, sc = b.rank_known(u, pool_k, banned, allowed)
+    else:
+        scores = np.array(b.score_user(u) if scores is None else scores, dtype=np.float64)
+        scores[banned] = -np.inf
+        if allowed is not None:
+            scores[~allowed] = -np.inf
+        top, sc = b.top_k(scores, pool_k)
+    if req.diversity > 0:
+        top, sc = diverse_top_k(b, top, sc, req)
     items = [_rec_item(state, b, r, int(i), float(s)) for r, (i, s) in enumerate(zip(top, sc, strict=True), 1)]
     if req.explain:
         _explain(state, b, items, top, hist, strategy)
@@ -626,13 +619,45 @@ def _recommend(state: ServiceState, b: ModelBundle, req: S.RecommendationRequest
     )
 
 
-def diverse_top_k(b: ModelBundle, scores: np.ndarray, req: S.RecommendationRequest) -> tuple[np.ndarray, np.ndarray]:
-    """Re-rank the model's best ``3 k`` allowed products into ``k``: relevance is the score
-    min-max scaled over that pool (so one ``diversity`` means the same for every model);
-    similarity is :meth:`ModelBundle.similarity`. The DPP reads that relevance at temperature 1,
-    so each pick maximises ``(1 - d) / d * rel + log(residual)`` (the part of its vector the list
-    does not span yet), weighing relevance against variety as MMR's ``(1 - d) * rel - d * sim``."""
-    pool, pool_scores = b.top_k(scores, 3 * req.k)
+def _allowed(state: ServiceState, b: ModelBundle, req: S.RecommendationRequest) -> np.ndarray | None:
+    """The products a request's candidates and filters allow (a mask), or None: all of them."""
+    f = req.filters
+    by_category = f is not None and f.categories is not None
+    by_price = f is not None and f.max_price is not None
+    if req.candidates is None and not by_category and not by_price:
+        return None
+    allowed = np.ones(b.model.n_items, dtype=bool)
+    if req.candidates is not None:
+        _check_known(state, b, req.candidates, "candidates")
+        cidx = b.item_index(req.candidates)
+        allowed[:] = False
+        allowed[cidx[cidx >= 0]] = True
+    if by_category:
+        assert f is not None and f.categories is not None
+        unknown = [c for c in f.categories if c not in b.category_index]
+        if unknown:
+            shown = ", ".join(repr(c) for c in unknown[:10])
+            raise RequestError(f"unknown categor(ies) in filters.categories: {shown}")
+        in_cat = np.zeros(len(allowed), dtype=bool)
+        for c in f.categories:
+            in_cat[b.category_index[c]] = True
+        allowed &= in_cat
+    if by_price:
+        assert f is not None
+        with np.errstate(invalid="ignore"):
+            allowed &= b.prices <= f.max_price  # unknown prices (NaN) never pass a price filter
+    return allowed
+
+
+def diverse_top_k(
+    b: ModelBundle, pool: np.ndarray, pool_scores: np.ndarray, req: S.RecommendationRequest
+) -> tuple[np.ndarray, np.ndarray]:
+    """Re-rank the model's best ``3 k`` allowed products (``pool``, best first) into ``k``:
+    relevance is the score min-max scaled over that pool (so one ``diversity`` means the same for
+    every model); similarity is :meth:`ModelBundle.similarity`. The DPP reads that relevance at
+    temperature 1, so each pick maximises ``(1 - d) / d * rel + log(residual)`` (the part of its
+    vector the list does not span yet), weighing relevance against variety as MMR's
+    ``(1 - d) * rel - d * sim``."""
     if len(pool) < 2:
         return pool, pool_scores
     span = float(pool_scores[0] - pool_scores[-1])
