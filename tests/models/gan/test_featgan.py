@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import torch
 
 from retailgan.data.dataset import InteractionDataset
 from retailgan.errors import ConfigError, UnknownIdError
@@ -506,3 +507,47 @@ def test_id_only_log_uses_the_wider_collaborative_block():
     assert model.space.block_dims == {"text": 0, "category": 0, "price": 0, "collab": 6}
     assert model.X.shape == (ds.n_items, 6)
     assert np.isfinite(model.score_users(np.arange(3))).all()
+
+
+def test_held_out_targets_see_all_other_products_of_the_customer():
+    # u: a at t=1, b and c together at t=2, d at t=3; v: a, b. Every pair is a target, its
+    # history the customer's other products (held-out, not next, purchases).
+    ds = InteractionDataset.from_arrays(
+        ["u"] * 4 + ["v"] * 2, ["a", "b", "c", "d", "a", "b"], timestamps=[1, 2, 2, 3, 5, 6]
+    )
+    model = FeatureGAN(**{**FAST, "epochs": 1, "text_dim": 2, "collab_dim": 1, "targets": "held-out"})
+    model.fit(ds, TrainingOptions(seed=0))
+    model.init_training(ds, TrainingOptions(seed=0))
+    items = model.items.decode(model._hist_items[model._ex_pos])
+    got = sorted((str(i), int(c)) for i, c in zip(items, model._ex_cut, strict=True))
+    assert got == [("a", 1), ("a", 3), ("b", 1), ("b", 3), ("c", 3), ("d", 3)]
+    with pytest.raises(ConfigError, match="targets"):
+        FeatureGAN(targets="random").fit(ds)
+
+
+def test_held_out_input_removes_the_target_from_both_means():
+    from retailgan.models.gan.featgan.training import held_out_input, history_input
+
+    feats = np.arange(10, dtype=np.float64).reshape(5, 2)  # one customer's five products in order
+    prefix = np.concatenate([np.zeros((1, 2)), np.cumsum(feats, axis=0)])
+    for pos in range(5):
+        rest = np.delete(feats, pos, axis=0)
+        rest_prefix = np.concatenate([np.zeros((1, 2)), np.cumsum(rest, axis=0)])
+        got = held_out_input(prefix, np.array([0]), np.array([5]), np.array([pos]), recent=2)
+        want = history_input(rest_prefix, np.array([0]), np.array([4]), recent=2)
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6)
+
+
+def test_id_vectors_for_known_products_only_and_saved(tmp_path):
+    ds, answer = oracle_dataset()
+    model = FeatureGAN(**{**FAST, "id_vectors": True, "targets": "held-out"}).fit(ds, TrainingOptions(seed=0))
+    assert model.nets.n_ids == ds.n_items
+    assert model.nets.has_id.sum() == ds.n_items  # every oracle product has interactions
+    hits = [model.recommend([u], k=1).item_ids[0, 0] == a for u, a in answer.items()]
+    assert np.mean(hits) >= 0.9
+    model.add_products(["new0"], ["Product 0-9"], ["cat0"], [2.0])
+    with torch.no_grad():  # a product without a learned vector is placed by its tower alone
+        alone = model.nets.embed(torch.from_numpy(model.X[-1:])).numpy()
+    np.testing.assert_allclose(model.item_vectors[-1:], alone, atol=1e-6)
+    loaded = load_model(model.save(tmp_path / "m"))
+    np.testing.assert_array_equal(loaded.score_users(np.arange(5)), model.score_users(np.arange(5)))

@@ -11,6 +11,7 @@ from retailgan.index.topk import faiss_available
 from retailgan.models.base import ModelConfig
 
 LOSSES = ("hinge", "bce")
+TARGETS = ("next", "held-out")
 DIVERSIFIERS = ("mmr", "dpp")
 INDEXES = ("exact", "hnsw", "ivf")
 
@@ -49,6 +50,15 @@ class FeatureGANConfig(ModelConfig):
     recent: int = 5
     """Most recent history products averaged separately from the whole history."""
     min_history: int = 1
+    targets: str = "next"
+    """Training examples: ``"next"``: each product from the customer's products bought strictly
+    before it; ``"held-out"``: each product from all the customer's other products (a random
+    held-out purchase, as in the ``cold-items`` protocol, rather than the next one)."""
+    id_vectors: bool = False
+    """A learned vector per product with interactions, added to its tower output and averaged over
+    the history into the encoder (a collaborative space for known products); ``cold_dropout``
+    drops it with the collaborative block, so the tower learns to place new products, which have
+    none, among them."""
     adversarial: bool = True
     loss: str = "hinge"
     adv_weight: float = 0.1
@@ -105,6 +115,7 @@ class FeatureGANConfig(ModelConfig):
     def validate(self) -> None:
         checks = [
             (self.loss in LOSSES, f"loss must be one of {LOSSES}"),
+            (self.targets in TARGETS, f"targets must be one of {TARGETS}"),
             (self.index in INDEXES, f"index must be one of {INDEXES}"),
             (self.diversify in DIVERSIFIERS, f"diversify must be one of {DIVERSIFIERS}"),
             (min(self.emb_dim, self.hidden, self.recent, self.min_history, self.batch_size) >= 1, "sizes >= 1"),

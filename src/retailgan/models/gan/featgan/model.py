@@ -122,7 +122,8 @@ class FeatureGAN(SlatesMixin, ScoringMixin, PriorsMixin, TrainingMixin, Iterativ
             self._recent = take(arrays, "trend.recent", np.float64, (self.n_items,))
             check_nonnegative(self._recent, "trend.recent")
             self._cold_items = take(arrays, "trend.cold", np.uint8, (self.n_items,)).astype(bool)
-        nets = load_module_arrays(Nets(self.X.shape[1], cfg), arrays, "nets", "featgan")
+        n_ids = len(arrays["nets.ids.weight"]) if cfg.id_vectors and "nets.ids.weight" in arrays else 0
+        nets = load_module_arrays(Nets(self.X.shape[1], cfg, n_ids), arrays, "nets", "featgan")
         nets.eval()
         self.nets = nets
         self._invalidate()

@@ -33,7 +33,7 @@ from retailgan.data.dataset import InteractionDataset
 from retailgan.errors import ConfigError
 from retailgan.features.space import FeatureSpace
 from retailgan.models.base import TrainingOptions
-from retailgan.models.gan.featgan.networks import Nets, discriminator, init_linear
+from retailgan.models.gan.featgan.networks import Nets, discriminator, history_bags, init_linear
 
 TREND_TABLE_MAX = 1 << 26  # days x products entries of the dense recent-sales table (256 MiB)
 
@@ -55,6 +55,22 @@ def history_input(prefix: np.ndarray, start: np.ndarray, cut: np.ndarray, recent
     r0 = np.maximum(end - recent, start)
     mean_recent = (prefix[end] - prefix[r0]) / np.maximum(end - r0, 1)[:, None]
     size = np.log1p(cut)[:, None]
+    return torch.from_numpy(np.concatenate([mean_all, mean_recent, size], axis=1).astype(np.float32))
+
+
+def held_out_input(prefix: np.ndarray, start: np.ndarray, length: np.ndarray, pos: np.ndarray, recent: int) -> torch.Tensor:
+    """Encoder input of whole histories ``items[start : start + length]`` without the product at
+    ``pos`` (the target): the same three parts as :func:`history_input`, the target removed from
+    both means."""
+    end = start + length
+    x = prefix[pos + 1] - prefix[pos]
+    mean_all = (prefix[end] - prefix[start] - x) / np.maximum(length - 1, 1)[:, None]
+    # The last ``recent`` products other than the target: one further back when it is among them.
+    inside = pos >= end - recent
+    r0 = np.maximum(end - recent - inside, start)
+    n_recent = (end - r0) - inside
+    mean_recent = (prefix[end] - prefix[r0] - inside[:, None] * x) / np.maximum(n_recent, 1)[:, None]
+    size = np.log1p(length - 1)[:, None]
     return torch.from_numpy(np.concatenate([mean_all, mean_recent, size], axis=1).astype(np.float32))
 
 
@@ -89,8 +105,11 @@ class TrainingMixin:
         if cfg.trend_days:
             self._init_trend(dataset, hist_ts)
 
-        self.nets = Nets(self.X.shape[1], cfg)
+        self.nets = Nets(self.X.shape[1], cfg, len(self.X) if cfg.id_vectors else 0)
         init_linear(self.nets, init_gen)
+        if cfg.id_vectors:  # products with interactions get a learned vector; new ones none
+            nn.init.normal_(self.nets.ids.weight, std=0.01, generator=init_gen)
+            self.nets.has_id[torch.from_numpy(self._warm)] = 1.0
         if cfg.trend_days:  # start as plain featgan: no weight on recent sales
             nn.init.zeros_(self.nets.trend.weight)
             self._cold_items = np.ones(len(self.X), bool)
@@ -126,6 +145,8 @@ class TrainingMixin:
         new_group[1:] = (user_of[1:] != user_of[:-1]) | (hist_ts[1:] != hist_ts[:-1])
         first_same = np.maximum.accumulate(np.where(new_group, np.arange(len(user_of)), 0))
         cut = first_same - indptr[user_of]
+        if cfg.targets == "held-out":  # every pair, its history all the customer's other products
+            cut = np.diff(indptr)[user_of] - 1
         keep = cut >= cfg.min_history
         self._ex_pos = np.flatnonzero(keep).astype(np.int64)
         self._ex_cut = cut[keep].astype(np.int64)
@@ -200,6 +221,10 @@ class TrainingMixin:
             X_epoch[self._warm[pick]] = self._X_cold[pick]
             if cold_epoch is not None:
                 cold_epoch[self._warm[pick]] = True
+        keep = np.ones(len(X_epoch), np.float32)  # id_vectors: dropped with the collaborative block
+        if cfg.cold_dropout > 0 and len(self._warm):
+            keep[self._warm[pick]] = 0.0
+        keep_t = torch.from_numpy(keep)
         X_t = torch.from_numpy(X_epoch)
         n_items = len(X_epoch)
         targets_all = torch.from_numpy(self._hist_items[self._ex_pos])
@@ -211,7 +236,10 @@ class TrainingMixin:
                 continue
             idx = distributed.shard(batch)
             i = idx.numpy()
-            hist = history_input(self._prefix, self._ex_start[i], self._ex_cut[i], cfg.recent)
+            if cfg.targets == "held-out":
+                hist = held_out_input(self._prefix, self._ex_start[i], self._ex_cut[i] + 1, self._ex_pos[i], cfg.recent)
+            else:
+                hist = history_input(self._prefix, self._ex_start[i], self._ex_cut[i], cfg.recent)
             target = targets_all[idx]
             if n_items <= cfg.max_negatives:
                 cand, labels, X_cand = None, target, X_t
@@ -219,7 +247,13 @@ class TrainingMixin:
                 neg = torch.randint(0, n_items, (cfg.max_negatives,), generator=self._gen)
                 cand, labels = torch.unique(torch.cat([target, neg]), return_inverse=True)
                 labels, X_cand = labels[: len(target)], X_t[cand]
-            h, E, g, beta = self._nets_train(hist, X_cand, self._noise(len(hist)))
+            ids = None
+            if cfg.id_vectors:
+                held = cfg.targets == "held-out"
+                bag = history_bags(self._ex_start[i], self._ex_cut[i] + held, self._hist_items,
+                                   self._ex_pos[i] if held else None)
+                ids = (torch.arange(n_items) if cand is None else cand, keep_t, bag)
+            h, E, g, beta = self._nets_train(hist, X_cand, self._noise(len(hist)), ids)
             # Learned trend-following: a per-customer weight on the candidates' recent sales.
             trend = self._trend_logits(beta, i, cand, cold_epoch) if beta is not None else 0.0
             loss = cfg.aux_weight * F.cross_entropy(g @ E.T / cfg.temperature + trend, labels)
