@@ -58,7 +58,9 @@ def history_input(prefix: np.ndarray, start: np.ndarray, cut: np.ndarray, recent
     return torch.from_numpy(np.concatenate([mean_all, mean_recent, size], axis=1).astype(np.float32))
 
 
-def held_out_input(prefix: np.ndarray, start: np.ndarray, length: np.ndarray, pos: np.ndarray, recent: int) -> torch.Tensor:
+def held_out_input(
+    prefix: np.ndarray, start: np.ndarray, length: np.ndarray, pos: np.ndarray, recent: int
+) -> torch.Tensor:
     """Encoder input of whole histories ``items[start : start + length]`` without the product at
     ``pos`` (the target): the same three parts as :func:`history_input`, the target removed from
     both means."""
