@@ -86,6 +86,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            metric="ndcg@20", fixed=fix)
                 doc["tuned"][name] = {"params": res.params, "validation_ndcg@20": res.value, "tune_s": res.seconds}
                 print(f"{args.name} {name}: tuned {res.params} val {res.value:.4f} ({res.seconds:.0f} s)", flush=True)
+                if args.json:  # other processes may reuse it at once (--tuned)
+                    _write(Path(args.json), doc)
             model = get_model_class(name)(**doc["tuned"][name]["params"])
             model.fit(s.train, TrainingOptions(seed=seed))
             t = time.perf_counter()
