@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "dataset": args.name, "protocol": "cold-items", "seeds": seeds, "trials": args.trials,
         "pairs": len(ds), "users": ds.n_users, "items": ds.n_items, "runs": {},
-        "tuned": {n: reuse[n] for n in models if n in reuse},
+        "tuned": {n: reuse[n] for n in models if n in reuse and n not in fixed},  # --params: tuned afresh
         "command": args.command,
     }
     per_user: dict[tuple[int, str, str], np.ndarray] = {}
