@@ -7,7 +7,6 @@ import dataclasses
 import numpy as np
 import pytest
 import scipy.sparse as sp
-import torch
 
 from retailgan.data.dataset import InteractionDataset
 from retailgan.errors import ConfigError, UnknownIdError
@@ -536,18 +535,3 @@ def test_held_out_input_removes_the_target_from_both_means():
         got = held_out_input(prefix, np.array([0]), np.array([5]), np.array([pos]), recent=2)
         want = history_input(rest_prefix, np.array([0]), np.array([4]), recent=2)
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6)
-
-
-def test_id_vectors_for_known_products_only_and_saved(tmp_path):
-    ds, answer = oracle_dataset()
-    model = FeatureGAN(**{**FAST, "id_vectors": True, "targets": "held-out"}).fit(ds, TrainingOptions(seed=0))
-    assert model.nets.n_ids == ds.n_items
-    assert model.nets.has_id.sum() == ds.n_items  # every oracle product has interactions
-    hits = [model.recommend([u], k=1).item_ids[0, 0] == a for u, a in answer.items()]
-    assert np.mean(hits) >= 0.9
-    model.add_products(["new0"], ["Product 0-9"], ["cat0"], [2.0])
-    with torch.no_grad():  # a product without a learned vector is placed by its tower alone
-        alone = model.nets.embed(torch.from_numpy(model.X[-1:])).numpy()
-    np.testing.assert_allclose(model.item_vectors[-1:], alone, atol=1e-6)
-    loaded = load_model(model.save(tmp_path / "m"))
-    np.testing.assert_array_equal(loaded.score_users(np.arange(5)), model.score_users(np.arange(5)))

@@ -23,6 +23,7 @@ REMOVED: dict[str, Any] = {
     "mode_seeking": 0.0,
     "slate_merge": "max",
     "history_keep": 1.0,
+    "id_vectors": False,
 }
 """Options that were measured, lost and were removed (docs/benchmarks-featgan.md, "What was
 tried"), with the value that meant "off". Model files written before their removal name them at
@@ -54,11 +55,6 @@ class FeatureGANConfig(ModelConfig):
     """Training examples: ``"next"``: each product from the customer's products bought strictly
     before it; ``"held-out"``: each product from all the customer's other products (a random
     held-out purchase, as in the ``cold-items`` protocol, rather than the next one)."""
-    id_vectors: bool = False
-    """A learned vector per product with interactions, added to its tower output and averaged over
-    the history into the encoder (a collaborative space for known products); ``cold_dropout``
-    drops it with the collaborative block, so the tower learns to place new products, which have
-    none, among them."""
     adversarial: bool = True
     loss: str = "hinge"
     adv_weight: float = 0.1

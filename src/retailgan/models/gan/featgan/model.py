@@ -38,6 +38,8 @@ class FeatureGAN(SlatesMixin, ScoringMixin, PriorsMixin, TrainingMixin, Iterativ
             "adv_weight": trial.suggest_float("adv_weight", 0.01, 1.0, log=True),
             "w_collab": trial.suggest_float("w_collab", 0.5, 2.0),
             "recent": trial.suggest_int("recent", 1, 20, log=True),
+            "collab_dim": trial.suggest_categorical("collab_dim", [32, 64, 128]),
+            "targets": trial.suggest_categorical("targets", ["next", "held-out"]),
         }
 
     @property
@@ -122,8 +124,7 @@ class FeatureGAN(SlatesMixin, ScoringMixin, PriorsMixin, TrainingMixin, Iterativ
             self._recent = take(arrays, "trend.recent", np.float64, (self.n_items,))
             check_nonnegative(self._recent, "trend.recent")
             self._cold_items = take(arrays, "trend.cold", np.uint8, (self.n_items,)).astype(bool)
-        n_ids = len(arrays["nets.ids.weight"]) if cfg.id_vectors and "nets.ids.weight" in arrays else 0
-        nets = load_module_arrays(Nets(self.X.shape[1], cfg, n_ids), arrays, "nets", "featgan")
+        nets = load_module_arrays(Nets(self.X.shape[1], cfg), arrays, "nets", "featgan")
         nets.eval()
         self.nets = nets
         self._invalidate()

@@ -18,7 +18,6 @@ import torch
 
 from retailgan.errors import ConfigError
 from retailgan.index.topk import ExactIndex, TopKIndex, make_index
-from retailgan.models.gan.featgan.networks import history_bags
 from retailgan.models.gan.featgan.training import history_input
 
 SCORE_BATCH = 1024
@@ -40,8 +39,7 @@ class ScoringMixin:
         if self._E is None:
             assert self.nets is not None and self.X is not None
             with torch.no_grad():
-                q = self.nets.id_rows(torch.arange(len(self.X)))
-                self._E = self.nets.embed(torch.from_numpy(self.X), q).numpy().astype(np.float32)
+                self._E = self.nets.embed(torch.from_numpy(self.X)).numpy().astype(np.float32)
         return self._E
 
     @property
@@ -64,8 +62,7 @@ class ScoringMixin:
         start, end = indptr[:-1], indptr[1:]
         hist = history_input(prefix, start, end - start, self._cfg.recent)
         with torch.no_grad():
-            q_mean = self.nets.id_history(history_bags(start, end - start, items)) if self.nets.n_ids else None
-            return self.nets.encode(hist, q_mean)
+            return self.nets.encode(hist)
 
     def generate_vectors(self, indptr: np.ndarray, items: np.ndarray, samples: int = 1) -> np.ndarray:
         """``(n, samples, emb_dim)`` generated product vectors for ordered histories: the noise's

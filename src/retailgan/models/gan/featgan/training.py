@@ -1,9 +1,12 @@
-"""featgan's training: next-purchase examples from ordered histories, the losses, one epoch.
+"""featgan's training: next-purchase (or held-out) examples from ordered histories, the losses, one epoch.
 
 Training targets come from the temporal order of the training pairs only: for each pair
 ``(u, j)`` the history is the customer's products first bought strictly before ``j`` (products of
 the same basket are never each other's history); pairs with fewer than ``min_history`` earlier
-products are not targets. ``cold_dropout`` replaces, each epoch, the collaborative block of that
+products are not targets. With ``targets="held-out"`` every pair is a target and its history is
+all the customer's other products (what a random hold-out, the ``cold-items`` protocol, asks to
+recover; on MovieLens-100K the time order is that of rating entry and the next rating is
+little more than noise). ``cold_dropout`` replaces, each epoch, the collaborative block of that
 share of the products by its text-imputed value, so the tower learns to place new products.
 
 Per mini-batch the generator minimises ``aux_weight * aux + adv_weight * adversarial``: the
@@ -33,7 +36,7 @@ from retailgan.data.dataset import InteractionDataset
 from retailgan.errors import ConfigError
 from retailgan.features.space import FeatureSpace
 from retailgan.models.base import TrainingOptions
-from retailgan.models.gan.featgan.networks import Nets, discriminator, history_bags, init_linear
+from retailgan.models.gan.featgan.networks import Nets, discriminator, init_linear
 
 TREND_TABLE_MAX = 1 << 26  # days x products entries of the dense recent-sales table (256 MiB)
 
@@ -107,11 +110,8 @@ class TrainingMixin:
         if cfg.trend_days:
             self._init_trend(dataset, hist_ts)
 
-        self.nets = Nets(self.X.shape[1], cfg, len(self.X) if cfg.id_vectors else 0)
+        self.nets = Nets(self.X.shape[1], cfg)
         init_linear(self.nets, init_gen)
-        if cfg.id_vectors:  # products with interactions get a learned vector; new ones none
-            nn.init.normal_(self.nets.ids.weight, std=0.01, generator=init_gen)
-            self.nets.has_id[torch.from_numpy(self._warm)] = 1.0
         if cfg.trend_days:  # start as plain featgan: no weight on recent sales
             nn.init.zeros_(self.nets.trend.weight)
             self._cold_items = np.ones(len(self.X), bool)
@@ -223,10 +223,6 @@ class TrainingMixin:
             X_epoch[self._warm[pick]] = self._X_cold[pick]
             if cold_epoch is not None:
                 cold_epoch[self._warm[pick]] = True
-        keep = np.ones(len(X_epoch), np.float32)  # id_vectors: dropped with the collaborative block
-        if cfg.cold_dropout > 0 and len(self._warm):
-            keep[self._warm[pick]] = 0.0
-        keep_t = torch.from_numpy(keep)
         X_t = torch.from_numpy(X_epoch)
         n_items = len(X_epoch)
         targets_all = torch.from_numpy(self._hist_items[self._ex_pos])
@@ -249,13 +245,7 @@ class TrainingMixin:
                 neg = torch.randint(0, n_items, (cfg.max_negatives,), generator=self._gen)
                 cand, labels = torch.unique(torch.cat([target, neg]), return_inverse=True)
                 labels, X_cand = labels[: len(target)], X_t[cand]
-            ids = None
-            if cfg.id_vectors:
-                held = cfg.targets == "held-out"
-                bag = history_bags(self._ex_start[i], self._ex_cut[i] + held, self._hist_items,
-                                   self._ex_pos[i] if held else None)
-                ids = (torch.arange(n_items) if cand is None else cand, keep_t, bag)
-            h, E, g, beta = self._nets_train(hist, X_cand, self._noise(len(hist)), ids)
+            h, E, g, beta = self._nets_train(hist, X_cand, self._noise(len(hist)))
             # Learned trend-following: a per-customer weight on the candidates' recent sales.
             trend = self._trend_logits(beta, i, cand, cold_epoch) if beta is not None else 0.0
             loss = cfg.aux_weight * F.cross_entropy(g @ E.T / cfg.temperature + trend, labels)
