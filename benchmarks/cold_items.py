@@ -66,11 +66,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     seeds = [int(s) for s in args.seeds.split(",")]
     models = [m for m in args.models.split(",") if m]
     fixed = json.loads(args.params) if args.params else {}
-    reuse = json.loads(Path(args.tuned).read_text(encoding="utf-8"))["tuned"] if args.tuned else {}
     doc: dict[str, Any] = {
         "dataset": args.name, "protocol": "cold-items", "seeds": seeds, "trials": args.trials,
-        "pairs": len(ds), "users": ds.n_users, "items": ds.n_items, "runs": {},
-        "tuned": {n: reuse[n] for n in models if n in reuse and n not in fixed},  # --params: tuned afresh
+        "pairs": len(ds), "users": ds.n_users, "items": ds.n_items, "tuned": {}, "runs": {},
         "command": args.command,
     }
     per_user: dict[tuple[int, str, str], np.ndarray] = {}
@@ -86,8 +84,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            metric="ndcg@20", fixed=fix)
                 doc["tuned"][name] = {"params": res.params, "validation_ndcg@20": res.value, "tune_s": res.seconds}
                 print(f"{args.name} {name}: tuned {res.params} val {res.value:.4f} ({res.seconds:.0f} s)", flush=True)
-                if args.json:  # other processes may reuse it at once (--tuned)
-                    _write(Path(args.json), doc)
             model = get_model_class(name)(**doc["tuned"][name]["params"])
             model.fit(s.train, TrainingOptions(seed=seed))
             t = time.perf_counter()
@@ -149,45 +145,16 @@ def paired_tests(doc: dict[str, Any], per_user: dict[tuple[int, str, str], np.nd
     return out
 
 
-def merge(doc: dict[str, Any], *more: dict[str, Any]) -> dict[str, Any]:
-    """Result files of one dataset as one: each model's runs unioned over the files (a seed already
-    present is kept from the first file), the summary recomputed, and featgan's paired tests
-    against the best other row of the merged table: the t-test over the seed means, with the
-    per-customer tests of the files that compared the same two rows in those seeds."""
-    out = {**doc, "runs": {n: dict(r) for n, r in doc["runs"].items()}, "tuned": dict(doc.get("tuned", {}))}
-    for other in more:
-        for name, runs in other["runs"].items():
-            for seed, run in runs.items():
-                out["runs"].setdefault(name, {}).setdefault(seed, run)
-        for name, tuned in other.get("tuned", {}).items():
-            out["tuned"].setdefault(name, tuned)
-    out["summary"] = summarise(out)
-    out["paired"] = {}
-    if "featgan" not in out["runs"]:
-        return out
-    for v in VIEWS:
-        others = {n: r for n, r in out["summary"].items() if n != "featgan"}
-        if not others:
-            continue
-        best = max(others, key=lambda n: others[n][f"{v} ndcg@20"][0])
-        seeds = sorted(set(out["runs"]["featgan"]) & set(out["runs"][best]), key=int)
-        a = [out["runs"]["featgan"][s]["views"][v]["ndcg@20"] for s in seeds]
-        b = [out["runs"][best][s]["views"][v]["ndcg@20"] for s in seeds]
-        over = float(sps.ttest_rel(a, b).pvalue) if len(seeds) > 1 and np.any(np.subtract(a, b)) else None
-        per_seed = {}
-        for d in (doc, *more):
-            t = d.get("paired", {}).get(v, {})
-            if t.get("best_other") == best:
-                per_seed.update({s: r for s, r in t["per_seed"].items() if s in seeds and s not in per_seed})
-        out["paired"][v] = {"best_other": best, "seeds": seeds, "mean_diff": float(np.mean(np.subtract(a, b))),
-                            "p_ttest_over_seeds": over, "per_seed": per_seed}
-    return out
-
-
 def table(doc: dict[str, Any], *more: dict[str, Any]) -> str:
-    """The markdown table of docs/benchmarks-cold.md for one dataset, from one or several result
-    files of it (:func:`merge`), with featgan's paired tests against the best other row."""
-    doc = merge(doc, *more)
+    """The markdown table of docs/benchmarks-cold.md for one dataset; rows of ``more`` result files
+    of the same dataset and seeds are added (a row already present is kept from ``doc``), and
+    their paired tests listed, each against the best other row of its own file."""
+    doc = {**doc, "summary": dict(doc["summary"]), "paired": dict(doc.get("paired", {}))}
+    for other in more:
+        for name, row in other["summary"].items():
+            doc["summary"].setdefault(name, row)
+        if not doc["paired"]:
+            doc["paired"] = other.get("paired", {})
     cols = " | ".join(f"{v} R@20 | {v} N@20" for v in VIEWS)
     head = f"| model | {cols} | seeds | fit s | tune s | ms/customer |"
     lines = [head, "|:---|" + "---:|" * (2 * len(VIEWS) + 4)]
@@ -199,11 +166,10 @@ def table(doc: dict[str, Any], *more: dict[str, Any]) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + times)
     for v, t in doc.get("paired", {}).items():
         p = t["p_ttest_over_seeds"]
-        ps = ", ".join(f"{s}: {d['p_ttest']:.2g}" for s, d in sorted(t["per_seed"].items(), key=lambda x: int(x[0])))
+        ps = ", ".join(f"{d['p_ttest']:.2g}" for d in t["per_seed"].values())
         lines.append("")
         lines.append(f"- {v}: featgan - {t['best_other']} = {t['mean_diff']:+.4f} NDCG@20 over seeds {t['seeds']}"
-                     f" (paired t over seeds p = {'n/a' if p is None else f'{p:.2g}'}; per-customer p per seed: "
-                     f"{ps or 'n/a (the rows ran in different processes)'})")
+                     f" (paired t over seeds p = {'n/a' if p is None else f'{p:.2g}'}; per-customer p per seed: {ps})")
     return "\n".join(lines) + "\n"
 
 
@@ -216,8 +182,6 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=0)
     ap.add_argument("--params", default=None, help='fixed parameters per model, JSON: {"bpr": {"epochs": 20}}')
     ap.add_argument("--json", default=None)
-    ap.add_argument("--tuned", default=None,
-                    help="result file whose tuned settings to reuse (seeds run in parallel processes)")
     ap.add_argument("--table", type=Path, nargs="+", default=None,
                     help="print the markdown table of result files (one dataset) and exit")
     args = ap.parse_args()
