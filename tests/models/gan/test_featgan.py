@@ -535,3 +535,21 @@ def test_held_out_input_removes_the_target_from_both_means():
         got = held_out_input(prefix, np.array([0]), np.array([5]), np.array([pos]), recent=2)
         want = history_input(rest_prefix, np.array([0]), np.array([4]), recent=2)
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6)
+
+
+def test_cold_shift_lifts_products_without_sales_in_every_path():
+    ds, answer = oracle_dataset()
+    model = FeatureGAN(**FAST).fit(ds, TrainingOptions(seed=0))
+    model.add_products(["new0", "new1"], ["Product 0-9", "Product 1-9"], ["cat0", "cat1"], [2.0, 3.0])
+    u0 = next(u for u in answer if u.startswith("u0_"))
+    base = model.score_users(model.users.index([u0]))
+    assert "new1" not in model.recommend([u0], k=2).item_ids[0]  # the other group's new product
+    # A shift beyond the cosine range (2) puts both new products first, whichever path ranks.
+    model.config = dataclasses.replace(model.config, cold_shift=2.5)
+    model._invalidate()
+    shifted = model.score_users(model.users.index([u0]))
+    np.testing.assert_allclose(shifted[0, -2:], base[0, -2:] + 2.5, rtol=1e-6)
+    np.testing.assert_allclose(shifted[0, :-2], base[0, :-2], rtol=1e-6)
+    for kwargs in ({}, {"samples": 3, "diversity": 0.1}):
+        assert sorted(model.recommend([u0], k=2, **kwargs).item_ids[0].tolist()) == ["new0", "new1"]
+    assert sorted(model.top_k([u0], k=2).item_ids[0].tolist()) == ["new0", "new1"]

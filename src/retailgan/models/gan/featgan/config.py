@@ -69,6 +69,10 @@ class FeatureGANConfig(ModelConfig):
     scores and is saved, the optimiser keeps stepping the raw weights. It damps the step-to-step
     drift of where products without interactions land in the retrieval space. 0: off (the last
     weights). In [0, 1)."""
+    cold_shift: float = 0.0
+    """Added to the score (a cosine) of every product without training interactions, so that new
+    products compete with known ones in one list; chosen on validation
+    (``benchmarks/cold_calibration.py``). 0: off."""
     cold_prior: float = 0.0
     """Exponent of the sales prior ``(1 + c_i) ** cold_prior`` set by ``FeatureGAN.set_item_prior``
     (:mod:`~retailgan.models.gan.featgan.priors`); 0: the prior is ignored."""
