@@ -506,3 +506,50 @@ def test_id_only_log_uses_the_wider_collaborative_block():
     assert model.space.block_dims == {"text": 0, "category": 0, "price": 0, "collab": 6}
     assert model.X.shape == (ds.n_items, 6)
     assert np.isfinite(model.score_users(np.arange(3))).all()
+
+
+def test_held_out_targets_see_all_other_products_of_the_customer():
+    # u: a at t=1, b and c together at t=2, d at t=3; v: a, b. Every pair is a target, its
+    # history the customer's other products (held-out, not next, purchases).
+    ds = InteractionDataset.from_arrays(
+        ["u"] * 4 + ["v"] * 2, ["a", "b", "c", "d", "a", "b"], timestamps=[1, 2, 2, 3, 5, 6]
+    )
+    model = FeatureGAN(**{**FAST, "epochs": 1, "text_dim": 2, "collab_dim": 1, "targets": "held-out"})
+    model.fit(ds, TrainingOptions(seed=0))
+    model.init_training(ds, TrainingOptions(seed=0))
+    items = model.items.decode(model._hist_items[model._ex_pos])
+    got = sorted((str(i), int(c)) for i, c in zip(items, model._ex_cut, strict=True))
+    assert got == [("a", 1), ("a", 3), ("b", 1), ("b", 3), ("c", 3), ("d", 3)]
+    with pytest.raises(ConfigError, match="targets"):
+        FeatureGAN(targets="random").fit(ds)
+
+
+def test_held_out_input_removes_the_target_from_both_means():
+    from retailgan.models.gan.featgan.training import held_out_input, history_input
+
+    feats = np.arange(10, dtype=np.float64).reshape(5, 2)  # one customer's five products in order
+    prefix = np.concatenate([np.zeros((1, 2)), np.cumsum(feats, axis=0)])
+    for pos in range(5):
+        rest = np.delete(feats, pos, axis=0)
+        rest_prefix = np.concatenate([np.zeros((1, 2)), np.cumsum(rest, axis=0)])
+        got = held_out_input(prefix, np.array([0]), np.array([5]), np.array([pos]), recent=2)
+        want = history_input(rest_prefix, np.array([0]), np.array([4]), recent=2)
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6)
+
+
+def test_cold_shift_lifts_products_without_sales_in_every_path():
+    ds, answer = oracle_dataset()
+    model = FeatureGAN(**FAST).fit(ds, TrainingOptions(seed=0))
+    model.add_products(["new0", "new1"], ["Product 0-9", "Product 1-9"], ["cat0", "cat1"], [2.0, 3.0])
+    u0 = next(u for u in answer if u.startswith("u0_"))
+    base = model.score_users(model.users.index([u0]))
+    assert "new1" not in model.recommend([u0], k=2).item_ids[0]  # the other group's new product
+    # A shift beyond the cosine range (2) puts both new products first, whichever path ranks.
+    model.config = dataclasses.replace(model.config, cold_shift=2.5)
+    model._invalidate()
+    shifted = model.score_users(model.users.index([u0]))
+    np.testing.assert_allclose(shifted[0, -2:], base[0, -2:] + 2.5, rtol=1e-6)
+    np.testing.assert_allclose(shifted[0, :-2], base[0, :-2], rtol=1e-6)
+    for kwargs in ({}, {"samples": 3, "diversity": 0.1}):
+        assert sorted(model.recommend([u0], k=2, **kwargs).item_ids[0].tolist()) == ["new0", "new1"]
+    assert sorted(model.top_k([u0], k=2).item_ids[0].tolist()) == ["new0", "new1"]

@@ -11,6 +11,7 @@ from retailgan.index.topk import faiss_available
 from retailgan.models.base import ModelConfig
 
 LOSSES = ("hinge", "bce")
+TARGETS = ("next", "held-out")
 DIVERSIFIERS = ("mmr", "dpp")
 INDEXES = ("exact", "hnsw", "ivf")
 
@@ -22,6 +23,7 @@ REMOVED: dict[str, Any] = {
     "mode_seeking": 0.0,
     "slate_merge": "max",
     "history_keep": 1.0,
+    "id_vectors": False,
 }
 """Options that were measured, lost and were removed (docs/benchmarks-featgan.md, "What was
 tried"), with the value that meant "off". Model files written before their removal name them at
@@ -49,6 +51,10 @@ class FeatureGANConfig(ModelConfig):
     recent: int = 5
     """Most recent history products averaged separately from the whole history."""
     min_history: int = 1
+    targets: str = "next"
+    """Training examples: ``"next"``: each product from the customer's products bought strictly
+    before it; ``"held-out"``: each product from all the customer's other products (a random
+    held-out purchase, as in the ``cold-items`` protocol, rather than the next one)."""
     adversarial: bool = True
     loss: str = "hinge"
     adv_weight: float = 0.1
@@ -63,6 +69,10 @@ class FeatureGANConfig(ModelConfig):
     scores and is saved, the optimiser keeps stepping the raw weights. It damps the step-to-step
     drift of where products without interactions land in the retrieval space. 0: off (the last
     weights). In [0, 1)."""
+    cold_shift: float = 0.0
+    """Added to the score (a cosine) of every product without training interactions, so that new
+    products compete with known ones in one list; chosen on validation
+    (``benchmarks/cold_calibration.py``). 0: off."""
     cold_prior: float = 0.0
     """Exponent of the sales prior ``(1 + c_i) ** cold_prior`` set by ``FeatureGAN.set_item_prior``
     (:mod:`~retailgan.models.gan.featgan.priors`); 0: the prior is ignored."""
@@ -105,6 +115,7 @@ class FeatureGANConfig(ModelConfig):
     def validate(self) -> None:
         checks = [
             (self.loss in LOSSES, f"loss must be one of {LOSSES}"),
+            (self.targets in TARGETS, f"targets must be one of {TARGETS}"),
             (self.index in INDEXES, f"index must be one of {INDEXES}"),
             (self.diversify in DIVERSIFIERS, f"diversify must be one of {DIVERSIFIERS}"),
             (min(self.emb_dim, self.hidden, self.recent, self.min_history, self.batch_size) >= 1, "sizes >= 1"),

@@ -38,6 +38,8 @@ class FeatureGAN(SlatesMixin, ScoringMixin, PriorsMixin, TrainingMixin, Iterativ
             "adv_weight": trial.suggest_float("adv_weight", 0.01, 1.0, log=True),
             "w_collab": trial.suggest_float("w_collab", 0.5, 2.0),
             "recent": trial.suggest_int("recent", 1, 20, log=True),
+            "collab_dim": trial.suggest_categorical("collab_dim", [32, 64, 128]),
+            "targets": trial.suggest_categorical("targets", ["next", "held-out"]),
         }
 
     @property

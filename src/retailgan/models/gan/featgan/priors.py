@@ -181,10 +181,18 @@ class PriorsMixin:
         if self._cfg.trend_days and self._recent is not None:
             recent = np.flatnonzero(self._recent > 0)
             out = recent if out is None else np.union1d(out, recent)
+        if self._cfg.cold_shift > 0:
+            new = np.flatnonzero(self._new_products())
+            out = new if out is None else np.union1d(out, new)
         return out
 
+    def _new_products(self) -> np.ndarray:
+        """Products without training interactions (``popularity`` 0; added ones included)."""
+        assert self.popularity is not None
+        return np.asarray(self.popularity) == 0
+
     def _has_prior(self) -> bool:
-        return self._prior_counts is not None or self._prior_sales is not None
+        return self._prior_counts is not None or self._prior_sales is not None or self._cfg.cold_shift != 0
 
     def _with_prior(
         self, scores: np.ndarray, g: np.ndarray, idx: np.ndarray | None = None, beta: np.ndarray | None = None
@@ -201,6 +209,9 @@ class PriorsMixin:
             counts = buyer_weighted_counts(g, vecs, known, sales, self._prior_kernel)
         if counts is not None:
             scores = blend_item_prior(scores, counts, self._prior_weight, self._cfg.temperature)
+        if self._cfg.cold_shift:  # new products compete with known ones on one scale
+            new = self._new_products() if idx is None else self._new_products()[idx]
+            scores = (scores + self._cfg.cold_shift * new[None, :]).astype(np.float32)
         if beta is not None and self._recent is not None and self._cold_items is not None:
             recent = self._recent if idx is None else self._recent[idx]
             kappa = self._cold_items if idx is None else self._cold_items[idx]

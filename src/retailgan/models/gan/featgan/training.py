@@ -1,9 +1,12 @@
-"""featgan's training: next-purchase examples from ordered histories, the losses, one epoch.
+"""featgan's training: next-purchase (or held-out) examples from ordered histories, the losses, one epoch.
 
 Training targets come from the temporal order of the training pairs only: for each pair
 ``(u, j)`` the history is the customer's products first bought strictly before ``j`` (products of
 the same basket are never each other's history); pairs with fewer than ``min_history`` earlier
-products are not targets. ``cold_dropout`` replaces, each epoch, the collaborative block of that
+products are not targets. With ``targets="held-out"`` every pair is a target and its history is
+all the customer's other products (what a random hold-out, the ``cold-items`` protocol, asks to
+recover; on MovieLens-100K the time order is that of rating entry and the next rating is
+little more than noise). ``cold_dropout`` replaces, each epoch, the collaborative block of that
 share of the products by its text-imputed value, so the tower learns to place new products.
 
 Per mini-batch the generator minimises ``aux_weight * aux + adv_weight * adversarial``: the
@@ -55,6 +58,24 @@ def history_input(prefix: np.ndarray, start: np.ndarray, cut: np.ndarray, recent
     r0 = np.maximum(end - recent, start)
     mean_recent = (prefix[end] - prefix[r0]) / np.maximum(end - r0, 1)[:, None]
     size = np.log1p(cut)[:, None]
+    return torch.from_numpy(np.concatenate([mean_all, mean_recent, size], axis=1).astype(np.float32))
+
+
+def held_out_input(
+    prefix: np.ndarray, start: np.ndarray, length: np.ndarray, pos: np.ndarray, recent: int
+) -> torch.Tensor:
+    """Encoder input of whole histories ``items[start : start + length]`` without the product at
+    ``pos`` (the target): the same three parts as :func:`history_input`, the target removed from
+    both means."""
+    end = start + length
+    x = prefix[pos + 1] - prefix[pos]
+    mean_all = (prefix[end] - prefix[start] - x) / np.maximum(length - 1, 1)[:, None]
+    # The last ``recent`` products other than the target: one further back when it is among them.
+    inside = pos >= end - recent
+    r0 = np.maximum(end - recent - inside, start)
+    n_recent = (end - r0) - inside
+    mean_recent = (prefix[end] - prefix[r0] - inside[:, None] * x) / np.maximum(n_recent, 1)[:, None]
+    size = np.log1p(length - 1)[:, None]
     return torch.from_numpy(np.concatenate([mean_all, mean_recent, size], axis=1).astype(np.float32))
 
 
@@ -126,6 +147,8 @@ class TrainingMixin:
         new_group[1:] = (user_of[1:] != user_of[:-1]) | (hist_ts[1:] != hist_ts[:-1])
         first_same = np.maximum.accumulate(np.where(new_group, np.arange(len(user_of)), 0))
         cut = first_same - indptr[user_of]
+        if cfg.targets == "held-out":  # every pair, its history all the customer's other products
+            cut = np.diff(indptr)[user_of] - 1
         keep = cut >= cfg.min_history
         self._ex_pos = np.flatnonzero(keep).astype(np.int64)
         self._ex_cut = cut[keep].astype(np.int64)
@@ -211,7 +234,10 @@ class TrainingMixin:
                 continue
             idx = distributed.shard(batch)
             i = idx.numpy()
-            hist = history_input(self._prefix, self._ex_start[i], self._ex_cut[i], cfg.recent)
+            if cfg.targets == "held-out":
+                hist = held_out_input(self._prefix, self._ex_start[i], self._ex_cut[i] + 1, self._ex_pos[i], cfg.recent)
+            else:
+                hist = history_input(self._prefix, self._ex_start[i], self._ex_cut[i], cfg.recent)
             target = targets_all[idx]
             if n_items <= cfg.max_negatives:
                 cand, labels, X_cand = None, target, X_t
