@@ -140,6 +140,8 @@ def child_model(name: str, store: Path, batch: bool, peer_sweeps: int) -> dict[s
         out["epoch_s"] = checks
         out["val"] = [h.get(f"val_ndcg@{K}") for h in model.history]
         out |= _validation_cost(model, s, opts)
+    if name in SAVE_MODELS and not batch:  # saved before the evaluation: others may use it sooner
+        model.save(store.parent / f"model-{name}-{store.stem}")
     t0 = time.perf_counter()
     out[f"ndcg@{K}"], out["test_users"] = _ndcg(model, s)
     out["eval_s"] = time.perf_counter() - t0
@@ -154,7 +156,7 @@ def child_model(name: str, store: Path, batch: bool, peer_sweeps: int) -> dict[s
             out["batch_prefixes"] = {str(c): [items[-1].reached[c], items[-1].settled.get(c, 0)]
                                      for c in sorted(items[-1].reached)}
     out["peak_rss_mib"] = _peak_rss_mib()
-    if batch or name in SAVE_MODELS:  # for the batch job's own process, or other measurements
+    if batch:  # for the batch job's own process
         model.save(store.parent / f"model-{name}-{store.stem}")
     return out
 
