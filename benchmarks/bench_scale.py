@@ -50,6 +50,12 @@ PARAMS: dict[str, dict[str, Any]] = {
     "featgan": {"max_negatives": 2048, "epoch_examples": 100_000, "epochs": 4, "patience": 1},
     "cfgan": {},  # the defaults (the authors' ML-100K settings): refused or estimated before training
 }
+SIZE_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
+    # At M on the shared 2-core machine: a featgan fit that measures memory, start-up and one
+    # epoch's cost per example (2 epochs of 25,000 examples), not a tuned model.
+    "M": {"featgan": {"epoch_examples": 25_000, "epochs": 2}},
+}
+"""Per-size changes to PARAMS."""
 K = 20
 BATCH_K = 10
 BATCH_BLOCK = 2000
@@ -87,6 +93,7 @@ def _split(store: Path) -> Any:
     return s, time.perf_counter() - t0
 
 
+SIZE = "S"
 SAVE_MODELS: set[str] = set()
 """--save-models: models saved after their step (as the batch step saves them)."""
 EVAL_USERS = 0
@@ -116,7 +123,7 @@ def child_model(name: str, store: Path, batch: bool, peer_sweeps: int) -> dict[s
     from retailgan.models.base import IterativeRecommender, TrainingOptions
     from retailgan.models.registry import get_model_class
 
-    model = get_model_class(name)(**PARAMS[name])
+    model = get_model_class(name)(**{**PARAMS[name], **SIZE_PARAMS.get(SIZE, {}).get(name, {})})
     checks: list[float] = []
     t_last = [time.perf_counter()]
 
@@ -279,8 +286,8 @@ def main() -> None:
     ap.add_argument("--step", help=argparse.SUPPRESS)
     ap.add_argument("--sweeps", type=int, default=15, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    global EVAL_USERS, BATCH_USERS, SAVE_MODELS
-    EVAL_USERS, BATCH_USERS = args.eval_users, args.batch_users
+    global EVAL_USERS, BATCH_USERS, SAVE_MODELS, SIZE
+    EVAL_USERS, BATCH_USERS, SIZE = args.eval_users, args.batch_users, args.size
     SAVE_MODELS = {m for m in args.save_models.split(",") if m}
     log_dir, store = args.workdir / f"log-{args.size}", args.workdir / f"store-{args.size}.duckdb"
     batch = {m for m in args.batch.split(",") if m}
@@ -298,7 +305,8 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs shared with other jobs, "
                    f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB RAM",
         "load_average_at_start": os.getloadavg(), "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "params": PARAMS, "eval_users": args.eval_users or "all", "models": {},
+        "params": PARAMS, "size_params": SIZE_PARAMS.get(args.size, {}),
+        "eval_users": args.eval_users or "all", "models": {},
     }
     if args.json and args.json.exists() and args.skip_ingest:  # add to an earlier run's figures
         earlier = json.loads(args.json.read_text())
