@@ -50,6 +50,9 @@ PARAMS: dict[str, dict[str, Any]] = {
     "featgan": {"max_negatives": 2048, "epoch_examples": 100_000, "epochs": 4, "patience": 1},
     "cfgan": {},  # the defaults (the authors' ML-100K settings): refused or estimated before training
 }
+ONE_THREAD = {"featgan": 1, "cfgan": 1}
+"""Models whose small per-step tensors train on one torch thread (their default): two OpenMP
+threads on a shared machine wait on each other at every operation."""
 SIZE_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
     # At M on the shared 2-core machine: a featgan fit that measures memory, start-up and one
     # epoch's cost per example (2 epochs of 25,000 examples), not a tuned model.
@@ -132,7 +135,8 @@ def child_model(name: str, store: Path, batch: bool, peer_sweeps: int) -> dict[s
         checks.append(now - t_last[0])
         t_last[0] = now
 
-    opts = TrainingOptions(seed=0, validation=s.validation, callback=callback, num_threads=os.cpu_count())
+    opts = TrainingOptions(seed=0, validation=s.validation, callback=callback,
+                           num_threads=ONE_THREAD.get(name) or os.cpu_count())
     cpu0 = _cpu_s()
     try:
         model.fit(s.train_inner, opts)
