@@ -96,3 +96,10 @@ def steps(label: str, total: int, unit: str = "step", *, every_s: float = 0.0, e
         yield tracker
     finally:
         _depth -= 1
+
+
+def note(label: str, text: str, *, enabled: bool | None = None) -> None:
+    """One line about a job before its steps run (e.g. its estimated cost); ``enabled=None``
+    follows :func:`enable`."""
+    if _enabled if enabled is None else enabled:
+        print(f"{'  ' * _depth}{label}: {text}", file=sys.stderr, flush=True)

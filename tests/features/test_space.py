@@ -157,3 +157,13 @@ def test_id_only_catalogue_gets_the_wider_collaborative_block():
     with_content.fit(TITLES, CATS, PRICES, _buyers(), seed=0)
     assert with_content.block_dims["collab"] == 2
     np.testing.assert_array_equal(with_content.fit(TITLES, CATS, PRICES, _buyers(), seed=0), _fit()[1])
+
+
+def test_imputation_blocks_bound_memory_and_keep_the_result(monkeypatch):
+    import retailgan.features.space as space_module
+
+    space, _ = _fit()
+    whole = space.impute_collab(space.collab_text, exclude_self=True)
+    monkeypatch.setattr(space_module, "IMPUTE_BLOCK_ENTRIES", 1)  # one product per block
+    # (Matrix products of other shapes may round differently in the last bit.)
+    np.testing.assert_allclose(space.impute_collab(space.collab_text, exclude_self=True), whole, rtol=1e-5, atol=1e-6)

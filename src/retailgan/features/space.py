@@ -43,6 +43,9 @@ from retailgan.features.text import TextEncoder, _l2_rows
 BLOCKS = ("text", "category", "price", "collab")
 
 
+IMPUTE_BLOCK_ENTRIES = 1 << 24
+"""Text similarities per block when imputing collaborative blocks (128 MiB of float64)."""
+
 @dataclass(frozen=True)
 class FeatureSpaceConfig:
     """Sizes and weights of the blocks."""
@@ -181,13 +184,16 @@ class FeatureSpace:
         k = min(self.config.impute_neighbors, len(self.collab_text) - int(exclude_self))
         if k < 1:
             return out
-        for s in range(0, n, 2048):
-            sim = text[s : s + 2048] @ self.collab_text.T
+        # Rows per block: at most 2,048 and about IMPUTE_BLOCK_ENTRIES similarities (a few
+        # copies of them are alive at once), whatever the catalogue size.
+        rows = int(min(2048, max(1, IMPUTE_BLOCK_ENTRIES // len(self.collab_text))))
+        for s in range(0, n, rows):
+            sim = text[s : s + rows] @ self.collab_text.T
             if exclude_self:
                 sim[np.arange(len(sim)), np.arange(s, s + len(sim))] = -np.inf
             top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
             w = np.clip(np.take_along_axis(sim, top, axis=1), 0.0, None)
-            out[s : s + 2048] = np.einsum("nk,nkd->nd", w, self.collab_basis[top])
+            out[s : s + rows] = np.einsum("nk,nkd->nd", w, self.collab_basis[top])
         return _l2_rows(out)
 
     def transform(

@@ -238,3 +238,37 @@ def test_movielens_100k_learns_within_a_few_epochs():
         ndcg[epochs] = evaluate(model, s.train.matrix(), s.test.matrix(), ks=(20,)).summary()["ndcg@20"]
     # A random ranking scores about 0.01 here; the tuned model about 0.4 after ~100 epochs.
     assert ndcg[6] > 0.1 and ndcg[6] > 2 * ndcg[1], ndcg
+
+
+# -- cost before training --------------------------------------------------------------------------
+
+
+def test_cost_probe_leaves_the_fit_unchanged_and_is_reported(monkeypatch, capsys):
+    from retailgan import progress
+
+    ds, _ = oracle_dataset()
+    probed = CFGAN(**{**FAST, "epochs": 3}).fit(ds, TrainingOptions(seed=0, progress=True))
+    assert probed.epoch_seconds is not None and probed.epoch_seconds > 0
+    line = probed.cost_estimate()
+    assert "an epoch here" in line and "at most 3 epochs" in line
+    monkeypatch.setattr(progress, "_enabled", True)
+    CFGAN(**{**FAST, "epochs": 1}).fit(ds, TrainingOptions(seed=0))
+    assert "fit cfgan: about" in capsys.readouterr().err
+    monkeypatch.setattr(cfgan_module, "COST_PROBE_STEPS", 0)
+    plain = CFGAN(**{**FAST, "epochs": 3}).fit(ds, TrainingOptions(seed=0))
+    assert plain.epoch_seconds is None
+    for a, b in zip(probed.G.parameters(), plain.G.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_memory_estimate_refuses_before_allocating(monkeypatch):
+    cfg = CFGANConfig()
+    # Item mode at 1M customers x 100k products: the scores alone are 800 GB.
+    assert cfgan_module.memory_estimate(cfg, 1_000_000, 100_000) > 8e11
+    user = CFGANConfig(mode="user")
+    small = cfgan_module.memory_estimate(user, 1_000_000, 100_000)
+    assert 1e9 < small < 4e9  # weights, gradients and moments of G (100k x 400 x 2) and D
+    ds, _ = oracle_dataset()
+    monkeypatch.setenv("RETAILGAN_MEMORY_LIMIT", "1K")
+    with pytest.raises(ConfigError, match=r"cfgan: needs about .* mode='user'"):
+        CFGAN(**FAST).fit(ds)

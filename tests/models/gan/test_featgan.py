@@ -553,3 +553,40 @@ def test_cold_shift_lifts_products_without_sales_in_every_path():
     for kwargs in ({}, {"samples": 3, "diversity": 0.1}):
         assert sorted(model.recommend([u0], k=2, **kwargs).item_ids[0].tolist()) == ["new0", "new1"]
     assert sorted(model.top_k([u0], k=2).item_ids[0].tolist()) == ["new0", "new1"]
+
+
+def test_streamed_blocks_give_the_whole_log_prefix_inputs(monkeypatch):
+    """Above PREFIX_MAX the prefix sums are built one block of customers at a time: every
+    example is visited once per epoch with the same history input as from the whole log's
+    prefix, and ``epoch_examples`` visits a share of them."""
+    import retailgan.models.gan.featgan.training as fg
+
+    ds, answer = oracle_dataset()
+    model = FeatureGAN(**FAST)
+    model.init_training(ds, TrainingOptions(seed=0))
+    n_ex, d = len(model._ex_pos), model.X.shape[1]
+    whole = fg.history_input(model._prefix, model._ex_start, model._ex_cut, model._cfg.recent).numpy()
+    monkeypatch.setattr(fg, "PREFIX_MAX", 7 * d)  # blocks of about 7 pairs (one customer has 5)
+    model.init_training(ds, TrainingOptions(seed=0))
+    assert model._prefix is None
+    for _ in range(2):  # customers are dealt afresh each epoch
+        seen = np.zeros(n_ex, int)
+        blocks = list(model._epoch_blocks())
+        assert len(blocks) > 5
+        for prefix, start, order in blocks:
+            i = order.numpy()
+            assert len(prefix) <= 7 + 5 + 1  # a block closes once it reaches the cap
+            got = fg.history_input(prefix, start[i], model._ex_cut[i], model._cfg.recent).numpy()
+            np.testing.assert_allclose(got, whole[i], rtol=1e-6, atol=1e-6)
+            seen[i] += 1
+        assert (seen == 1).all()
+    half = FeatureGAN(**{**FAST, "epoch_examples": n_ex // 2})
+    half.init_training(ds, TrainingOptions(seed=0))
+    visits = sum(len(order) for _, _, order in half._epoch_blocks())
+    assert n_ex // 2 <= visits <= n_ex // 2 + len(list(half._epoch_blocks()))
+    # Trained streaming, the model still finds the known answers.
+    streamed = FeatureGAN(**{**FAST, "epochs": 20}).fit(ds, TrainingOptions(seed=0))
+    recs = streamed.recommend(list(answer), k=1)
+    assert np.mean(recs.item_ids[:, 0] == np.array(list(answer.values()))) >= 0.9
+    with pytest.raises(ConfigError, match="epoch_examples"):
+        FeatureGAN(**{**FAST, "epoch_examples": -1}).fit(ds)

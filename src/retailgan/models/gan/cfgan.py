@@ -37,13 +37,20 @@ penalty; ``spectral_norm`` normalises D's layers.
 
 The defaults are the authors' settings (about 3 min per ML-100K fit on one CPU thread); a
 configuration tuned on ML-100K validation data that trains in about 25 s is documented in
-docs/benchmarks-cfgan.md with its results.
+docs/benchmarks-cfgan.md with its results. G and D are as wide as the catalogue (user mode) or
+the customer base (item mode), so their cost grows with it: before training, the model times a
+few steps and says what an epoch and the whole schedule will cost (:meth:`CFGAN.cost_estimate`,
+a progress line under the ``retailgan`` command), and it refuses in one line, before allocating,
+when its estimated memory exceeds what the machine has (:func:`memory_estimate`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
+import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -54,10 +61,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from retailgan import distributed
+from retailgan import distributed, progress
 from retailgan.data.dataset import InteractionDataset
 from retailgan.models.base import IterativeRecommender, ModelConfig, TrainingOptions
 from retailgan.models.gan.state import load_module_arrays, module_arrays
+from retailgan.models.memory import require_memory
+
+log = logging.getLogger(__name__)
 
 MODES = ("user", "item")
 LOSSES = ("bce", "wgan-gp")
@@ -69,6 +79,8 @@ DENSE_LIMIT = 1 << 26
 SCORE_BATCH = 1024
 # Passes of G or D over the training rows per tuning trial (see CFGAN.search_space).
 PASS_BUDGET = 300
+COST_PROBE_STEPS = 3
+"""G and D steps timed (after one warm-up step each) for the cost estimate before training."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +140,26 @@ class CFGANConfig(ModelConfig):
             (self.adversarial or self.use_zr or self.use_pm, "adversarial=False needs use_zr or use_pm"),
         ]
         self.require("cfgan", checks)
+
+
+def _mlp_params(n_in: int, hidden: int, layers: int, n_out: int) -> int:
+    dims = [n_in] + [hidden] * layers + [n_out]
+    return sum(a * b + b for a, b in itertools.pairwise(dims))
+
+
+def memory_estimate(cfg: CFGANConfig, n_users: int, n_items: int) -> int:
+    """Bytes a fit needs beyond the data: G's and D's weights, gradients and Adam's two moments
+    (float32), the dense training rows when they are kept whole, a mini-batch's working tensors,
+    and in item mode the customers x products scores every validation check builds (and their
+    transpose)."""
+    m, rows = (n_items, n_users) if cfg.mode == "user" else (n_users, n_items)
+    params = _mlp_params(m + cfg.noise_dim, cfg.g_hidden, cfg.g_layers, m)
+    if cfg.adversarial:
+        params += _mlp_params(2 * m, cfg.d_hidden, cfg.d_layers, 1)
+    dense_rows = rows * m if rows * m <= DENSE_LIMIT else 0
+    batch = 12 * max(cfg.batch_size, 2 * cfg.batch_size_d) * m  # rows, masks, outputs, gradients
+    scores = 2 * n_users * n_items if cfg.mode == "item" else SCORE_BATCH * n_items
+    return 4 * (4 * params + dense_rows + batch + scores)
 
 
 def sample_unobserved(observed: torch.Tensor, ratio: float, generator: torch.Generator) -> torch.Tensor:
@@ -236,6 +268,11 @@ class CFGAN(IterativeRecommender):
         self._threads = options.num_threads
         init_gen = torch.Generator().manual_seed(options.seed)
         self._order_gen, self._gen = distributed.generators(options.seed, self._device)
+        require_memory(
+            "cfgan", memory_estimate(cfg, dataset.n_users, dataset.n_items),
+            f"{cfg.mode}-mode networks of {dataset.n_users:,} customers x {dataset.n_items:,} products",
+            "mode='user' (networks as wide as the catalogue), featgan or ials",
+        )
         X = dataset.matrix()
         R = (X if cfg.mode == "user" else X.T).tocsr().astype(np.float32)
         self._R_csr = R
@@ -264,6 +301,74 @@ class CFGAN(IterativeRecommender):
         self._G_train = distributed.wrap(self.G, self._device)
         self._D_train = None if self.D is None else distributed.wrap(self.D, self._device)
         self._item_scores = None
+        self.epoch_seconds = None
+        self._epoch_steps = self._steps_per_epoch()
+        if distributed.world_size() == 1 and COST_PROBE_STEPS > 0:
+            self.epoch_seconds = self._probe_epoch_seconds()
+            text = self.cost_estimate()
+            progress.note("fit cfgan", text, enabled=True if options.progress else None)
+            log.info("cfgan: %s", text)
+
+    epoch_seconds: float | None = None
+    """Seconds an epoch takes, estimated before training from a few timed steps."""
+    _epoch_steps: tuple[int, int] = (0, 0)
+
+    def cost_estimate(self) -> str:
+        """One line: the estimated time of an epoch and of the whole schedule."""
+        cfg = self._cfg
+        if self.epoch_seconds is None:
+            return "no estimate (not measured in distributed training)"
+        d, g = self._epoch_steps
+        return (
+            f"about {progress.duration(self.epoch_seconds)} an epoch here ({d} D and {g} G steps, "
+            f"timed on {COST_PROBE_STEPS} of each); at most {cfg.epochs} epochs: up to "
+            f"{progress.duration(self.epoch_seconds * cfg.epochs)} (early stopping may end sooner; "
+            f"faster settings: docs/benchmarks-cfgan.md)"
+        )
+
+    def _steps_per_epoch(self) -> tuple[int, int]:
+        cfg, rows = self._cfg, self._R_csr.shape[0]
+        d = cfg.d_steps * math.ceil(rows / cfg.batch_size_d) if self.D is not None else 0
+        return d, cfg.g_steps * math.ceil(rows / cfg.batch_size)
+
+    def _probe_epoch_seconds(self) -> float:
+        """Time ``COST_PROBE_STEPS`` D and G steps on the first rows, then put back the initial
+        weights, fresh optimisers and the training generators: the fit is the one it would
+        have been without the probe."""
+        cfg = self._cfg
+        assert self.G is not None
+        nets = [net for net in (self.G, self.D) if net is not None]
+        saved = [{k: v.clone() for k, v in net.state_dict().items()} for net in nets]
+        draws = self._gen
+        self._gen = torch.Generator(device=self._device).manual_seed(0)
+
+        def per_step(step: Any, size: int) -> float:
+            idx = torch.arange(min(size, self._R_csr.shape[0]), device=self._device)
+            step(idx)  # warm-up: first-call allocations
+            t0 = time.perf_counter()
+            for _ in range(COST_PROBE_STEPS):
+                step(idx)
+            return (time.perf_counter() - t0) / COST_PROBE_STEPS
+
+        try:
+            with _torch_settings(self._threads):
+                t_d = 0.0
+                if self.D is not None:
+                    self.D.requires_grad_(True)
+                    t_d = per_step(self._d_step, cfg.batch_size_d)
+                    self.D.requires_grad_(False)
+                t_g = per_step(self._g_step, cfg.batch_size)
+        finally:
+            for net, state in zip(nets, saved, strict=True):
+                net.load_state_dict(state)
+            if self.D is not None:
+                self.D.requires_grad_(True)
+            self._gen = draws
+            self._opt_g = _adam(self.G, cfg.lr_g, cfg.l2_g)
+            if self.D is not None:
+                self._opt_d = _adam(self.D, cfg.lr_d, cfg.l2_d)
+        d, g = self._epoch_steps
+        return d * t_d + g * t_g
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         cfg = self._cfg

@@ -87,6 +87,9 @@ class FeatureGANConfig(ModelConfig):
     d_steps: int = 1
     weight_decay: float = 1e-6
     batch_size: int = 512
+    epoch_examples: int = 0
+    """Training examples (next purchases) an epoch visits, a fresh random share of them each
+    epoch; 0: all. Bounds the time between early-stopping checks on a large log."""
     epochs: int = 30
     patience: int = 3
     eval_every: int = 1
@@ -128,7 +131,7 @@ class FeatureGANConfig(ModelConfig):
             (min(self.cold_prior, self.prior_kernel) >= 0, "cold_prior, prior_kernel >= 0"),
             (self.trend_days >= 0, "trend_days >= 0"),
             (self.lr_g > 0 and self.lr_d > 0 and self.weight_decay >= 0, "lr > 0, weight_decay >= 0"),
-            (self.d_steps >= 1, "d_steps >= 1"),
+            (self.d_steps >= 1 and self.epoch_examples >= 0, "d_steps >= 1, epoch_examples >= 0"),
             (self.epochs >= 1 and self.patience >= 1 and self.eval_every >= 1, "epochs, patience, eval_every >= 1"),
             (self.samples >= 1 and 0.0 <= self.diversity <= 1.0, "samples >= 1, diversity in [0, 1]"),
         ]

@@ -25,6 +25,9 @@ are each process's own). One process trains exactly as before.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -39,6 +42,11 @@ from retailgan.models.base import TrainingOptions
 from retailgan.models.gan.featgan.networks import Nets, discriminator, init_linear
 
 TREND_TABLE_MAX = 1 << 26  # days x products entries of the dense recent-sales table (256 MiB)
+PREFIX_MAX = 1 << 27
+"""Entries (training pairs x feature width) of float64 history prefix sums held at once (1 GiB).
+A log whose pairs fit keeps one prefix for the whole training; a larger one streams: every epoch
+deals the customers, shuffled, into blocks of at most this many entries and builds one block's
+prefix at a time (examples shuffled within the block), so memory stays bounded at any log size."""
 
 
 def ordered_histories(dataset: InteractionDataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -77,6 +85,13 @@ def held_out_input(
     mean_recent = (prefix[end] - prefix[r0] - inside[:, None] * x) / np.maximum(n_recent, 1)[:, None]
     size = np.log1p(length - 1)[:, None]
     return torch.from_numpy(np.concatenate([mean_all, mean_recent, size], axis=1).astype(np.float32))
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The concatenated integer ranges ``starts[j] : starts[j] + lengths[j]``."""
+    total = int(lengths.sum())
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    return np.repeat(starts - offsets, lengths) + np.arange(total, dtype=np.int64)
 
 
 class TrainingMixin:
@@ -153,10 +168,55 @@ class TrainingMixin:
         self._ex_pos = np.flatnonzero(keep).astype(np.int64)
         self._ex_cut = cut[keep].astype(np.int64)
         self._ex_start = indptr[user_of[keep]].astype(np.int64)
-        feats = self.X[self._hist_items].astype(np.float64)
-        self._prefix = np.concatenate([np.zeros((1, feats.shape[1])), np.cumsum(feats, axis=0)])
+        # Examples are grouped by customer: customer u's are _ex_pos[ex_indptr[u] : ex_indptr[u + 1]].
+        self._ex_indptr = np.concatenate([[0], np.cumsum(np.bincount(user_of[keep], minlength=n_users))])
         if len(self._ex_pos) == 0:
             raise ConfigError("featgan: no training pair has an earlier product of the same customer (min_history)")
+        self._prefix = None
+        if len(self._hist_items) * self.X.shape[1] <= PREFIX_MAX:
+            self._prefix = self._prefix_of(self._hist_items)
+
+    def _prefix_of(self, items: np.ndarray) -> np.ndarray:
+        """``(len(items) + 1, d_feat)`` float64 prefix sums of the features of ``items``."""
+        assert self.X is not None
+        prefix = np.zeros((len(items) + 1, self.X.shape[1]))
+        prefix[1:] = self.X[items]
+        np.cumsum(prefix[1:], axis=0, out=prefix[1:])
+        return prefix
+
+    def _epoch_blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray, torch.Tensor]]:
+        """One epoch's examples as ``(prefix, start, order)`` blocks: the prefix sums the block's
+        history inputs are read from, every example's start in it (indexed by example), and the
+        examples to visit (global indices, shuffled; at most ``epoch_examples`` in all)."""
+        cfg = self._cfg
+        n_ex = len(self._ex_pos)
+        share = 1.0 if not cfg.epoch_examples else min(1.0, cfg.epoch_examples / n_ex)
+        if self._prefix is not None:  # everything fits: one block, one shuffle of every example
+            order = torch.randperm(n_ex, generator=self._order_gen)
+            yield self._prefix, self._ex_start, order[: math.ceil(share * n_ex)]
+            return
+        assert self.X is not None
+        indptr, ex_indptr = self._hist_indptr, self._ex_indptr
+        users = torch.randperm(len(indptr) - 1, generator=self._order_gen).numpy()
+        lengths = np.diff(indptr)[users]
+        ends = np.cumsum(lengths)
+        cap = max(PREFIX_MAX // self.X.shape[1], 1)
+        bounds = np.unique(np.searchsorted(ends, np.arange(cap, ends[-1], cap), side="right"))
+        local_start = np.zeros(n_ex, np.int64)  # read only at the current block's examples
+        for block in np.split(users, bounds):
+            if len(block) == 0:
+                continue
+            lens, ex_lens = np.diff(indptr)[block], np.diff(ex_indptr)[block]
+            pairs = _ranges(indptr[block], lens)
+            examples = _ranges(ex_indptr[block], ex_lens)
+            if len(examples) == 0:
+                continue
+            # A customer's pairs start here in the block's concatenation.
+            starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+            local_start[examples] = np.repeat(starts, ex_lens)
+            pick = torch.randperm(len(examples), generator=self._order_gen)
+            pick = pick[: math.ceil(share * len(examples))]
+            yield self._prefix_of(self._hist_items[pairs]), local_start, torch.from_numpy(examples)[pick]
 
     def _init_trend(self, dataset: InteractionDataset, hist_ts: np.ndarray) -> None:
         """Per-day sales (new buyers per product: a training pair is one customer's first time
@@ -229,15 +289,22 @@ class TrainingMixin:
         logged: dict[str, list[float]] = {"loss_aux": [], "loss_g_adv": [], "loss_d": []}
         world = distributed.world_size()
         self.nets.train()
-        for batch in torch.randperm(len(self._ex_pos), generator=self._order_gen).split(cfg.batch_size):
+        batches = (
+            (prefix, start, batch)
+            for prefix, start, order in self._epoch_blocks()
+            for batch in order.split(cfg.batch_size)
+        )
+        for prefix, start, batch in batches:
             if len(batch) < world:  # a last batch too small to share: skipped by every process alike
                 continue
             idx = distributed.shard(batch)
             i = idx.numpy()
             if cfg.targets == "held-out":
-                hist = held_out_input(self._prefix, self._ex_start[i], self._ex_cut[i] + 1, self._ex_pos[i], cfg.recent)
+                # The target's place in this block's prefix sums (positions are global).
+                at = start[i] + self._ex_pos[i] - self._ex_start[i]
+                hist = held_out_input(prefix, start[i], self._ex_cut[i] + 1, at, cfg.recent)
             else:
-                hist = history_input(self._prefix, self._ex_start[i], self._ex_cut[i], cfg.recent)
+                hist = history_input(prefix, start[i], self._ex_cut[i], cfg.recent)
             target = targets_all[idx]
             if n_items <= cfg.max_negatives:
                 cand, labels, X_cand = None, target, X_t
@@ -305,7 +372,7 @@ class TrainingMixin:
         self.D = self._D_train = self._nets_train = None
         self._opt_g = self._opt_d = None
         self._prefix = self._X_cold = None
-        self._ex_pos = self._ex_cut = self._ex_start = None
+        self._ex_pos = self._ex_cut = self._ex_start = self._ex_indptr = None
         self._trend_daily = self._trend_cum = self._ex_day = None
         self._gen = self._order_gen = self._rng = None
         self._invalidate()
