@@ -590,3 +590,25 @@ def test_streamed_blocks_give_the_whole_log_prefix_inputs(monkeypatch):
     assert np.mean(recs.item_ids[:, 0] == np.array(list(answer.values()))) >= 0.9
     with pytest.raises(ConfigError, match="epoch_examples"):
         FeatureGAN(**{**FAST, "epoch_examples": -1}).fit(ds)
+
+
+def test_held_out_targets_read_the_same_inputs_from_streamed_blocks(monkeypatch):
+    """Held-out targets in blocks: the target's place is translated into the block's prefix sums."""
+    import retailgan.models.gan.featgan.training as fg
+
+    ds, _ = oracle_dataset()
+    model = FeatureGAN(**{**FAST, "targets": "held-out"})
+    model.init_training(ds, TrainingOptions(seed=0))
+    cfg = model._cfg
+    whole = fg.held_out_input(model._prefix, model._ex_start, model._ex_cut + 1, model._ex_pos, cfg.recent).numpy()
+    monkeypatch.setattr(fg, "PREFIX_MAX", 7 * model.X.shape[1])
+    model.init_training(ds, TrainingOptions(seed=0))
+    assert model._prefix is None
+    seen = 0
+    for prefix, start, order in model._epoch_blocks():
+        i = order.numpy()
+        at = start[i] + model._ex_pos[i] - model._ex_start[i]
+        got = fg.held_out_input(prefix, start[i], model._ex_cut[i] + 1, at, cfg.recent).numpy()
+        np.testing.assert_allclose(got, whole[i], rtol=1e-6, atol=1e-6)
+        seen += len(i)
+    assert seen == len(model._ex_pos)
