@@ -76,6 +76,10 @@ def per_user_path(json_path: str | Path) -> Path:
 def load_results(path: str | Path) -> tuple[dict[str, Any], dict[tuple[int, str, str], np.ndarray]]:
     """A result file and its per-customer arrays (empty where the file has none)."""
     doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    archive = doc.setdefault("per_customer_tests", {})
+    for v, t in doc.get("paired", {}).items():  # files from before the archive
+        for seed, r in t.get("per_seed", {}).items():
+            archive.setdefault(f"{v}/{t['best_other']}/{seed}", r)
     per_user: dict[tuple[int, str, str], np.ndarray] = {}
     side = per_user_path(path)
     if side.exists():
@@ -105,8 +109,8 @@ def merge_into(
         mine = doc.setdefault("splits", {}).setdefault(seed, desc)
         if mine != desc:
             raise SystemExit(f"{source}: the split of seed {seed} differs from this run's")
-    if not doc.get("paired"):
-        doc["paired"] = other.get("paired", {})
+    for key, r in other.get("per_customer_tests", {}).items():
+        doc.setdefault("per_customer_tests", {}).setdefault(key, r)
     for cmd in other.get("commands", [other["command"]] if other.get("command") else []):
         if cmd not in doc.setdefault("commands", []):
             doc["commands"].append(cmd)  # the runs' provenance
@@ -202,8 +206,8 @@ def summarise(doc: dict[str, Any]) -> dict[str, Any]:
 
 def paired_tests(doc: dict[str, Any], per_user: dict[tuple[int, str, str], np.ndarray]) -> dict[str, Any]:
     """featgan against the best other model of each view (by mean NDCG@20 over the seeds both ran).
-    Without the per-customer arrays (files written before they were kept), the per-customer tests
-    ``doc`` already holds for the same pair and seeds are kept."""
+    Per-customer tests once computed are kept in ``doc["per_customer_tests"]`` (``view/model/seed``),
+    so files written before the arrays were stored keep theirs."""
     if "featgan" not in doc["runs"]:
         return {}
     out = {}
@@ -213,17 +217,18 @@ def paired_tests(doc: dict[str, Any], per_user: dict[tuple[int, str, str], np.nd
             continue
         best = max(others, key=lambda n: others[n][f"{v} ndcg@20"][0])
         seeds = sorted(set(doc["runs"]["featgan"]) & set(doc["runs"][best]), key=int)
-        per_seed = {
-            s: paired_comparison(per_user[(int(s), "featgan", v)], per_user[(int(s), best, v)], n_boot=2000,
-                                 seed=int(s)).as_dict()
-            for s in seeds if (int(s), "featgan", v) in per_user and (int(s), best, v) in per_user
-        }
+        archive = doc.setdefault("per_customer_tests", {})
+        per_seed = {}
+        for s in seeds:
+            key = f"{v}/{best}/{s}"
+            if key not in archive and (int(s), "featgan", v) in per_user and (int(s), best, v) in per_user:
+                archive[key] = paired_comparison(per_user[(int(s), "featgan", v)], per_user[(int(s), best, v)],
+                                                 n_boot=2000, seed=int(s)).as_dict()
+            if key in archive:
+                per_seed[s] = archive[key]
         a = [doc["runs"]["featgan"][s]["views"][v]["ndcg@20"] for s in seeds]
         b = [doc["runs"][best][s]["views"][v]["ndcg@20"] for s in seeds]
         over = float(sps.ttest_rel(a, b).pvalue) if len(seeds) > 1 and np.any(np.subtract(a, b)) else None
-        old = doc.get("paired", {}).get(v, {})
-        if not per_seed and (old.get("best_other"), old.get("seeds")) == (best, seeds):
-            per_seed = old["per_seed"]
         out[v] = {"best_other": best, "seeds": seeds, "mean_diff": float(np.mean(np.subtract(a, b))),
                   "p_ttest_over_seeds": over, "per_seed": per_seed}
     return out
