@@ -1,0 +1,83 @@
+"""benchmarks/cold_items.py keeps finished rows, resumes and merges result files of one dataset;
+benchmarks/content_catalogue.py writes a catalogue that ingest reads as titles."""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+
+import pytest
+
+from retailgan.data.dataset import load_dataset
+from retailgan.data.ingest import ingest
+from tests.conftest import REPO, write_shop_logs
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import cold_items
+import content_catalogue
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("coldbench")
+    events, products = write_shop_logs(root, customers=60, events=1500, products=30)
+    path = root / "shop.duckdb"
+    events_cols = {"user": "customer", "item": "sku", "timestamp": "ts", "event_type": "action"}
+    ingest(path, events, "events", mapping=events_cols, catalogue=products,
+           catalogue_mapping={"item": "sku", "title": "name", "category": "dept", "price": "price"})
+    return path
+
+
+def _args(store, out, seeds, models="pop,contentknn", **kw):
+    return argparse.Namespace(store=store, name="shop", seeds=seeds, models=models, trials=0, params=None,
+                              json=str(out), command=f"run {seeds}", resume=kw.get("resume", False),
+                              merge=kw.get("merge"))
+
+
+def test_resume_runs_only_missing_rows_and_merge_takes_other_files(store, tmp_path):
+    out = tmp_path / "a.json"
+    cold_items.run(_args(store, out, "0"))
+    first, arrays = cold_items.load_results(out)
+    assert set(first["runs"]["pop"]) == {"0"} and (0, "contentknn", "hybrid") in arrays
+    cold_items.run(_args(store, out, "0,1", resume=True))
+    doc, arrays = cold_items.load_results(out)
+    assert set(doc["runs"]["contentknn"]) == {"0", "1"} and doc["seeds"] == [0, 1]
+    assert doc["runs"]["contentknn"]["0"] == first["runs"]["contentknn"]["0"]  # kept, not run again
+    assert doc["tuned"] == first["tuned"] and len(doc["commands"]) == 2
+
+    other = tmp_path / "b.json"
+    cold_items.run(_args(store, other, "1", models="pop", merge=[out]))
+    merged, _ = cold_items.load_results(other)
+    assert merged["runs"]["pop"]["1"] == doc["runs"]["pop"]["1"] and set(merged["runs"]["contentknn"]) == {"0", "1"}
+    text = cold_items.table(out, other)
+    assert "| contentknn |" in text and "| 2 |" in text
+
+
+def test_merge_refuses_another_dataset(store, tmp_path):
+    out = tmp_path / "a.json"
+    cold_items.run(_args(store, out, "0", models="pop"))
+    doc = json.loads(out.read_text())
+    doc["dataset"] = "elsewhere"
+    (tmp_path / "b.json").write_text(json.dumps(doc))
+    with pytest.raises(SystemExit, match="dataset"):
+        cold_items.table(out, tmp_path / "b.json")
+
+
+def test_content_catalogue_titles_reach_the_store(tmp_path):
+    folder = tmp_path / "beauty"
+    folder.mkdir()
+    (folder / "Beauty_item2attributes.json").write_text(json.dumps({"1": [7, 3], "2": [3], "3": [9]}))
+    with gzip.open(folder / "Beauty.txt.gz", "wt") as f:
+        f.write("1 1 2 3\n2 2 3\n")
+    rows = content_catalogue.beauty(folder)
+    assert rows[0] == ("1", "attr7 attr3", "7")
+    cat = tmp_path / "cat.csv"
+    sys.argv = ["content_catalogue.py", "amazon-beauty", str(folder), str(cat)]
+    content_catalogue.main()
+    ingest(tmp_path / "s.duckdb", folder / "Beauty.txt.gz", "amazon-s3rec", catalogue=cat,
+           catalogue_mapping={"item": "item_id", "title": "title", "category": "category"})
+    ds = load_dataset(tmp_path / "s.duckdb")
+    titles = dict(zip(ds.items.ids, ds.item_info.titles, strict=True))
+    assert titles["1"] == "attr7 attr3" and titles["3"] == "attr9"
