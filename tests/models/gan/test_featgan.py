@@ -612,3 +612,10 @@ def test_held_out_targets_read_the_same_inputs_from_streamed_blocks(monkeypatch)
         np.testing.assert_allclose(got, whole[i], rtol=1e-6, atol=1e-6)
         seen += len(i)
     assert seen == len(model._ex_pos)
+
+
+@pytest.mark.parametrize("shift", [float("nan"), float("inf")])
+def test_cold_shift_must_be_finite(shift):
+    ds, _ = oracle_dataset()
+    with pytest.raises(ConfigError, match="cold_shift"):
+        FeatureGAN(**{**FAST, "cold_shift": shift}).fit(ds)

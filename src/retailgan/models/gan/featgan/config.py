@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,6 +131,7 @@ class FeatureGANConfig(ModelConfig):
             (0.0 <= self.ema < 1.0, "ema in [0, 1)"),
             (min(self.cold_prior, self.prior_kernel) >= 0, "cold_prior, prior_kernel >= 0"),
             (self.trend_days >= 0, "trend_days >= 0"),
+            (math.isfinite(self.cold_shift), "cold_shift must be a finite number"),
             (self.lr_g > 0 and self.lr_d > 0 and self.weight_decay >= 0, "lr > 0, weight_decay >= 0"),
             (self.d_steps >= 1 and self.epoch_examples >= 0, "d_steps >= 1, epoch_examples >= 0"),
             (self.epochs >= 1 and self.patience >= 1 and self.eval_every >= 1, "epochs, patience, eval_every >= 1"),
