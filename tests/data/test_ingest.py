@@ -391,6 +391,41 @@ def test_events_mapping_rules_and_types(tmp_path: Path) -> None:
     ]
 
 
+def test_only_unparsable_cells_count_towards_refusing_a_file(tmp_path: Path) -> None:
+    # 2 of 5 rows have a cell that does not parse, 2 more break a rule: the file is below the
+    # "more than half bad" refusal (rule rejects are not bad cells), and all 4 are rejects.
+    src = write_csv(tmp_path / "log.csv", "user,item,time,qty", [
+        "u1,i1,2024-01-01,1",          # 2 kept
+        "u2,i1,not a time,1",          # 3 invalid_value:time
+        "u3,i1,2024-01-01,x",          # 4 invalid_value:qty
+        ",i1,2024-01-01,1",            # 5 missing_user
+        "u4,i1,2024-01-01,0",          # 6 non_positive_quantity
+    ])
+    store = tmp_path / "s.duckdb"
+    report = ingest(store, src, "events", mapping={"timestamp": "time"})
+    assert report.rows_kept == 1 and report.rows_rejected == 4
+    assert query(store, "SELECT line, reason FROM rejects ORDER BY line") == [
+        (3, "invalid_value:time"), (4, "invalid_value:qty"), (5, "missing_user"),
+        (6, "non_positive_quantity"),
+    ]
+    # Two more unparsable cells make 4 of 7: refused, naming the first one.
+    worse = write_csv(tmp_path / "worse.csv", "user,item,time,qty",
+                      [*src.read_text().splitlines()[1:], "u5,i1,2024-01-01,?", "u6,i1,?,1"])
+    with pytest.raises(IngestError) as err:
+        ingest(tmp_path / "t.duckdb", worse, "events", mapping={"timestamp": "time"})
+    assert (err.value.line, err.value.column) == (3, "time")
+    assert "4 of 7 rows have wrong or missing values" in str(err.value)
+
+
+def test_clean_file_writes_no_rejects(tmp_path: Path) -> None:
+    src = write_csv(tmp_path / "log.csv", "user,item", ["u1,i1", "u2,i2"])
+    store = tmp_path / "s.duckdb"
+    report = ingest(store, src, "events")
+    assert (report.rows_kept, report.rows_rejected) == (2, 0)
+    assert query(store, "SELECT count(*) FROM rejects") == [(0,)]
+    assert query(store, "SELECT count(*) FROM events") == [(2,)]
+
+
 def test_events_defaults_and_timestamp_format(tmp_path: Path) -> None:
     src = write_csv(tmp_path / "r.csv", "user_id,item_id,time,rating",
                     ["1,10,01/02/2024 10:00,4", "2,10,02/02/2024 11:30,3.5"])

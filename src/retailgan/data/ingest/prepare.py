@@ -43,9 +43,12 @@ from retailgan.errors import ConfigError, IngestError
 class _Prepared:
     """A format's staged rows, ready for the common write step.
 
-    ``stage`` (temp table) has: ``_line``, ``_bad``, ``_reason`` (NULL = keep), ``_k`` (event
-    key as a number), and user_id, item_id, ts, event_type, quantity, price, rating; ``order``
-    names its unique file-order column (``_line`` unless one line holds several events).
+    ``stage`` (temp table) has: ``_line``, ``_reason`` (NULL = keep; ``invalid_value:<column>``
+    or ``missing_value:<column>`` for a cell that did not convert, see ``_BAD_CELL``), ``_k``
+    (event key as a number), and user_id, item_id, ts, event_type, quantity, price, rating;
+    ``order`` names its unique file-order column (``_line`` unless one line holds several
+    events). Nothing else that is per row: at 200M rows each 16-byte column is 3.2 GB that a
+    spilled stage writes to disk and reads back in every later step.
     """
 
     source: _Source
@@ -170,8 +173,8 @@ def _prepare_online_retail(
     ])
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _stage AS
-        SELECT *, {_EVENT_KEY} AS _k FROM (
-            SELECT _line, _bad,
+        SELECT * EXCLUDE (_disc), {_EVENT_KEY} AS _k FROM (
+            SELECT _line,
                    coalesce(_bad, {reason}) AS _reason,
                    user_id, stock AS item_id, ts, 'purchase' AS event_type, quantity, price,
                    CAST(NULL AS DOUBLE) AS rating, invoice AS _disc, descr, country
@@ -290,8 +293,8 @@ def _simple_stage(
     items += [f"CAST(NULL AS {t}) AS {f}" for f, t in nulls.items() if f not in typed]
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _stage AS
-        SELECT *, {_EVENT_KEY} AS _k FROM (
-            SELECT _line, _bad,
+        SELECT * EXCLUDE (_disc), {_EVENT_KEY} AS _k FROM (
+            SELECT _line,
                    coalesce(_bad, {_reason_case(reasons)}) AS _reason,
                    user_id, item_id, ts, event_type, quantity, price, rating, _disc
             FROM (
@@ -416,9 +419,9 @@ def _prepare_s3rec(
                 delimiter="\t", quote="")
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _stage AS
-        SELECT *, {_EVENT_KEY} AS _k FROM (
+        SELECT * EXCLUDE (_disc), {_EVENT_KEY} AS _k FROM (
             SELECT _line, row_number() OVER (ORDER BY _line, pos) AS _ord,
-                   CAST(NULL AS VARCHAR) AS _bad, CAST(NULL AS VARCHAR) AS _reason,
+                   CAST(NULL AS VARCHAR) AS _reason,
                    toks[1] AS user_id, item_id, {_EPOCH} + to_seconds(pos) AS ts,
                    'purchase' AS event_type, CAST(NULL AS DOUBLE) AS quantity,
                    CAST(NULL AS DOUBLE) AS price, CAST(NULL AS DOUBLE) AS rating,

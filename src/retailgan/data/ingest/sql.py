@@ -141,6 +141,12 @@ def _checked(
     return items, case, helpers
 
 
+# A stage row whose reason came from :func:`_checked` (a cell that did not convert, or a required
+# one that is empty), told apart from the formats' rules by the reason's prefix: the stage keeps
+# no separate column for it.
+_BAD_CELL = "(starts_with(_reason, 'invalid_value:') OR starts_with(_reason, 'missing_value:'))"
+
+
 def _exclude(helpers: list[str]) -> str:
     return f" EXCLUDE ({', '.join(helpers)})" if helpers else ""
 
