@@ -343,7 +343,7 @@ class _Factorised(IterativeRecommender):
         state = {"user_factors": self.user_factors, "item_factors": self.item_factors}
         if self.item_bias is not None:
             state["item_bias"] = self.item_bias
-        return {k: np.array(v, dtype=np.float32) for k, v in state.items()}
+        return {k: np.asarray(v, dtype=np.float32) for k, v in state.items()}  # saving only reads them
 
     def _load_state(self, arrays: dict[str, np.ndarray]) -> None:
         f = self.config.factors  # type: ignore[attr-defined]
