@@ -311,20 +311,19 @@ class _Factorised(IterativeRecommender):
         if kind not in ("exact", "ivf", "hnsw"):
             raise ConfigError(f"unknown index kind {kind!r}; choose from exact, ivf, hnsw")
         self._ann_spec = None if kind == "exact" else (kind, params)
-        self._ann_cache = None
 
     def _ann_items(self) -> FactorIndex | None:
         """The index of :meth:`use_index` (None: exact), built on first use and again when the
-        factors change."""
+        factors or the index's settings change."""
         spec = getattr(self, "_ann_spec", None)
         if spec is None:
             return None
         cached = getattr(self, "_ann_cache", None)
-        if cached is None or cached[0] is not self.item_factors or cached[1] is not self.item_bias:
-            cached = (self.item_factors, self.item_bias,
-                      FactorIndex.build(self.item_factors, self.item_bias, spec[0], **spec[1]))
-            self._ann_cache = cached
-        return cached[2]
+        if cached is None or cached[0] is not self.item_factors or cached[1] is not self.item_bias \
+                or cached[2] != spec:
+            built = FactorIndex.build(self.item_factors, self.item_bias, spec[0], **spec[1])
+            cached = self._ann_cache = (self.item_factors, self.item_bias, spec, built)
+        return cached[3]
 
     def _factor_items(self) -> FactorItems:
         """The item side prepared for :func:`factor_top_k`, rebuilt when the factors change."""

@@ -58,6 +58,8 @@ class ScoringMixin:
     def use_index(self, kind: str, **params: object) -> None:
         """Search generated vectors in a product index of ``kind`` from now on (the config's
         ``index``: "exact", "hnsw" or "ivf"; ``params`` go to the faiss index)."""
+        if kind == self._cfg.index and dict(params) == getattr(self, "_index_params", {}):
+            return  # the index already built stays
         cfg = dataclasses.replace(self._cfg, index=kind)
         cfg.validate()
         self.config = cfg
