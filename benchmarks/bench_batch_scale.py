@@ -96,6 +96,10 @@ def main() -> None:
         "all_customers_extrapolated_s": float(np.mean(per)) * len(customers) / 1e6,
         "peak_rss_mib": _peak_mib(), "load_average_after": os.getloadavg(),
     }
+    cache = getattr(model, "_items_cache", None)
+    if cache is not None:  # exact path: customers scored / settled per norm-ordered prefix
+        items = cache[-1]
+        res["prefixes"] = {str(c): [items.reached[c], items.settled.get(c, 0)] for c in sorted(items.reached)}
     print(json.dumps({k: v for k, v in res.items() if not isinstance(v, list)}), flush=True)
     if args.json:
         data = json.loads(args.json.read_text()) if args.json.exists() else {}
