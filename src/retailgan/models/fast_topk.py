@@ -9,9 +9,9 @@ and skips most of the catalogue with a bound that keeps the lists exact: items a
 (Cauchy-Schwarz). Users whose k-th score beats it strictly (and has no tie at the k-th place) are
 done after scoring ``c`` items; the others go to the next, larger prefix and finally to the whole
 catalogue in item order. Factor norms of iALS follow popularity: on the generated retail log
-at S an eighth of the catalogue settles 84 % of customers and a quarter 97 % of the rest
-(docs/benchmarks.md, Scale). Prefixes that settle few customers are dropped for the rest of a
-job (:data:`SKIP_BELOW`). Where norms are
+at S an eighth of the catalogue settles 84 % of customers and a quarter 97 % of the rest; at L
+(500,000 products) the first 1/256 settles 91 % (docs/benchmarks.md, Scale). Prefixes that
+settle few customers are dropped for the rest of a job (:data:`SKIP_BELOW`). Where norms are
 flat no prefix can settle anyone and the whole catalogue is scored at once.
 
 **Sparse item-item models** (ItemKNN; SANSA through its two sparse factors) multiply the sparse
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-PREFIX_FRACTIONS = (1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2)
+PREFIX_FRACTIONS = (1 / 256, 1 / 128, 1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2)
 """Prefixes of the norm-ordered catalogue that may be tried before scoring all of it."""
 MIN_PREFIX = 512
 """Shorter prefixes are not worth a pass (small catalogues are scored whole)."""
