@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from retailgan.batch import recommend_all
 from retailgan.cli import app
 from retailgan.data.store import Store
+from retailgan.errors import ConfigError
 from retailgan.persistence import load_model
 from tests.conftest import shop_store_and_model
 
@@ -199,3 +200,63 @@ def test_bad_inputs_exit_2_with_one_line(shop, tmp_path, args, message):
     assert message in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert not (tmp_path / "x.parquet").exists()
+
+
+@pytest.fixture(scope="module")
+def ials_dir(tmp_path_factory):
+    """An ials model of a power-law log (300 customers, about 600 products)."""
+    pytest.importorskip("faiss")
+    from retailgan.models.base import TrainingOptions
+    from retailgan.models.registry import get_model_class
+    from tests.models.test_fast_topk import CONFIGS, _power_law_log
+
+    path = tmp_path_factory.mktemp("ials") / "model"
+    get_model_class("ials")(**CONFIGS["ials"]).fit(_power_law_log(), TrainingOptions(seed=0)).save(path)
+    return path
+
+
+def test_an_exhaustive_index_passes_the_recall_gate_with_the_exact_lists(ials_dir, tmp_path):
+    exact = recommend_all(ials_dir, tmp_path / "exact.parquet", k=10, block_size=64)
+    summary = recommend_all(ials_dir, tmp_path / "ivf.parquet", k=10, block_size=64, index="ivf",
+                            index_params={"nlist": 8, "nprobe": 8}, recall_sample=100)
+    assert exact.recall is None and summary.recall == 1.0 and summary.recall_customers == 100
+    assert _lists(tmp_path / "ivf.parquet").keys() == _lists(tmp_path / "exact.parquet").keys()
+    for c, got in _lists(tmp_path / "ivf.parquet").items():
+        assert [p for p, _ in got] == [p for p, _ in _lists(tmp_path / "exact.parquet")[c]], c
+    meta = pq.read_schema(tmp_path / "ivf.parquet").metadata
+    assert meta[b"retailgan.index"] == b"ivf" and float(meta[b"retailgan.recall"]) == 1.0
+    assert json.loads(meta[b"retailgan.index_params"]) == {"nlist": 8, "nprobe": 8}
+
+
+def test_an_index_below_the_recall_gate_refuses_before_writing(ials_dir, tmp_path):
+    coarse = {"hnsw_m": 4, "ef_construction": 8, "ef_search": 1}  # a sparse graph, a greedy search
+    ok = recommend_all(ials_dir, tmp_path / "r.parquet", k=10, index="hnsw", index_params=coarse, min_recall=0.0)
+    assert ok.recall is not None and ok.recall < 0.97
+    with pytest.raises(ConfigError, match=r"recall@10 of the hnsw index .* below --min-recall 0.99"):
+        recommend_all(ials_dir, tmp_path / "refused.parquet", k=10, index="hnsw", index_params=coarse,
+                      min_recall=0.99)
+    assert not (tmp_path / "refused.parquet").exists() and not list(tmp_path.glob(".*"))
+
+
+def test_the_recall_gate_measures_the_share_of_the_exact_lists_found(ials_dir):
+    from retailgan.batch import index_recall
+
+    model = load_model(ials_dir)
+    users = sorted(model.users.ids.tolist())
+    recall, n = index_recall(model, users, 10, True, "ivf", {"nlist": 16, "nprobe": 2}, sample=50)
+    exact = {u: set(model.recommend([u], 10).item_idx[0].tolist()) for u in users}
+    picked = [users[i] for i in np.sort(np.random.default_rng(0).permutation(len(users))[:50])]
+    approx = model.top_k(picked, 10).item_idx  # the model now ranks through the index
+    expected = np.mean([len(exact[u] & set(a.tolist())) / len(exact[u]) for u, a in zip(picked, approx, strict=True)])
+    assert n == 50 and recall == pytest.approx(expected)
+
+
+def test_cli_all_with_an_index_reports_its_recall(ials_dir, tmp_path):
+    out = tmp_path / "recs.parquet"
+    res = runner.invoke(app, ["recommend", "--model-dir", str(ials_dir), "--all", "--out", str(out), "--k", "5",
+                              "--index", "ivf", "--index-params", '{"nlist": 8, "nprobe": 8}'])
+    assert res.exit_code == 0, res.output
+    assert "ivf index: recall@5 1.0000 against the exact lists (300 sampled customers)" in res.output
+    res = runner.invoke(app, ["recommend", "--model-dir", str(ials_dir), "--all", "--out", str(out),
+                              "--index", "ivf", "--index-params", "nprobe=8"])
+    assert res.exit_code == 2 and "--index-params is not JSON" in res.output

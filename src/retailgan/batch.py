@@ -22,6 +22,7 @@ Output columns: ``customer_id``, ``rank`` (1 = best), ``product_id``, ``score`` 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import shutil
 from collections.abc import Callable, Sequence
@@ -58,6 +59,10 @@ DEFAULT_BLOCK_SIZE = 2000
 """Customers per block (one model call, one Parquet part, one resumable unit)."""
 OUTPUT_FORMAT = 1
 """Bumped when the part files change (part of the fingerprint)."""
+DEFAULT_MIN_RECALL = 0.9
+"""An approximate index whose recall@k against exact is below this refuses the job."""
+RECALL_SAMPLE = 2000
+"""Customers the recall gate compares (seeded)."""
 
 
 def schema(explain: bool) -> pa.Schema:
@@ -84,6 +89,9 @@ class BatchOptions:
     """The reference time of those recent sales."""
     label: str | None = None
     """The model version the job started with (a worker refuses another)."""
+    index: str = "exact"
+    """Product index the lists are ranked through (:meth:`Recommender.use_index`)."""
+    index_params: tuple[tuple[str, Any], ...] = ()
 
 
 class BlockScorer:
@@ -109,6 +117,8 @@ class BlockScorer:
         if options.label is not None and b.label != options.label:
             raise ModelFileError(f"{options.model_dir}: the model changed during the batch job "
                                  f"({options.label} -> {b.label})")
+        if options.index != "exact":
+            b.model.use_index(options.index, **dict(options.index_params))
         return cls(b, options)
 
     def __call__(self, customers: Sequence[str]) -> pa.Table:
@@ -171,6 +181,11 @@ class BatchSummary:
     segment: str | None
     reference_time: str | None
     ignored_events: int
+    index: str = "exact"
+    recall: float | None = None
+    """Recall@k of the index's lists against the exact ones on ``recall_customers`` sampled
+    customers (None with the exact index)."""
+    recall_customers: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -192,6 +207,10 @@ def recommend_all(
     progress: bool = False,
     after_block: Callable[[int], None] | None = None,
     as_of: AsOf = None,
+    index: str = "exact",
+    index_params: dict[str, Any] | None = None,
+    min_recall: float = DEFAULT_MIN_RECALL,
+    recall_sample: int = RECALL_SAMPLE,
 ) -> BatchSummary:
     """Write every customer's top-``k`` to the Parquet file ``out`` (module docstring).
 
@@ -200,12 +219,22 @@ def recommend_all(
     is the same whatever the engine and the number of workers. ``after_block(i)`` is
     called after block ``i`` is recorded as finished. Raises :class:`ConfigError` for bad
     arguments before anything is written.
+
+    ``index`` "ivf" or "hnsw" ranks through an approximate faiss index (models with a retrieval
+    space: ials, bpr, featgan; ``index_params`` go to :class:`retailgan.index.FaissIndex`). Its
+    recall gate runs before any block: recall@k of its lists against the exact ones on a seeded
+    sample of ``recall_sample`` of the job's customers (:func:`index_recall`); below
+    ``min_recall`` the job refuses with :class:`ConfigError`. The recall is in the summary and
+    in the Parquet file's metadata (``retailgan.index``, ``retailgan.recall``).
     """
     model_dir, out = Path(model_dir), Path(out)
     store_path = None if store is None else Path(store)
-    for name, value in (("--k", k), ("--block-size", block_size), ("--workers", workers)):
+    for name, value in (("--k", k), ("--block-size", block_size), ("--workers", workers),
+                        ("--recall-sample", recall_sample)):
         if value < 1:
             raise ConfigError(f"{name} must be >= 1, got {value}")
+    if not 0.0 <= min_recall <= 1.0:
+        raise ConfigError(f"--min-recall must be in [0, 1], got {min_recall}")
     if out.is_dir():
         raise ConfigError(f"{out}: is a directory (give the Parquet file to write)")
     if store_path is None and (segment.strip() != "all" or as_of is not None):
@@ -229,14 +258,25 @@ def recommend_all(
             customers = segment_customers(st, seg, ref.ts)
             if b.trend_days:  # a model that follows recent sales gets the store's, as the service does
                 b.set_recent_sales(st.recent_buyers(b.trend_days, ref.ts))
+    params_items = tuple(sorted((index_params or {}).items()))
+    recall, recall_n = None, 0
+    if index != "exact":
+        recall, recall_n = index_recall(b.model, customers, k, exclude_seen, index, dict(params_items),
+                                        recall_sample)
+        log.info("recall@%d of the %s index against exact: %.4f (%d customers)", k, index, recall, recall_n)
+        if recall < min_recall:
+            raise ConfigError(f"{model_dir}: recall@{k} of the {index} index against the exact lists is "
+                              f"{recall:.4f} on {recall_n} sampled customers, below --min-recall {min_recall}: "
+                              "search more of it (nprobe / ef_search) or use --index exact")
     options = BatchOptions(model_dir=str(model_dir), k=k, exclude_seen=exclude_seen, explain=explain,
-                           store=None if store_path is None else str(store_path), now=ref_ts, label=b.label)
+                           store=None if store_path is None else str(store_path), now=ref_ts, label=b.label,
+                           index=index, index_params=params_items)
     chunks = Chunks(customers, block_size)
     work = work_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     params = {"model": b.label, "k": k, "exclude_seen": exclude_seen, "explain": explain, "block_size": block_size,
               "segment": seg_text, "reference_time": None if ref_ts is None else ref_ts.isoformat(),
-              "format": OUTPUT_FORMAT}
+              "format": OUTPUT_FORMAT, "index": [index, [list(p) for p in params_items]]}
     fp = fingerprint(params, customers, [] if store_path is None else [store_path])
     finished = prepare_work(work, fp, len(chunks))
     bar = JobProgress("recommend", "customers", len(customers), sum(len(chunks[c]) for c in finished),
@@ -248,9 +288,35 @@ def recommend_all(
     finally:
         bar.close()
     tmp = work / out.name
-    rows = merge_parts(work, len(chunks), schema(explain), tmp)
+    meta = {"retailgan.index": index, "retailgan.index_params": json.dumps(dict(params_items)),
+            "retailgan.recall": "" if recall is None else f"{recall:.6f}",
+            "retailgan.recall_customers": str(recall_n)}
+    rows = merge_parts(work, len(chunks), schema(explain).with_metadata(meta), tmp)
     tmp.replace(out)  # the commit: the output appears complete, in one rename
     finish_work(work)
     shutil.rmtree(work, ignore_errors=True)
     return BatchSummary(out=str(out), customers=len(customers), rows=rows, k=k, model_version=b.label,
-                        segment=seg_text, reference_time=params["reference_time"], ignored_events=ignored)
+                        segment=seg_text, reference_time=params["reference_time"], ignored_events=ignored,
+                        index=index, recall=recall, recall_customers=recall_n)
+
+
+def index_recall(model: Any, customers: Sequence[str], k: int, exclude_seen: bool, index: str,
+                 params: dict[str, Any], sample: int = RECALL_SAMPLE, seed: int = 0) -> tuple[float, int]:
+    """Recall@k of ``index``'s lists against the exact lists on a seeded sample of ``sample``
+    customers (the share of each exact list the index found, averaged over customers with a
+    list); leaves ``model`` ranking through ``index``. Returns (recall, customers measured)."""
+    pick = np.sort(np.random.default_rng(seed).permutation(len(customers))[:sample])
+    users = [customers[i] for i in pick]
+    model.use_index("exact")
+    exact = model.top_k(users, k, exclude_seen=exclude_seen).item_idx
+    model.use_index(index, **params)
+    approx = model.top_k(users, k, exclude_seen=exclude_seen).item_idx
+    hits, sizes = [], []
+    for e, a in zip(exact, approx, strict=True):
+        e = e[e >= 0]
+        if len(e):
+            hits.append(len(np.intersect1d(e, a[a >= 0])))
+            sizes.append(len(e))
+    if not sizes:
+        return 1.0, 0
+    return float(np.mean(np.asarray(hits) / np.asarray(sizes))), len(sizes)

@@ -54,17 +54,29 @@ def recommend(
     address: str | None = typer.Option(
         None, "--address", help="Ray cluster for --engine ray (e.g. auto or HEAD:6380); default: a local instance."
     ),
+    index: str = typer.Option(
+        "exact", "--index", help="--all / --segment: exact | ivf | hnsw (faiss, approximate; ials, bpr, featgan). "
+        "An approximate index must pass the recall gate (--min-recall)."
+    ),
+    index_params: str | None = typer.Option(
+        None, "--index-params",
+        help='JSON for the faiss index, e.g. \'{"nprobe": 32}\' (ivf) or \'{"ef_search": 128}\' (hnsw).'
+    ),
+    min_recall: float = typer.Option(
+        0.9, "--min-recall", help="Refuse an approximate index whose recall@k against exact, on 2,000 sampled "
+        "customers, is below this."
+    ),
 ) -> None:
     """Top-k products for customers, with titles and prices; with --all or --segment, every
     customer's top-k into a Parquet table (resumable, atomic; see retailgan.batch)."""
     if all_customers or segment is not None:
         _recommend_batch(model_dir, user, all_customers, segment, out, store, as_of, k, include_seen, explain,
-                         block_size, workers, engine, address)
+                         block_size, workers, engine, address, (index, index_params, min_recall))
         return
     if not user:
         fail("give --user ID (repeatable), or --all / --segment with --out for every customer")
-    if out is not None or as_of is not None or engine != "local" or address is not None:
-        fail("--out, --as-of, --engine and --address go with --all or --segment")
+    if out is not None or as_of is not None or engine != "local" or address is not None or index != "exact":
+        fail("--out, --as-of, --engine, --address and --index go with --all or --segment")
 
     def go() -> None:
         from rich.table import Table
@@ -135,8 +147,10 @@ def recommend(
 
 def _recommend_batch(model_dir: Path, user: list[str] | None, all_customers: bool, segment: str | None,
                      out: Path | None, store: Path | None, as_of: str | None, k: int, include_seen: bool,
-                     explain: bool, block_size: int, workers: int, engine: str, address: str | None) -> None:
-    """``recommend --all`` / ``--segment``: the batch job of :mod:`retailgan.batch`."""
+                     explain: bool, block_size: int, workers: int, engine: str, address: str | None,
+                     index: tuple[str, str | None, float]) -> None:
+    """``recommend --all`` / ``--segment``: the batch job of :mod:`retailgan.batch`; ``index``:
+    (kind, its parameters as JSON, the recall gate)."""
     if user:
         fail("--user cannot be combined with --all or --segment")
     if all_customers and segment is not None:
@@ -145,6 +159,13 @@ def _recommend_batch(model_dir: Path, user: list[str] | None, all_customers: boo
         fail("--all / --segment need --out FILE.parquet")
     if segment is not None and store is None:
         fail("--segment needs --store (the customers it selects from)")
+    kind, params_text, min_recall = index
+    try:
+        params = json.loads(params_text) if params_text else {}
+    except json.JSONDecodeError as exc:
+        fail(f"--index-params is not JSON: {exc}")
+    if not isinstance(params, dict):
+        fail("--index-params must be a JSON object")
 
     def go():
         from retailgan.batch import recommend_all
@@ -153,7 +174,7 @@ def _recommend_batch(model_dir: Path, user: list[str] | None, all_customers: boo
         return recommend_all(model_dir, out, store=store, segment=segment or "all", k=k,
                              exclude_seen=not include_seen, explain=explain, block_size=block_size,
                              workers=workers, engine=engine, address=address, progress=True,
-                             as_of=parse_as_of(as_of))
+                             as_of=parse_as_of(as_of), index=kind, index_params=params, min_recall=min_recall)
 
     summary = run_guarded(go)
     if summary.ignored_events:
@@ -161,3 +182,6 @@ def _recommend_batch(model_dir: Path, user: list[str] | None, all_customers: boo
                       f"{summary.reference_time} were ignored (--as-of moves it)", highlight=False)
     console.print(f"wrote {summary.rows} recommendations for {summary.customers} customers to {out} "
                   f"({summary.model_version})", highlight=False)
+    if summary.recall is not None:
+        console.print(f"{summary.index} index: recall@{summary.k} {summary.recall:.4f} against the exact lists "
+                      f"({summary.recall_customers} sampled customers)", highlight=False)

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
 from retailgan import __version__
 from retailgan.data.dataset import ItemInfo, Vocabulary
@@ -169,9 +169,30 @@ def save_model(model: Any, path: str | Path) -> Path:
         },
     }
     with atomic_directory(path) as tmp:
-        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp / ARRAYS_FILE))
+        write_arrays(arrays, tmp / ARRAYS_FILE)
         (tmp / META_FILE).write_text(json.dumps(meta), encoding="utf-8")
     return path
+
+
+def write_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
+    """Write ``arrays`` as a safetensors file, each straight from its own memory (safetensors'
+    numpy ``save_file`` copies every array into bytes first: twice a model's size at peak)."""
+    names = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+    header: dict[str, Any] = {}
+    offset = 0
+    for key in sorted(arrays):
+        a = arrays[key]
+        header[key] = {"dtype": names[np.dtype(a.dtype).newbyteorder("<")], "shape": list(a.shape),
+                       "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)  # data 8-byte aligned, as safetensors writes it
+    with open(path, "wb") as f:
+        f.write(len(head).to_bytes(8, "little"))
+        f.write(head)
+        for key in sorted(arrays):
+            a = np.require(arrays[key], dtype=np.dtype(arrays[key].dtype).newbyteorder("<"), requirements="C")
+            f.write(memoryview(a.reshape(-1)).cast("B"))
 
 
 @contextlib.contextmanager

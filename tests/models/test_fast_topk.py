@@ -165,3 +165,64 @@ def test_early_stopping_history_is_the_same_through_top_k(monkeypatch):
     fast_history = history()
     monkeypatch.setattr(get_model_class(name), "exact_top_k", False)
     assert fast_history == pytest.approx(history(), rel=1e-9, abs=1e-12)
+
+
+# -- approximate index for factor models (Recommender.use_index) ------------------------------------
+
+@pytest.fixture(scope="module", params=["ials", "bpr"])
+def factor_model(request):
+    pytest.importorskip("faiss")
+    return get_model_class(request.param)(**CONFIGS[request.param]).fit(_power_law_log(), TrainingOptions(seed=0))
+
+
+def test_ivf_searching_every_cell_equals_the_exact_lists(factor_model):
+    """nprobe = nlist is an exhaustive search: the exact lists, exclusions included."""
+    users = [f"u{u}" for u in range(300)] + ["ghost"]
+    rng = np.random.default_rng(2)
+    exclude = [[f"i{j}" for j in rng.choice(800, int(rng.integers(0, 40)), replace=False)] for _ in users]
+    factor_model.use_index("exact")
+    exact = factor_model.top_k(users, 10, exclude=exclude)
+    factor_model.use_index("ivf", nlist=8, nprobe=8)
+    try:
+        approx = factor_model.top_k(users, 10, exclude=exclude)
+    finally:
+        factor_model.use_index("exact")
+    _same(approx, exact)
+
+
+def test_a_coarse_index_never_returns_an_excluded_item_and_fills_the_list(factor_model):
+    """Over-fetch and filter: seen and excluded products never appear, even for the customers
+    with the most of them, and every list is full (the catalogue is larger than any exclusion)."""
+    users = [f"u{u}" for u in range(300)]
+    uidx = factor_model.users.index(users)
+    heavy = {f"u{u}": [f"i{j}" for j in range(0, 600, 2)] for u in range(0, 300, 50)}  # 300 excluded
+    exclude = [heavy.get(u, []) for u in users]
+    factor_model.use_index("ivf", nlist=16, nprobe=2)
+    try:
+        recs = factor_model.top_k(users, 10, exclude=exclude)
+    finally:
+        factor_model.use_index("exact")
+    for r, u in enumerate(users):
+        got = recs.item_idx[r]
+        assert (got >= 0).all(), u
+        excluded = factor_model.items.index(exclude[r], missing="negative")
+        banned = set(factor_model.seen[uidx[r]].indices.tolist()) | set(excluded.tolist())
+        assert not banned & set(got.tolist()), u
+        assert (np.diff(recs.scores[r]) <= 0).all()
+
+
+def test_the_index_is_deterministic(factor_model):
+    users = [f"u{u}" for u in range(300)]
+    lists = []
+    for _ in range(2):
+        factor_model.use_index("ivf", nlist=16, nprobe=3)
+        lists.append(factor_model.top_k(users, 10).item_idx)
+    factor_model.use_index("exact")
+    assert lists[0].tolist() == lists[1].tolist()
+
+
+def test_models_without_a_retrieval_space_refuse_an_approximate_index():
+    model = get_model_class("itemknn")(**CONFIGS["itemknn"]).fit(_power_law_log(), TrainingOptions(seed=0))
+    model.use_index("exact")
+    with pytest.raises(base.ConfigError, match="no approximate index"):
+        model.use_index("ivf")

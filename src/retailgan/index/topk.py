@@ -110,7 +110,10 @@ class FaissIndex(TopKIndex):
 
     ``hnsw_m``: graph degree; ``ef_search``: candidate list size at query time (recall vs speed);
     ``nlist``: IVF cells (default ``4 * sqrt(n)`` of the first batch added); ``nprobe``: cells
-    searched per query. IVF trains its cells on the first batch added (at least ``nlist`` vectors).
+    searched per query. IVF trains its cells on the first batch added (at least ``nlist`` vectors);
+    ``train_size`` caps the vectors k-means sees (a seeded sample; None: faiss' own cap of 256 a
+    cell) and ``kmeans_iters`` its iterations (None: faiss' 25), the training cost on large
+    catalogues.
     """
 
     def __init__(
@@ -125,6 +128,8 @@ class FaissIndex(TopKIndex):
         nprobe: int = 16,
         seed: int = 0,
         threads: int | None = None,
+        train_size: int | None = None,
+        kmeans_iters: int | None = None,
     ) -> None:
         super().__init__(dim)
         if kind not in ("hnsw", "ivf"):
@@ -138,6 +143,7 @@ class FaissIndex(TopKIndex):
             faiss.omp_set_num_threads(int(threads))
         self.kind, self.nlist, self.nprobe, self.seed = kind, nlist, nprobe, seed
         self.ef_search = ef_search
+        self.train_size, self.kmeans_iters = train_size, kmeans_iters
         self._index: Any = None
         if kind == "hnsw":
             self._index = faiss.IndexHNSWFlat(self.dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
@@ -156,7 +162,13 @@ class FaissIndex(TopKIndex):
             quantizer = faiss.IndexFlatIP(self.dim)
             index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
             index.cp.seed = self.seed
-            index.train(v)
+            if self.kmeans_iters:
+                index.cp.niter = int(self.kmeans_iters)
+            sample = v
+            if self.train_size and len(v) > self.train_size:
+                rows = np.random.default_rng(self.seed).choice(len(v), max(self.train_size, nlist), replace=False)
+                sample = v[np.sort(rows)]
+            index.train(sample)
             index.nprobe = self.nprobe
             self._index, self.nlist = index, nlist
         self._index.add(v)

@@ -466,6 +466,15 @@ class Recommender(ABC):
             top[a:b], scores[a:b] = select_top_k(mask_scores(s, banned[a:b], allowed), k)
         return top, scores
 
+    def use_index(self, kind: str, **params: Any) -> None:
+        """Rank :meth:`top_k` (plain lists over the whole catalogue) through a product index of
+        ``kind`` (:data:`retailgan.index.topk.KINDS`; ``params`` go to it): "exact" restores the
+        exact path, "ivf" and "hnsw" are approximate (faiss). Models with a retrieval space
+        override this; the others raise :class:`ConfigError`."""
+        if kind != "exact":
+            raise ConfigError(f"{self.name}: no approximate index (index={kind!r}); the models with one are "
+                              "ials, bpr and featgan")
+
     def fallback_scores(self) -> np.ndarray:
         """Scores for users the model cannot personalise for: item popularity (ties by index)."""
         assert self.popularity is not None

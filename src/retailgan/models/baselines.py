@@ -12,7 +12,7 @@ import torch
 from retailgan.data.dataset import InteractionDataset
 from retailgan.errors import ConfigError
 from retailgan.models.base import IterativeRecommender, ModelConfig, Recommender, TrainingOptions, clear_rows
-from retailgan.models.fast_topk import FactorItems, factor_top_k, sparse_item_top_k
+from retailgan.models.fast_topk import FactorIndex, FactorItems, ann_factor_top_k, factor_top_k, sparse_item_top_k
 from retailgan.models.memory import require_memory
 from retailgan.persistence import take, take_csr
 
@@ -298,9 +298,32 @@ class _Factorised(IterativeRecommender):
         self, user_idx: np.ndarray, k: int, banned: sp.csr_matrix, allowed: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Float32 user x item factor blocks over norm-ordered item prefixes, exact
-        (:func:`~retailgan.models.fast_topk.factor_top_k`)."""
+        (:func:`~retailgan.models.fast_topk.factor_top_k`), or with :meth:`use_index` an
+        approximate index over the whole catalogue (:func:`~retailgan.models.fast_topk.ann_factor_top_k`)."""
         U = self.user_factors[np.asarray(user_idx, dtype=np.int64)]
+        ann = self._ann_items()
+        if ann is not None and allowed is None:
+            return ann_factor_top_k(U, ann, k, banned,
+                                    lambda rows: factor_top_k(U[rows], self._factor_items(), k, banned[rows], None))
         return factor_top_k(U, self._factor_items(), k, banned, allowed)
+
+    def use_index(self, kind: str, **params: Any) -> None:
+        if kind not in ("exact", "ivf", "hnsw"):
+            raise ConfigError(f"unknown index kind {kind!r}; choose from exact, ivf, hnsw")
+        self._ann_spec = None if kind == "exact" else (kind, params)
+
+    def _ann_items(self) -> FactorIndex | None:
+        """The index of :meth:`use_index` (None: exact), built on first use and again when the
+        factors or the index's settings change."""
+        spec = getattr(self, "_ann_spec", None)
+        if spec is None:
+            return None
+        cached = getattr(self, "_ann_cache", None)
+        if cached is None or cached[0] is not self.item_factors or cached[1] is not self.item_bias \
+                or cached[2] != spec:
+            built = FactorIndex.build(self.item_factors, self.item_bias, spec[0], **spec[1])
+            cached = self._ann_cache = (self.item_factors, self.item_bias, spec, built)
+        return cached[3]
 
     def _factor_items(self) -> FactorItems:
         """The item side prepared for :func:`factor_top_k`, rebuilt when the factors change."""
@@ -319,7 +342,7 @@ class _Factorised(IterativeRecommender):
         state = {"user_factors": self.user_factors, "item_factors": self.item_factors}
         if self.item_bias is not None:
             state["item_bias"] = self.item_bias
-        return {k: np.array(v, dtype=np.float32) for k, v in state.items()}
+        return {k: np.asarray(v, dtype=np.float32) for k, v in state.items()}  # saving only reads them
 
     def _load_state(self, arrays: dict[str, np.ndarray]) -> None:
         f = self.config.factors  # type: ignore[attr-defined]

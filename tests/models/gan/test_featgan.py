@@ -256,6 +256,22 @@ def test_faiss_index_gives_the_exact_lists_on_a_small_catalogue(fitted, tmp_path
         )
 
 
+@pytest.mark.skipif(not faiss_available(), reason="faiss-cpu not installed (extra 'ann')")
+def test_use_index_switches_the_batch_path_to_the_index_and_back(fitted, tmp_path):
+    """The batch job's recall gate: an exhaustive index (nprobe = nlist) has recall 1."""
+    from retailgan.batch import index_recall
+
+    model = load_model(fitted[0].save(tmp_path / "m"))  # a copy: the fixture stays as it is
+    users = sorted(model.users.ids.tolist())
+    exact = model.top_k(users, 3).item_idx
+    nlist = max(1, model.n_items // 40)
+    recall, n = index_recall(model, users, 3, True, "ivf", {"nlist": nlist, "nprobe": nlist})
+    assert (recall, n) == (1.0, len(users)) and model.config.index == "ivf"
+    assert model.top_k(users, 3).item_idx.tolist() == exact.tolist()
+    model.use_index("exact")
+    assert model.config.index == "exact" and model.top_k(users, 3).item_idx.tolist() == exact.tolist()
+
+
 def test_blend_item_prior_is_a_product_of_experts():
     cos = np.array([[0.5, 0.4, 0.1]], np.float32)
     counts = np.array([0.0, 3.0, 0.0])

@@ -10,6 +10,7 @@ ranking, on a scale below any cosine.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -50,9 +51,20 @@ class ScoringMixin:
             self._index = (
                 ExactIndex(self._cfg.emb_dim, self.item_vectors)
                 if kind == "exact"
-                else make_index(kind, self.item_vectors)
+                else make_index(kind, self.item_vectors, **getattr(self, "_index_params", {}))
             )
         return self._index
+
+    def use_index(self, kind: str, **params: object) -> None:
+        """Search generated vectors in a product index of ``kind`` from now on (the config's
+        ``index``: "exact", "hnsw" or "ivf"; ``params`` go to the faiss index)."""
+        if kind == self._cfg.index and dict(params) == getattr(self, "_index_params", {}):
+            return  # the index already built stays
+        cfg = dataclasses.replace(self._cfg, index=kind)
+        cfg.validate()
+        self.config = cfg
+        self._index_params = dict(params)
+        self._index = None
 
     def _encode_rows(self, indptr: np.ndarray, items: np.ndarray) -> torch.Tensor:
         """History encodings of time-ordered product lists (CSR-like ``indptr`` / ``items``)."""
