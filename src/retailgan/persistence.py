@@ -1,4 +1,5 @@
-"""Model files: ``model.json`` (class, config, id maps, catalogue, version) + ``arrays.safetensors``.
+"""Model files: ``model.json`` (the arrays' SHA-256, class, config, id maps, catalogue, version) +
+``arrays.safetensors``.
 
 Loading needs neither the training data nor pickle: arrays come from safetensors, everything else
 from JSON. A directory is written to a temporary sibling first and renamed into place, so a
@@ -22,6 +23,7 @@ mapping of the old file valid.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import mmap as _mmap
@@ -44,6 +46,9 @@ from retailgan.fileio import file_mode, make_temp_dir
 FORMAT_VERSION = 1
 META_FILE = "model.json"
 ARRAYS_FILE = "arrays.safetensors"
+ARRAYS_DIGEST_PREFIX = b'{"arrays_sha256": "'
+"""How model.json starts when it records the SHA-256 and size of arrays.safetensors (``save_model``
+writes them first); an older model.json without them is versioned by hashing both files."""
 
 
 def _csr_arrays(prefix: str, m: sp.csr_matrix) -> dict[str, np.ndarray]:
@@ -170,8 +175,24 @@ def save_model(model: Any, path: str | Path) -> Path:
     }
     with atomic_directory(path) as tmp:
         save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp / ARRAYS_FILE))
+        # The arrays' digest in model.json makes a digest of model.json alone a version of the whole
+        # directory: a loader need not read the weights to name the model (engine.model_version).
+        # First in the file, so that a loader finds it without parsing the rest (ARRAYS_DIGEST_PREFIX).
+        digest, size = file_sha256(tmp / ARRAYS_FILE)
+        meta = {"arrays_sha256": digest, "arrays_bytes": size, **meta}
         (tmp / META_FILE).write_text(json.dumps(meta), encoding="utf-8")
     return path
+
+
+def file_sha256(path: Path) -> tuple[str, int]:
+    """Hex SHA-256 and size in bytes of a file, read in 1 MiB chunks (hashlib releases the
+    interpreter lock for each)."""
+    h, size = hashlib.sha256(), 0
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
 
 
 @contextlib.contextmanager

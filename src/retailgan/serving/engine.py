@@ -33,7 +33,7 @@ import scipy.sparse as sp
 from retailgan.errors import ModelFileError, RetailganError
 from retailgan.explanations import contributions
 from retailgan.models.diversify import gram
-from retailgan.persistence import ARRAYS_FILE, META_FILE, load_model, read_meta
+from retailgan.persistence import ARRAYS_DIGEST_PREFIX, ARRAYS_FILE, META_FILE, load_model, read_meta
 
 
 class RequestError(RetailganError):
@@ -53,13 +53,23 @@ class Product:
 
 
 def model_version(path: Path) -> str:
-    """Model name + first 12 hex digits of sha256 over model.json and arrays.safetensors."""
-    h = hashlib.sha256()
-    for name in (META_FILE, ARRAYS_FILE):
-        with (path / name).open("rb") as fh:
+    """First 12 hex digits of a SHA-256 that names the model directory's content: over model.json
+    alone when it starts with the digest of arrays.safetensors (:func:`~retailgan.persistence.save_model`
+    writes it, so the weights are named without reading them), else over both files."""
+    meta = (path / META_FILE).read_bytes()
+    h = hashlib.sha256(meta)
+    if not meta.startswith(ARRAYS_DIGEST_PREFIX):
+        with (path / ARRAYS_FILE).open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()[:12]
+
+
+def _directory_state(path: Path) -> tuple[str, tuple[int, int, int]]:
+    """What :meth:`ModelBundle.load` compares before and after reading a directory: the version
+    and the arrays file's identity (inode, size, modification time)."""
+    st = (path / ARRAYS_FILE).stat()
+    return model_version(path), (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def add_catalogue_products(model: Any, products: Iterable[Product]) -> int:
@@ -113,11 +123,19 @@ class ModelBundle:
         A model that embeds products from content (``add_products``: featgan, the cold-start
         models) also gets the ``catalogue`` products it was not trained with (products without sales)."""
         path = Path(path)
-        meta = read_meta(path)
         try:
-            version = model_version(path)
+            # Before anything is read: compared after, so that every file read is of one directory.
+            before = _directory_state(path)
         except OSError as exc:
+            if not (path / META_FILE).is_file():
+                read_meta(path)  # its message: no such model directory / not a model directory
             raise ModelFileError(f"{path}: cannot read model files ({exc.strerror or exc})") from None
+        meta = read_meta(path)
+        version = before[0]
+        recorded = meta.get("arrays_bytes")
+        if recorded is not None and recorded != before[1][1]:
+            raise ModelFileError(f"{path / ARRAYS_FILE}: {before[1][1]} bytes, {path / META_FILE} records "
+                                 f"{recorded} (files of two models?)")
         try:
             # Mapped, not read: every process serving or scoring this model shares one copy of its arrays.
             model = load_model(path, mmap=True)
@@ -132,7 +150,7 @@ class ModelBundle:
         if n == 0:
             raise ModelFileError(f"{path}: the model has no items")
         try:
-            changed = model_version(path) != version
+            changed = _directory_state(path) != before
         except OSError:
             changed = True
         if changed:
