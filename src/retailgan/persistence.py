@@ -28,6 +28,7 @@ import json
 import math
 import mmap as _mmap
 import os
+import re
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -46,9 +47,9 @@ from retailgan.fileio import file_mode, make_temp_dir
 FORMAT_VERSION = 1
 META_FILE = "model.json"
 ARRAYS_FILE = "arrays.safetensors"
-ARRAYS_DIGEST_PREFIX = b'{"arrays_sha256": "'
+_RECORDED_ARRAYS = re.compile(rb'\{"arrays_sha256": "([0-9a-f]{64})", "arrays_bytes": (\d+)[,}]')
 """How model.json starts when it records the SHA-256 and size of arrays.safetensors (``save_model``
-writes them first); an older model.json without them is versioned by hashing both files."""
+writes them first, so they are read without parsing the id maps after them)."""
 
 
 def _csr_arrays(prefix: str, m: sp.csr_matrix) -> dict[str, np.ndarray]:
@@ -182,6 +183,13 @@ def save_model(model: Any, path: str | Path) -> Path:
         meta = {"arrays_sha256": digest, "arrays_bytes": size, **meta}
         (tmp / META_FILE).write_text(json.dumps(meta), encoding="utf-8")
     return path
+
+
+def recorded_arrays(meta: bytes) -> tuple[str, int] | None:
+    """The SHA-256 (hex) and size of arrays.safetensors recorded at the start of model.json's
+    bytes ``meta``, or None (a model.json written before they were recorded)."""
+    m = _RECORDED_ARRAYS.match(meta)
+    return (m.group(1).decode(), int(m.group(2))) if m else None
 
 
 def file_sha256(path: Path) -> tuple[str, int]:

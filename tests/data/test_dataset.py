@@ -99,7 +99,11 @@ def test_vocabulary_unknown_ids_near_the_ends_and_prefixes_are_unknown():
     assert v.index(["a", "ba", "bbb", "c", "e", "b"], missing="negative").tolist() == [-1, -1, -1, -1, -1, 0]
     with pytest.raises(UnknownIdError, match="'bbb'"):
         v.index(["b", "bbb"])
-    assert Vocabulary([]).index(["x"], missing="negative").tolist() == [-1]
+    assert Vocabulary([]).index(["x"], missing="negative").tolist() == [-1] and "x" not in Vocabulary([])
+    # One id (the service's per-request lookup) takes its own path: the same answers.
+    for q in ["a", "b", "bb", "bbb", "bbbbbbbbbbbb", "d", "e", "b\x00", "d\x00"]:
+        assert v.index([q], missing="negative")[0] == v.index([q, "zz"], missing="negative")[0]
+        assert (q in v) == (q in {"b", "bb", "d"})
 
 
 def test_vocabulary_refuses_ids_that_numpy_strings_would_shorten():

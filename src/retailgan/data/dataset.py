@@ -66,7 +66,15 @@ class Vocabulary:
         return len(self._ids)
 
     def __contains__(self, raw_id: object) -> bool:
-        return bool(self.index([raw_id], missing="negative")[0] >= 0)
+        return self._find(str(raw_id)) >= 0
+
+    def _find(self, raw: str) -> int:
+        """Index of one id, or -1 (one binary search, a microsecond: the service's per-request lookup)."""
+        if not len(self._keys) or raw.endswith("\x00"):
+            return -1
+        p = int(self._keys.searchsorted(raw))
+        # Compared in full: an id longer than the array's width is never one of ours.
+        return int(self._order[p]) if p < len(self._keys) and str(self._keys[p]) == raw else -1
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Vocabulary) and np.array_equal(self._ids, other._ids)
@@ -84,7 +92,9 @@ class Vocabulary:
         :class:`UnknownIdError` naming the unknown ids; ``missing="negative"`` maps them to -1."""
         raw = np.asarray([str(r) for r in raw_ids], dtype=object)
         out = np.full(len(raw), -1, dtype=np.int64)
-        if len(raw) and len(self._keys):
+        if len(raw) == 1:
+            out[0] = self._find(raw[0])
+        elif len(raw) and len(self._keys):
             q, inexact = _str_array(raw, self.CHUNK)
             sort = np.argsort(q, kind="stable") if len(q) >= self.SORTED_QUERIES else None
             pos = np.empty(len(q), dtype=np.int64)

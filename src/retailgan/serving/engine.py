@@ -33,7 +33,8 @@ import scipy.sparse as sp
 from retailgan.errors import ModelFileError, RetailganError
 from retailgan.explanations import contributions
 from retailgan.models.diversify import gram
-from retailgan.persistence import ARRAYS_DIGEST_PREFIX, ARRAYS_FILE, META_FILE, load_model, read_meta
+from retailgan.models.registry import name_of
+from retailgan.persistence import ARRAYS_FILE, META_FILE, load_model, read_meta, recorded_arrays
 
 
 class RequestError(RetailganError):
@@ -54,22 +55,24 @@ class Product:
 
 def model_version(path: Path) -> str:
     """First 12 hex digits of a SHA-256 that names the model directory's content: over model.json
-    alone when it starts with the digest of arrays.safetensors (:func:`~retailgan.persistence.save_model`
+    alone when it records the digest of arrays.safetensors (:func:`~retailgan.persistence.save_model`
     writes it, so the weights are named without reading them), else over both files."""
+    return _directory_state(path)[0]
+
+
+def _directory_state(path: Path) -> tuple[str, int | None, tuple[int, int, int]]:
+    """The version, the arrays' size that model.json records (None: not recorded), and the arrays
+    file's identity (inode, size, modification time): :meth:`ModelBundle.load` compares them
+    before and after reading a directory."""
     meta = (path / META_FILE).read_bytes()
+    recorded = recorded_arrays(meta)
     h = hashlib.sha256(meta)
-    if not meta.startswith(ARRAYS_DIGEST_PREFIX):
+    if recorded is None:
         with (path / ARRAYS_FILE).open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
-    return h.hexdigest()[:12]
-
-
-def _directory_state(path: Path) -> tuple[str, tuple[int, int, int]]:
-    """What :meth:`ModelBundle.load` compares before and after reading a directory: the version
-    and the arrays file's identity (inode, size, modification time)."""
     st = (path / ARRAYS_FILE).stat()
-    return model_version(path), (st.st_ino, st.st_size, st.st_mtime_ns)
+    return h.hexdigest()[:12], None if recorded is None else recorded[1], (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def add_catalogue_products(model: Any, products: Iterable[Product]) -> int:
@@ -77,7 +80,9 @@ def add_catalogue_products(model: Any, products: Iterable[Product]) -> int:
     from their records); returns how many were added (0 for models without it)."""
     if not hasattr(model, "add_products"):
         return 0
-    new = [p for p in products if p.product_id not in model.items]
+    products = list(products)
+    known = model.items.index([p.product_id for p in products], missing="negative") >= 0
+    new = [p for p, k in zip(products, known, strict=True) if not k]
     if new:
         model.add_products([p.product_id for p in new], [p.title or "" for p in new],
                            [p.category for p in new], [p.price for p in new])
@@ -112,8 +117,8 @@ class ModelBundle:
     def set_recent_sales(self, sales: dict[str, int]) -> None:
         """Give a :attr:`trend_days` model its recent sales (product -> customers; products the
         model does not know are skipped, products not listed count 0)."""
-        items = self.model.items
-        ids = [i for i in sales if i in items]
+        known = self.model.items.index(list(sales), missing="negative") >= 0
+        ids = [i for i, k in zip(sales, known, strict=True) if k]
         self.model.set_recent_sales(ids, [sales[i] for i in ids])
 
     @classmethod
@@ -130,12 +135,7 @@ class ModelBundle:
             if not (path / META_FILE).is_file():
                 read_meta(path)  # its message: no such model directory / not a model directory
             raise ModelFileError(f"{path}: cannot read model files ({exc.strerror or exc})") from None
-        meta = read_meta(path)
-        version = before[0]
-        recorded = meta.get("arrays_bytes")
-        if recorded is not None and recorded != before[1][1]:
-            raise ModelFileError(f"{path / ARRAYS_FILE}: {before[1][1]} bytes, {path / META_FILE} records "
-                                 f"{recorded} (files of two models?)")
+        version, recorded, (_, size, _) = before
         try:
             # Mapped, not read: every process serving or scoring this model shares one copy of its arrays.
             model = load_model(path, mmap=True)
@@ -157,6 +157,9 @@ class ModelBundle:
             # `retailgan train --out` swapped the directory while we read it: the files read may
             # come from two models. Refuse; the next reload reads the new model whole.
             raise ModelFileError(f"{path}: the model directory changed while it was being loaded; reload again")
+        if recorded is not None and recorded != size:  # after the array checks, which name the defect
+            raise ModelFileError(f"{path / ARRAYS_FILE}: {size} bytes, {path / META_FILE} records "
+                                 f"{recorded} (files of two models?)")
         foldin = _check_scores(model, path)
         cats = np.asarray([c if c is not None else "" for c in info.categories], dtype=object)
         index: dict[str, list[int]] = {}
@@ -165,7 +168,7 @@ class ModelBundle:
                 index.setdefault(c, []).append(j)
         bundle = cls(
             model=model,
-            name=str(meta["model"]),
+            name=name_of(type(model)),
             version=version,
             path=path,
             loaded_at=time.time(),
