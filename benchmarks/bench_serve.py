@@ -44,6 +44,13 @@ lock), median of --repeats reloads:
 
     .venv/bin/python benchmarks/bench_serve.py reload --model-dir out/scale/ials-model \
         --store out/scale/store-M.duckdb --work out/bench-serve-M --out docs/results/serve-M-reload.json
+
+A customer's history (``GET /v1/customers/{id}/history``, the store query) on several stores of
+the same events, e.g. one ingested before events were stored in customer order and one after:
+CPU and wall time per call on the same customers, and whether every store gives the same lists:
+
+    .venv/bin/python benchmarks/bench_serve.py history \
+        --stores out/scale/store-M.duckdb,out/scale/store-M-sorted.duckdb --out docs/results/serve-M-history.json
 """
 
 from __future__ import annotations
@@ -323,7 +330,8 @@ def _run_client(coro: object) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", nargs="?", default="run", choices=["run", "client", "capacity", "handler", "reload"])
+    ap.add_argument("mode", nargs="?", default="run",
+                    choices=["run", "client", "capacity", "handler", "reload", "history"])
     ap.add_argument("--rate", type=float, default=200.0)
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--work", type=Path, default=REPO / "out" / "bench-serve")
@@ -337,6 +345,7 @@ def main() -> None:
     ap.add_argument("--ids", type=Path, default=None, help="(client) customer and product ids to draw from")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=3, help="(reload) reloads timed (medians reported)")
+    ap.add_argument("--stores", default="", help="(history) stores of the same events, comma-separated")
     ap.add_argument("--workers", default="1,2", help="(capacity) worker process counts, comma-separated")
     ap.add_argument("--rates", default="200,300,400,500,600", help="(capacity) offered rates, comma-separated")
     ap.add_argument("--p99-ms", type=float, default=20.0, help="(capacity) the latency target")
@@ -354,6 +363,9 @@ def main() -> None:
         return
     if args.mode == "reload":
         reload_cost(args)
+        return
+    if args.mode == "history":
+        history_cost(args)
         return
     if (args.model_dir is None) != (args.store is None):
         raise SystemExit("--model-dir and --store go together")
@@ -499,6 +511,35 @@ def handler_cost(args: argparse.Namespace, calls: int = 500) -> None:
         out["model"] = {"name": b.name, "customers": m.n_users, "products": m.n_items, "dir": str(args.model_dir)}
     out["command"] = " ".join(["python", *sys.argv])
     print(json.dumps(out, indent=1))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=2) + "\n")
+
+
+def history_cost(args: argparse.Namespace, customers: int = 100, limit: int = 20) -> None:
+    """Time a customer's history on each of --stores (same customers) and compare the lists."""
+    from retailgan.serving.storage import ServiceStore
+
+    stores = [Path(s) for s in args.stores.split(",") if s]
+    out: dict[str, Any] = {"customers": customers, "limit": limit, "stores": {}}
+    lists: dict[str, list] = {}
+    ids: list[str] = []
+    for store in stores:
+        svc = ServiceStore(store, read_only=True)
+        try:
+            if not ids:  # a seeded sample of the first store's customers, the same for every store
+                rows = svc.store.con.execute("SELECT user_id FROM users ORDER BY user_id").fetchall()
+                every = [str(r[0]) for r in rows]
+                ids = random.Random(args.seed).sample(every, min(customers, len(every)))
+            svc.history(ids[0], limit)  # warm
+            lists[str(store)] = [svc.history(c, limit) for c in ids]
+            out["stores"][str(store)] = _per_call(lambda c, svc=svc: svc.history(c, limit), ids)
+        finally:
+            svc.close()
+        print(store, json.dumps(out["stores"][str(store)]), flush=True)
+    out["identical_lists"] = all(v == next(iter(lists.values())) for v in lists.values())
+    out["command"] = " ".join(["python", *sys.argv])
+    print(json.dumps(out, indent=1, default=str))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(out, indent=2) + "\n")
