@@ -164,7 +164,7 @@ def group_cpu_s(pgid: int) -> dict[int, float]:
     return total
 
 
-def start_server(store: Path, model: Path, port: int, *extra: str) -> subprocess.Popen:
+def start_server(store: Path, model: Path, port: int, *extra: str, ready_s: float = 120) -> subprocess.Popen:
 
     from retailgan.serving.security import hash_key
     from retailgan.serving.server import wait_ready
@@ -176,7 +176,7 @@ def start_server(store: Path, model: Path, port: int, *extra: str) -> subprocess
         env=env, start_new_session=True,  # its own process group: workers are measured and stopped with it
     )
     try:
-        wait_ready(proc, port, timeout_s=120, poll_s=0.2)
+        wait_ready(proc, port, timeout_s=ready_s, poll_s=0.2)
     except RuntimeError as exc:
         raise SystemExit(str(exc)) from None
     return proc
@@ -345,6 +345,8 @@ def main() -> None:
     ap.add_argument("--ids", type=Path, default=None, help="(client) customer and product ids to draw from")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=3, help="(reload) reloads timed (medians reported)")
+    ap.add_argument("--ready-timeout", type=float, default=600,
+                    help="(run) seconds the server may take to start (featgan at M builds its faiss index)")
     ap.add_argument("--stores", default="", help="(history) stores of the same events, comma-separated")
     ap.add_argument("--workers", default="1,2", help="(capacity) worker process counts, comma-separated")
     ap.add_argument("--rates", default="200,300,400,500,600", help="(capacity) offered rates, comma-separated")
@@ -381,7 +383,7 @@ def main() -> None:
     port = free_port()
     load_at_start = os.getloadavg()[0]
     t_start = time.perf_counter()
-    server = start_server(served, model, port)
+    server = start_server(served, model, port, ready_s=args.ready_timeout)
     startup = {"seconds": round(time.perf_counter() - t_start, 2), "loadavg_1min_before": load_at_start,
                "memory_after_start": proc_memory_mib(server.pid)}
     print("start-up", json.dumps(startup), flush=True)
