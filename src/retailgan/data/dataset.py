@@ -131,7 +131,10 @@ def _str_array(ids: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
     """``ids`` (object array of str) as one fixed-width numpy string array, converted in chunks
     (each a short C call that holds the interpreter lock), and a mask of the ids it does not hold
     exactly (numpy strings drop trailing NUL characters)."""
-    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    lengths = np.empty(len(ids), dtype=np.int64)
+    for start in range(0, len(ids), chunk):
+        part = ids[start : start + chunk]
+        lengths[start : start + len(part)] = np.fromiter(map(len, part), dtype=np.int64, count=len(part))
     out = np.empty(len(ids), dtype=f"<U{max(int(lengths.max(initial=1)), 1)}")
     for start in range(0, len(ids), chunk):
         out[start : start + chunk] = ids[start : start + chunk]
