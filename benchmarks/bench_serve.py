@@ -422,8 +422,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "loadavg_after": os.getloadavg()},
         "model": {"name": "ease", "l2": args.l2, "dir": str(model)} if args.model_dir is None else
-                 {"name": json.loads((model / "model.json").read_text())["model"], "dir": str(model),
-                  "store": str(store)},
+                 _model_info(model) | {"store": str(store)},
         "command": " ".join(["python", *sys.argv]),
         "startup": startup,
         "runs": runs,
@@ -437,6 +436,13 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def _model_info(model: Path) -> dict[str, Any]:
+    """Name, directory and retrieval index (featgan's faiss index, else "exact") of a model directory."""
+    meta = json.loads((model / "model.json").read_text())
+    return {"name": meta["model"], "dir": str(model), "index": meta["config"].get("index", "exact"),
+            "customers": len(meta["user_ids"]), "products": len(meta["item_ids"])}
 
 
 def _per_call(fn: Any, inputs: list) -> dict:
