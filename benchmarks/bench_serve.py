@@ -36,6 +36,21 @@ a known customer's list through the model's top-k path against a dense row of sc
 
     .venv/bin/python benchmarks/bench_serve.py handler --model-dir out/scale/ials-model \
         --store out/scale/store-M.duckdb --work out/bench-serve-M --out docs/results/serve-M-handler.json
+
+A model reload in process, as the service runs it (``ServiceState.reload``: the load in a worker
+thread) while the event loop times a 1 ms sleep over and over: the reload's wall and CPU time and
+how late the loop's timers ran meanwhile (the loop is late when the reload holds the interpreter
+lock), median of --repeats reloads:
+
+    .venv/bin/python benchmarks/bench_serve.py reload --model-dir out/scale/ials-model \
+        --store out/scale/store-M.duckdb --work out/bench-serve-M --out docs/results/serve-M-reload.json
+
+A customer's history (``GET /v1/customers/{id}/history``, the store query) on several stores of
+the same events, e.g. one ingested before events were stored in customer order and one after:
+CPU and wall time per call on the same customers, and whether every store gives the same lists:
+
+    .venv/bin/python benchmarks/bench_serve.py history \
+        --stores out/scale/store-M.duckdb,out/scale/store-M-sorted.duckdb --out docs/results/serve-M-history.json
 """
 
 from __future__ import annotations
@@ -149,7 +164,7 @@ def group_cpu_s(pgid: int) -> dict[int, float]:
     return total
 
 
-def start_server(store: Path, model: Path, port: int, *extra: str) -> subprocess.Popen:
+def start_server(store: Path, model: Path, port: int, *extra: str, ready_s: float = 120) -> subprocess.Popen:
 
     from retailgan.serving.security import hash_key
     from retailgan.serving.server import wait_ready
@@ -161,7 +176,7 @@ def start_server(store: Path, model: Path, port: int, *extra: str) -> subprocess
         env=env, start_new_session=True,  # its own process group: workers are measured and stopped with it
     )
     try:
-        wait_ready(proc, port, timeout_s=120, poll_s=0.2)
+        wait_ready(proc, port, timeout_s=ready_s, poll_s=0.2)
     except RuntimeError as exc:
         raise SystemExit(str(exc)) from None
     return proc
@@ -315,7 +330,8 @@ def _run_client(coro: object) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", nargs="?", default="run", choices=["run", "client", "capacity", "handler"])
+    ap.add_argument("mode", nargs="?", default="run",
+                    choices=["run", "client", "capacity", "handler", "reload", "history"])
     ap.add_argument("--rate", type=float, default=200.0)
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--work", type=Path, default=REPO / "out" / "bench-serve")
@@ -328,6 +344,10 @@ def main() -> None:
     ap.add_argument("--reload-at", type=float, default=None)
     ap.add_argument("--ids", type=Path, default=None, help="(client) customer and product ids to draw from")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=3, help="(reload) reloads timed (medians reported)")
+    ap.add_argument("--ready-timeout", type=float, default=600,
+                    help="(run) seconds the server may take to start (featgan at M builds its faiss index)")
+    ap.add_argument("--stores", default="", help="(history) stores of the same events, comma-separated")
     ap.add_argument("--workers", default="1,2", help="(capacity) worker process counts, comma-separated")
     ap.add_argument("--rates", default="200,300,400,500,600", help="(capacity) offered rates, comma-separated")
     ap.add_argument("--p99-ms", type=float, default=20.0, help="(capacity) the latency target")
@@ -343,6 +363,12 @@ def main() -> None:
     if args.mode == "handler":
         handler_cost(args)
         return
+    if args.mode == "reload":
+        reload_cost(args)
+        return
+    if args.mode == "history":
+        history_cost(args)
+        return
     if (args.model_dir is None) != (args.store is None):
         raise SystemExit("--model-dir and --store go together")
     if args.model_dir is not None:
@@ -357,7 +383,7 @@ def main() -> None:
     port = free_port()
     load_at_start = os.getloadavg()[0]
     t_start = time.perf_counter()
-    server = start_server(served, model, port)
+    server = start_server(served, model, port, ready_s=args.ready_timeout)
     startup = {"seconds": round(time.perf_counter() - t_start, 2), "loadavg_1min_before": load_at_start,
                "memory_after_start": proc_memory_mib(server.pid)}
     print("start-up", json.dumps(startup), flush=True)
@@ -396,8 +422,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "loadavg_after": os.getloadavg()},
         "model": {"name": "ease", "l2": args.l2, "dir": str(model)} if args.model_dir is None else
-                 {"name": json.loads((model / "model.json").read_text())["model"], "dir": str(model),
-                  "store": str(store)},
+                 _model_info(model) | {"store": str(store)},
         "command": " ".join(["python", *sys.argv]),
         "startup": startup,
         "runs": runs,
@@ -411,6 +436,13 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def _model_info(model: Path) -> dict[str, Any]:
+    """Name, directory and retrieval index (featgan's faiss index, else "exact") of a model directory."""
+    meta = json.loads((model / "model.json").read_text())
+    return {"name": meta["model"], "dir": str(model), "index": meta["config"].get("index", "exact"),
+            "customers": len(meta["user_ids"]), "products": len(meta["item_ids"])}
 
 
 def _per_call(fn: Any, inputs: list) -> dict:
@@ -487,6 +519,103 @@ def handler_cost(args: argparse.Namespace, calls: int = 500) -> None:
         out["model"] = {"name": b.name, "customers": m.n_users, "products": m.n_items, "dir": str(args.model_dir)}
     out["command"] = " ".join(["python", *sys.argv])
     print(json.dumps(out, indent=1))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=2) + "\n")
+
+
+def history_cost(args: argparse.Namespace, customers: int = 100, limit: int = 20) -> None:
+    """Time a customer's history on each of --stores (same customers) and compare the lists."""
+    from retailgan.serving.storage import ServiceStore
+
+    stores = [Path(s) for s in args.stores.split(",") if s]
+    out: dict[str, Any] = {"customers": customers, "limit": limit, "stores": {}}
+    lists: dict[str, list] = {}
+    ids: list[str] = []
+    for store in stores:
+        svc = ServiceStore(store, read_only=True)
+        try:
+            if not ids:  # a seeded sample of the first store's customers, the same for every store
+                rows = svc.store.con.execute("SELECT user_id FROM users ORDER BY user_id").fetchall()
+                every = [str(r[0]) for r in rows]
+                ids = random.Random(args.seed).sample(every, min(customers, len(every)))
+            svc.history(ids[0], limit)  # warm
+            lists[str(store)] = [svc.history(c, limit) for c in ids]
+            out["stores"][str(store)] = _per_call(lambda c, svc=svc: svc.history(c, limit), ids)
+        finally:
+            svc.close()
+        print(store, json.dumps(out["stores"][str(store)]), flush=True)
+    out["identical_lists"] = all(v == next(iter(lists.values())) for v in lists.values())
+    out["command"] = " ".join(["python", *sys.argv])
+    print(json.dumps(out, indent=1, default=str))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=2) + "\n")
+
+
+def reload_cost(args: argparse.Namespace) -> None:
+    """Wall and CPU time of a model reload in process, and how late the event loop ran meanwhile."""
+    import statistics
+
+    import numpy as np
+
+    from retailgan.serving.settings import Settings
+    from retailgan.serving.state import ServiceState
+
+    if args.model_dir is None or args.store is None:
+        raise SystemExit("reload needs --model-dir and --store")
+    args.work.mkdir(parents=True, exist_ok=True)
+    served = args.work / "reload.duckdb"
+    shutil.copy(args.store, served)
+    Path(f"{served}.wal").unlink(missing_ok=True)
+    state = ServiceState(Settings(model_dir=args.model_dir, store=served, auth=False))
+    t, c = time.perf_counter(), time.process_time()
+    state.start()  # the start-up load (store, catalogue, model), on this thread
+    out: dict[str, Any] = {"start_s": round(time.perf_counter() - t, 3),
+                           "start_cpu_s": round(time.process_time() - c, 3),
+                           "rss_after_start_mib": proc_memory_mib(os.getpid())["rss_mib"]}
+
+    async def one() -> dict[str, float]:
+        lags: list[float] = []
+        done = asyncio.Event()
+
+        async def ticker() -> None:  # what every request's await sees: how late a 1 ms timer fires
+            while not done.is_set():
+                t0 = time.perf_counter()
+                await asyncio.sleep(0.001)
+                lags.append(time.perf_counter() - t0 - 0.001)
+
+        tick = asyncio.create_task(ticker())
+        await asyncio.sleep(2.0)  # the loop's lateness without a reload: the machine's own share
+        idle = np.asarray(lags) * 1000
+        lags.clear()
+        t0, c0 = time.perf_counter(), time.process_time()
+        await state.reload(publish=False)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        done.set()
+        await tick
+        if state.reload_state != "succeeded":
+            raise SystemExit(f"reload failed: {state.last_error}")
+        lag = np.asarray(lags) * 1000
+        return {"reload_s": wall, "reload_cpu_s": cpu, "loop_lag_max_ms": float(lag.max()),
+                "loop_lag_p99_ms": float(np.percentile(lag, 99)), "loop_lag_p50_ms": float(np.percentile(lag, 50)),
+                # time the loop spent more than 20 ms late (a request's whole p99 budget)
+                "loop_late_over_20ms_s": float(np.clip(lag - 20, 0, None).sum() / 1000),
+                "idle_loop_lag_max_ms": float(idle.max()), "idle_loop_lag_p99_ms": float(np.percentile(idle, 99)),
+                "loadavg_1min": os.getloadavg()[0]}
+
+    runs = []
+    try:
+        for _ in range(args.repeats):
+            runs.append(asyncio.run(one()))
+            print(json.dumps(runs[-1]), flush=True)
+    finally:
+        state.stop()
+    out |= {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0]}
+    out |= {"runs": runs, "rss_after_mib": proc_memory_mib(os.getpid())["rss_mib"],
+            "model": {"name": state.bundle.name if state.bundle else None, "dir": str(args.model_dir)},
+            "command": " ".join(["python", *sys.argv])}
+    print(json.dumps({k: v for k, v in out.items() if k != "runs"}, indent=1))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(out, indent=2) + "\n")

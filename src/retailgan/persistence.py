@@ -1,4 +1,5 @@
-"""Model files: ``model.json`` (class, config, id maps, catalogue, version) + ``arrays.safetensors``.
+"""Model files: ``model.json`` (the arrays' SHA-256, class, config, id maps, catalogue, version) +
+``arrays.safetensors``.
 
 Loading needs neither the training data nor pickle: arrays come from safetensors, everything else
 from JSON. A directory is written to a temporary sibling first and renamed into place, so a
@@ -22,10 +23,12 @@ mapping of the old file valid.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import mmap as _mmap
 import os
+import re
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -44,6 +47,9 @@ from retailgan.fileio import file_mode, make_temp_dir
 FORMAT_VERSION = 1
 META_FILE = "model.json"
 ARRAYS_FILE = "arrays.safetensors"
+_RECORDED_ARRAYS = re.compile(rb'\{"arrays_sha256": "([0-9a-f]{64})", "arrays_bytes": (\d+)[,}]')
+"""How model.json starts when it records the SHA-256 and size of arrays.safetensors (``save_model``
+writes them first, so they are read without parsing the id maps after them)."""
 
 
 def _csr_arrays(prefix: str, m: sp.csr_matrix) -> dict[str, np.ndarray]:
@@ -170,6 +176,11 @@ def save_model(model: Any, path: str | Path) -> Path:
     }
     with atomic_directory(path) as tmp:
         write_arrays(arrays, tmp / ARRAYS_FILE)
+        # The arrays' digest in model.json makes a digest of model.json alone a version of the whole
+        # directory: a loader need not read the weights to name the model (engine.model_version).
+        # First in the file, so that a loader finds it without parsing the rest (ARRAYS_DIGEST_PREFIX).
+        digest, size = file_sha256(tmp / ARRAYS_FILE)
+        meta = {"arrays_sha256": digest, "arrays_bytes": size, **meta}
         (tmp / META_FILE).write_text(json.dumps(meta), encoding="utf-8")
     return path
 
@@ -193,6 +204,24 @@ def write_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
         for key in sorted(arrays):
             a = np.require(arrays[key], dtype=np.dtype(arrays[key].dtype).newbyteorder("<"), requirements="C")
             f.write(memoryview(a.reshape(-1)).cast("B"))
+
+
+def recorded_arrays(meta: bytes) -> tuple[str, int] | None:
+    """The SHA-256 (hex) and size of arrays.safetensors recorded at the start of model.json's
+    bytes ``meta``, or None (a model.json written before they were recorded)."""
+    m = _RECORDED_ARRAYS.match(meta)
+    return (m.group(1).decode(), int(m.group(2))) if m else None
+
+
+def file_sha256(path: Path) -> tuple[str, int]:
+    """Hex SHA-256 and size in bytes of a file, read in 1 MiB chunks (hashlib releases the
+    interpreter lock for each)."""
+    h, size = hashlib.sha256(), 0
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
 
 
 @contextlib.contextmanager

@@ -80,3 +80,60 @@ def test_vocabulary_close_match_forgives_spaces_case_and_a_trailing_point_zero()
     assert vocab.close_match(" 17850 ") == "17850"
     assert vocab.close_match("c12") == "C12" and vocab.close_match("85123a") == "85123A"
     assert vocab.close_match("17850") is None and vocab.close_match("17851") is None
+
+
+def test_vocabulary_lookup_keeps_query_order_and_dtype_for_unsorted_ids():
+    ids = ["C10", "C2", "b", "A", "c1", "é", ""]  # natural order, not code-point order
+    v = Vocabulary(ids)
+    query = ["é", "C2", "nope", "", "C10", "C1", "A"]
+    out = v.index(query, missing="negative")
+    assert out.dtype == np.int64
+    assert out.tolist() == [5, 1, -1, 6, 0, -1, 3]
+    assert v.index([]).tolist() == [] and v.index([]).dtype == np.int64
+    assert "b" in v and "B" not in v and 2 not in Vocabulary(["1"])
+    assert 1 in Vocabulary(["1"])  # raw ids are compared as strings, as before
+
+
+def test_vocabulary_unknown_ids_near_the_ends_and_prefixes_are_unknown():
+    v = Vocabulary(["b", "bb", "d"])
+    assert v.index(["a", "ba", "bbb", "c", "e", "b"], missing="negative").tolist() == [-1, -1, -1, -1, -1, 0]
+    with pytest.raises(UnknownIdError, match="'bbb'"):
+        v.index(["b", "bbb"])
+    assert Vocabulary([]).index(["x"], missing="negative").tolist() == [-1] and "x" not in Vocabulary([])
+    # One id (the service's per-request lookup) takes its own path: the same answers.
+    for q in ["a", "b", "bb", "bbb", "bbbbbbbbbbbb", "d", "e", "b\x00", "d\x00"]:
+        assert v.index([q], missing="negative")[0] == v.index([q, "zz"], missing="negative")[0]
+        assert (q in v) == (q in {"b", "bb", "d"})
+
+
+def test_vocabulary_refuses_ids_that_numpy_strings_would_shorten():
+    with pytest.raises(ValueError, match="NUL"):
+        Vocabulary(["a", "b\x00"])
+    v = Vocabulary(["a", "b"])
+    assert v.index(["a\x00", "b"], missing="negative").tolist() == [-1, 1]  # an inner NUL is an id like any
+    assert Vocabulary(["a\x00b", "a"]).index(["a\x00b"]).tolist() == [0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(st.characters(exclude_characters="\x00"), max_size=6), unique=True, max_size=40),
+       st.lists(st.text(max_size=6), max_size=40))
+def test_vocabulary_lookup_is_a_dict_lookup(ids, others):
+    v = Vocabulary(ids)
+    ref = {s: i for i, s in enumerate(ids)}
+    query = ids[::-1] + others
+    assert v.index(query, missing="negative").tolist() == [ref.get(q, -1) for q in query]
+
+
+def test_vocabulary_large_lookup_sorts_the_queries_and_gives_the_same_answer(monkeypatch):
+    rng = np.random.default_rng(0)
+    ids = [f"u{i}" for i in rng.permutation(500)]
+    query = [f"u{i}" for i in rng.integers(0, 600, 2_000)]
+    v = Vocabulary(ids)
+    small = v.index(query, missing="negative")
+    monkeypatch.setattr(Vocabulary, "SORTED_QUERIES", 10)
+    monkeypatch.setattr(Vocabulary, "CHUNK", 7)
+    assert v.index(query, missing="negative").tolist() == small.tolist()
+    ref = {s: i for i, s in enumerate(ids)}
+    assert small.tolist() == [ref.get(q, -1) for q in query]
+    with pytest.raises(ValueError, match="unique"):
+        Vocabulary([*ids, ids[3]])

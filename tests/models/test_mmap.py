@@ -174,3 +174,52 @@ def test_map_arrays_reads_what_safetensors_wrote(tmp_path):
     for k, v in arrays.items():
         assert got[k].dtype == v.dtype and got[k].shape == v.shape
         np.testing.assert_array_equal(got[k], v)
+
+
+def test_the_version_is_named_by_model_json_which_records_the_arrays_digest(saved, tmp_path):
+    import hashlib
+
+    from retailgan.serving.engine import model_version
+
+    path = tmp_path / "m"
+    shutil.copytree(saved["ials"], path)
+    meta_bytes = (path / "model.json").read_bytes()
+    meta = json.loads(meta_bytes)
+    arrays = (path / ARRAYS_FILE).read_bytes()
+    assert meta["arrays_sha256"] == hashlib.sha256(arrays).hexdigest() and meta["arrays_bytes"] == len(arrays)
+    assert model_version(path) == hashlib.sha256(meta_bytes).hexdigest()[:12] == ModelBundle.load(path).version
+    # A model.json written before the digest was recorded: both files are hashed, as they were.
+    del meta["arrays_sha256"], meta["arrays_bytes"]
+    old = json.dumps(meta).encode()
+    (path / "model.json").write_bytes(old)
+    assert model_version(path) == hashlib.sha256(old + arrays).hexdigest()[:12] == ModelBundle.load(path).version
+
+
+def test_arrays_of_another_size_than_model_json_records_are_refused(saved, tmp_path):
+    path = tmp_path / "m"
+    shutil.copytree(saved["ials"], path)
+    meta = json.loads((path / "model.json").read_text())
+    meta["arrays_bytes"] += 8  # arrays that pass every check, but not the ones model.json describes
+    (path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match=r"arrays.safetensors: \d+ bytes, .*model.json records \d+"):
+        ModelBundle.load(path)
+
+
+def test_a_directory_replaced_while_it_loads_is_refused(saved, tmp_path, monkeypatch):
+    import retailgan.serving.engine as engine
+
+    path = tmp_path / "m"
+    shutil.copytree(saved["ials"], path)
+    real = engine.load_model
+
+    def load_then_replace(p, **kw):
+        model = real(p, **kw)
+        shutil.rmtree(path)
+        shutil.copytree(saved["ials"], path)  # the same model, written again: a new arrays file
+        return model
+
+    monkeypatch.setattr(engine, "load_model", load_then_replace)
+    with pytest.raises(ModelFileError, match="changed while it was being loaded"):
+        ModelBundle.load(path)
+    monkeypatch.setattr(engine, "load_model", real)
+    assert ModelBundle.load(path).version == ModelBundle.load(saved["ials"]).version

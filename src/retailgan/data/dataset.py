@@ -33,21 +33,48 @@ log = logging.getLogger("retailgan.data")
 
 
 class Vocabulary:
-    """A bijection between raw string ids and dense integer indices ``0..n-1``."""
+    """A bijection between raw string ids and dense integer indices ``0..n-1``.
 
-    __slots__ = ("_ids", "_index")
+    Ids are looked up by binary search in a sorted copy of them (a fixed-width numpy string array
+    and the permutation that sorts them), not through a dict: at a million customers a dict takes
+    half a second of Python bytecode to build, during which a service's event loop shares the
+    interpreter with the model reload; the conversion here runs in C in short chunks and the sort
+    releases the interpreter lock. Ids may not end with a NUL character (numpy strings drop them)."""
+
+    __slots__ = ("_ids", "_keys", "_order")
+
+    CHUNK = 1 << 16
+    """Ids converted to the sorted key array per C call (other threads run between chunks)."""
+    SORTED_QUERIES = 1 << 16
+    """Lookups of at least this many ids sort them first (binary searches in order hit the cache)."""
 
     def __init__(self, ids: Iterable[str]) -> None:
         self._ids = np.asarray([str(i) for i in ids], dtype=object)
-        self._index: dict[str, int] = {str(v): i for i, v in enumerate(self._ids)}
-        if len(self._index) != len(self._ids):
+        keys, inexact = _str_array(self._ids, self.CHUNK)
+        if inexact.any():
+            raise ValueError(f"vocabulary id {self._ids[np.flatnonzero(inexact)[0]]!r} ends with a NUL character")
+        if len(keys) > 1 and bool((keys[1:] > keys[:-1]).all()):
+            self._order = np.arange(len(keys), dtype=np.int64)  # already sorted: no sort, no permutation
+        else:
+            self._order = np.argsort(keys, kind="stable").astype(np.int64, copy=False)
+            keys = keys[self._order]
+        if len(keys) > 1 and bool((keys[1:] == keys[:-1]).any()):
             raise ValueError("vocabulary ids must be unique")
+        self._keys = keys
 
     def __len__(self) -> int:
         return len(self._ids)
 
     def __contains__(self, raw_id: object) -> bool:
-        return str(raw_id) in self._index
+        return self._find(str(raw_id)) >= 0
+
+    def _find(self, raw: str) -> int:
+        """Index of one id, or -1 (one binary search, a microsecond: the service's per-request lookup)."""
+        if not len(self._keys) or raw.endswith("\x00"):
+            return -1
+        p = int(self._keys.searchsorted(raw))
+        # Compared in full: an id longer than the array's width is never one of ours.
+        return int(self._order[p]) if p < len(self._keys) and str(self._keys[p]) == raw else -1
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Vocabulary) and np.array_equal(self._ids, other._ids)
@@ -61,12 +88,25 @@ class Vocabulary:
         return self._ids
 
     def index(self, raw_ids: Iterable[object], *, missing: str = "error", kind: str = "id") -> np.ndarray:
-        """Indices of ``raw_ids``. ``missing="error"`` raises :class:`UnknownIdError` naming the
-        unknown ids; ``missing="negative"`` maps them to -1."""
-        raw = [str(r) for r in raw_ids]
-        out = np.fromiter((self._index.get(r, -1) for r in raw), dtype=np.int64, count=len(raw))
+        """Indices of ``raw_ids`` (int64, in the order given). ``missing="error"`` raises
+        :class:`UnknownIdError` naming the unknown ids; ``missing="negative"`` maps them to -1."""
+        raw = np.asarray([str(r) for r in raw_ids], dtype=object)
+        out = np.full(len(raw), -1, dtype=np.int64)
+        if len(raw) == 1:
+            out[0] = self._find(raw[0])
+        elif len(raw) and len(self._keys):
+            q, inexact = _str_array(raw, self.CHUNK)
+            sort = np.argsort(q, kind="stable") if len(q) >= self.SORTED_QUERIES else None
+            pos = np.empty(len(q), dtype=np.int64)
+            if sort is None:
+                pos[:] = np.searchsorted(self._keys, q)
+            else:
+                pos[sort] = np.searchsorted(self._keys, q[sort])
+            np.minimum(pos, len(self._keys) - 1, out=pos)
+            found = (self._keys[pos] == q) & ~inexact  # an id ending in NUL is never one of ours
+            out[found] = self._order[pos[found]]
         if missing == "error" and (out < 0).any():
-            unknown = [r for r, i in zip(raw, out, strict=True) if i < 0]
+            unknown = [str(r) for r, i in zip(raw, out, strict=True) if i < 0]
             raise UnknownIdError(kind, unknown)
         return out
 
@@ -82,9 +122,23 @@ class Vocabulary:
             return re.sub(r"\.0+$", "", s.strip()).lower()
 
         key = norm(str(raw_id))
-        if key in self._index and key != raw_id:
+        if key != raw_id and key in self:
             return key
         return next((i for i in self._ids if norm(i) == key and i != raw_id), None)
+
+
+def _str_array(ids: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """``ids`` (object array of str) as one fixed-width numpy string array, converted in chunks
+    (each a short C call that holds the interpreter lock), and a mask of the ids it does not hold
+    exactly (numpy strings drop trailing NUL characters)."""
+    lengths = np.empty(len(ids), dtype=np.int64)
+    for start in range(0, len(ids), chunk):
+        part = ids[start : start + chunk]
+        lengths[start : start + len(part)] = np.fromiter(map(len, part), dtype=np.int64, count=len(part))
+    out = np.empty(len(ids), dtype=f"<U{max(int(lengths.max(initial=1)), 1)}")
+    for start in range(0, len(ids), chunk):
+        out[start : start + chunk] = ids[start : start + chunk]
+    return out, np.strings.str_len(out) != lengths
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,8 @@ def new_products(
     tit = np.asarray(list(titles), dtype=object)
     if not (len(tit) == len(cats) == len(pr) == n):
         raise ConfigError(f"add_products: {n} ids, {len(tit)} titles, {len(cats)} categories, {len(pr)} prices")
-    dup = [i for i in ids if i in model.items] + [i for i in set(ids) if ids.count(i) > 1]
+    known = model.items.index(ids, missing="negative") >= 0
+    dup = [i for i, k in zip(ids, known, strict=True) if k] + [i for i in set(ids) if ids.count(i) > 1]
     if dup:
         raise ConfigError(f"add_products: product id(s) already in the catalogue or repeated: {sorted(set(dup))[:10]}")
     return NewProducts(ids, tit, cats, pr)

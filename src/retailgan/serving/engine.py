@@ -33,7 +33,8 @@ import scipy.sparse as sp
 from retailgan.errors import ModelFileError, RetailganError
 from retailgan.explanations import contributions
 from retailgan.models.diversify import gram
-from retailgan.persistence import ARRAYS_FILE, META_FILE, load_model, read_meta
+from retailgan.models.registry import name_of
+from retailgan.persistence import ARRAYS_FILE, META_FILE, load_model, read_meta, recorded_arrays
 
 
 class RequestError(RetailganError):
@@ -53,13 +54,25 @@ class Product:
 
 
 def model_version(path: Path) -> str:
-    """Model name + first 12 hex digits of sha256 over model.json and arrays.safetensors."""
-    h = hashlib.sha256()
-    for name in (META_FILE, ARRAYS_FILE):
-        with (path / name).open("rb") as fh:
+    """First 12 hex digits of a SHA-256 that names the model directory's content: over model.json
+    alone when it records the digest of arrays.safetensors (:func:`~retailgan.persistence.save_model`
+    writes it, so the weights are named without reading them), else over both files."""
+    return _directory_state(path)[0]
+
+
+def _directory_state(path: Path) -> tuple[str, int | None, tuple[int, int, int]]:
+    """The version, the arrays' size that model.json records (None: not recorded), and the arrays
+    file's identity (inode, size, modification time): :meth:`ModelBundle.load` compares them
+    before and after reading a directory."""
+    meta = (path / META_FILE).read_bytes()
+    recorded = recorded_arrays(meta)
+    h = hashlib.sha256(meta)
+    if recorded is None:
+        with (path / ARRAYS_FILE).open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
-    return h.hexdigest()[:12]
+    st = (path / ARRAYS_FILE).stat()
+    return h.hexdigest()[:12], None if recorded is None else recorded[1], (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def add_catalogue_products(model: Any, products: Iterable[Product]) -> int:
@@ -67,7 +80,9 @@ def add_catalogue_products(model: Any, products: Iterable[Product]) -> int:
     from their records); returns how many were added (0 for models without it)."""
     if not hasattr(model, "add_products"):
         return 0
-    new = [p for p in products if p.product_id not in model.items]
+    products = list(products)
+    known = model.items.index([p.product_id for p in products], missing="negative") >= 0
+    new = [p for p, k in zip(products, known, strict=True) if not k]
     if new:
         model.add_products([p.product_id for p in new], [p.title or "" for p in new],
                            [p.category for p in new], [p.price for p in new])
@@ -102,8 +117,8 @@ class ModelBundle:
     def set_recent_sales(self, sales: dict[str, int]) -> None:
         """Give a :attr:`trend_days` model its recent sales (product -> customers; products the
         model does not know are skipped, products not listed count 0)."""
-        items = self.model.items
-        ids = [i for i in sales if i in items]
+        known = self.model.items.index(list(sales), missing="negative") >= 0
+        ids = [i for i, k in zip(sales, known, strict=True) if k]
         self.model.set_recent_sales(ids, [sales[i] for i in ids])
 
     @classmethod
@@ -113,11 +128,14 @@ class ModelBundle:
         A model that embeds products from content (``add_products``: featgan, the cold-start
         models) also gets the ``catalogue`` products it was not trained with (products without sales)."""
         path = Path(path)
-        meta = read_meta(path)
         try:
-            version = model_version(path)
+            # Before anything is read: compared after, so that every file read is of one directory.
+            before = _directory_state(path)
         except OSError as exc:
+            if not (path / META_FILE).is_file():
+                read_meta(path)  # its message: no such model directory / not a model directory
             raise ModelFileError(f"{path}: cannot read model files ({exc.strerror or exc})") from None
+        version, recorded, (_, size, _) = before
         try:
             # Mapped, not read: every process serving or scoring this model shares one copy of its arrays.
             model = load_model(path, mmap=True)
@@ -132,13 +150,16 @@ class ModelBundle:
         if n == 0:
             raise ModelFileError(f"{path}: the model has no items")
         try:
-            changed = model_version(path) != version
+            changed = _directory_state(path) != before
         except OSError:
             changed = True
         if changed:
             # `retailgan train --out` swapped the directory while we read it: the files read may
             # come from two models. Refuse; the next reload reads the new model whole.
             raise ModelFileError(f"{path}: the model directory changed while it was being loaded; reload again")
+        if recorded is not None and recorded != size:  # after the array checks, which name the defect
+            raise ModelFileError(f"{path / ARRAYS_FILE}: {size} bytes, {path / META_FILE} records "
+                                 f"{recorded} (files of two models?)")
         foldin = _check_scores(model, path)
         cats = np.asarray([c if c is not None else "" for c in info.categories], dtype=object)
         index: dict[str, list[int]] = {}
@@ -147,7 +168,7 @@ class ModelBundle:
                 index.setdefault(c, []).append(j)
         bundle = cls(
             model=model,
-            name=str(meta["model"]),
+            name=name_of(type(model)),
             version=version,
             path=path,
             loaded_at=time.time(),
