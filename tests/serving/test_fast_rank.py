@@ -86,3 +86,13 @@ def test_featgan_with_a_faiss_index_serves_its_index_lists(built, tmp_path):
             want = served.top_k([user], 3, exclude=["i0_1"])
             assert got["strategy"] == "model"
             assert [it["product_id"] for it in got["items"]] == [str(i) for i in want.item_ids[0] if i is not None]
+        # A session is searched in the same index: the lists of recommend_histories, no dense row.
+        session = [str(i) for i in ds.items.ids[:3]]
+        calls = []
+        real = bundle.rank_history
+        bundle.rank_history = lambda *a: calls.append(a) or real(*a)
+        got = rec(c, product_ids=session, k=4, exclude=["i0_1"])
+        want = served.recommend_histories([session], 4, exclude=["i0_1"])
+        assert calls and got["strategy"] == "session"
+        assert [it["product_id"] for it in got["items"]] == [str(i) for i in want.item_ids[0] if i is not None]
+        assert not set(session) & {it["product_id"] for it in got["items"]}

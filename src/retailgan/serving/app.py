@@ -556,6 +556,7 @@ def _recommend(state: ServiceState, b: ModelBundle, req: S.RecommendationRequest
     known = False
     empty = np.zeros(0, dtype=np.int64)
     scores: np.ndarray | None = None
+    query: np.ndarray | None = None  # an ad-hoc history to score (fold-in, session)
     u = -1
     if req.customer_id is not None:
         u = b.user_index(req.customer_id)
@@ -564,7 +565,7 @@ def _recommend(state: ServiceState, b: ModelBundle, req: S.RecommendationRequest
         new_idx = new_idx[new_idx >= 0]
         hist = np.union1d(b.seen_items(u) if known else empty, new_idx)
         if len(new_idx) and b.foldin:
-            scores, strategy = b.score_history(hist), "fold-in"
+            query, strategy = hist, "fold-in"
         elif known:
             strategy = "model"  # scored below: the model's top-k path where it has one
             if len(new_idx):
@@ -582,7 +583,7 @@ def _recommend(state: ServiceState, b: ModelBundle, req: S.RecommendationRequest
             notes.append(f"{int((idx < 0).sum())} product(s) of the session are not in the model and were ignored")
         hist = np.unique(idx[idx >= 0])
         if len(hist) and b.foldin:
-            scores, strategy = b.score_history(hist), "session"
+            query, strategy = hist, "session"
         else:
             scores, strategy = b.popularity.copy(), "popular"
             if len(hist):
@@ -593,12 +594,17 @@ def _recommend(state: ServiceState, b: ModelBundle, req: S.RecommendationRequest
         banned = np.union1d(banned, ex[ex >= 0])
     allowed = _allowed(state, b, req)
     pool_k = 3 * req.k if req.diversity > 0 else req.k  # diversity re-ranks the best 3 k
-    if scores is None and b.fast_top_k(u):
+    if query is not None and b.index_ranks_histories():
+        # A history searched in the model's retrieval index: no dense row over the catalogue.
+        top, sc = b.rank_history(query, pool_k, banned, allowed)
+    elif scores is None and query is None and b.fast_top_k(u):
         # No dense row over the catalogue: the model's exact top-k (factor models score a
         # norm-ordered prefix of the products for most customers, docs/benchmarks.md, Scale).
         top, sc = b.rank_known(u, pool_k, banned, allowed)
     else:
-        scores = np.array(b.score_user(u) if scores is None else scores, dtype=np.float64)
+        if scores is None:
+            scores = b.score_user(u) if query is None else b.score_history(query)
+        scores = np.array(scores, dtype=np.float64)
         scores[banned] = -np.inf
         if allowed is not None:
             scores[~allowed] = -np.inf

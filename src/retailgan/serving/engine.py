@@ -220,6 +220,27 @@ class ModelBundle:
             return True
         return getattr(getattr(self.model, "config", None), "index", "exact") != "exact"
 
+    def index_ranks_histories(self) -> bool:
+        """Whether ad-hoc histories (sessions, a known customer's history with new events) are
+        ranked by :meth:`rank_history` through the model's retrieval index rather than a dense row
+        of scores: featgan with ``index`` "hnsw" or "ivf" (its ``recommend_histories`` lists)."""
+        index = getattr(getattr(self.model, "config", None), "index", "exact")
+        return hasattr(self.model, "_rank") and index != "exact"
+
+    def rank_history(
+        self, idx: Iterable[int], k: int, banned: np.ndarray, allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Indices and scores of the k best products for the history ``idx`` (column order, as
+        :meth:`score_history` orders it), best first, without ``banned`` and only ``allowed`` (a
+        mask; None: all), through the model's index: the lists of ``recommend_histories``."""
+        items = np.unique(np.fromiter(idx, dtype=np.int64))
+        samples, diversity = self.model._slate_params(None, None)
+        top, scores = self.model._rank(np.asarray([0, len(items)], np.int64), items, k,
+                                       [np.unique(np.asarray(banned, dtype=np.int64))],
+                                       None if allowed is None else np.flatnonzero(allowed), samples, diversity)
+        keep = top[0] >= 0
+        return top[0][keep], np.asarray(scores[0][keep], dtype=np.float64)
+
     def rank_known(
         self, u: int, k: int, banned: np.ndarray, allowed: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
