@@ -7,10 +7,15 @@ thread limit only, as the fit did before numpy's BLAS pools were limited too. Re
 the median over repeats of the whole fit, of the time to the first epoch's end less one epoch
 (the setup: feature space, examples, networks), and of the median epoch (training + validation),
 and the largest difference between the two ways' product features and fitted weights (each way
-is checked to repeat itself bit for bit).
+is checked to repeat itself bit for bit). ``--profile N`` instead profiles one training epoch of
+``N`` examples (after a first, warm-up epoch) with ``torch.profiler`` and reports each operator's
+share of the epoch and the share of the held-out encoder inputs built in numpy.
 
     python benchmarks/featgan_speed.py --store out/ml100k.duckdb \\
-        --params '{"targets": "held-out", "collab_dim": 128}' --json docs/results/featgan-speed.json
+        --params '{"targets": "held-out", "collab_dim": 128}' --json docs/results/featgan-speed-movielens-100k.json
+    python benchmarks/featgan_speed.py --store out/ml100k.duckdb \\
+        --params '{"targets": "held-out", "collab_dim": 128}' --profile 10240 \\
+        --json docs/results/featgan-profile-movielens-100k.json
 """
 
 from __future__ import annotations
@@ -51,6 +56,37 @@ def fit_once(s: Any, params: dict[str, Any], limited: bool) -> tuple[dict[str, f
     return times, {k: np.asarray(v) for k, v in model._state().items()}
 
 
+def profile_epoch(s: Any, params: dict[str, Any], examples: int) -> dict[str, Any]:
+    """Operator shares of one featgan epoch of ``examples`` examples, under the fit's thread limits."""
+    import cProfile
+    import pstats
+
+    from threadpoolctl import threadpool_limits
+    from torch.profiler import ProfilerActivity, profile
+
+    model = FeatureGAN(**{**params, "epoch_examples": examples})
+    with torch_threads(1), threadpool_limits(1, user_api="blas"):
+        model.users, model.items, model.item_info = s.train_inner.users, s.train_inner.items, s.train_inner.item_info
+        model.seen = s.train_inner.matrix()
+        model.popularity = s.train_inner.item_popularity().astype(np.float32)
+        model.init_training(s.train_inner, TrainingOptions(seed=0))
+        model.train_epoch(1)  # warm-up
+        py = cProfile.Profile()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            start = time.perf_counter()
+            py.enable()
+            model.train_epoch(2)
+            py.disable()
+            wall = time.perf_counter() - start
+    ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in ops) / 1e6
+    stats = pstats.Stats(py).stats  # type: ignore[attr-defined]
+    inputs = sum(v[3] for k, v in stats.items() if k[2] in ("held_out_input", "history_input"))
+    return {"examples": examples, "epoch_s": wall, "ms_per_example": wall / examples * 1000,
+            "torch_ops_s": total, "encoder_inputs_share": inputs / wall, "load_avg_1m": os.getloadavg()[0],
+            "ops_share": {e.key: e.self_cpu_time_total / 1e6 / wall for e in ops[:12]}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", type=Path, required=True)
@@ -59,11 +95,25 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--epoch-examples", type=int, default=16384)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--profile", type=int, default=0, help="profile one epoch of this many examples instead")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+    s = split(load_dataset(args.store), "cold-items", seed=args.seed)
+    if args.profile:
+        doc = profile_epoch(s, json.loads(args.params), args.profile)
+        print(json.dumps(doc, indent=1))
+    else:
+        doc = compare(s, args)
+    if args.json:
+        tmp = args.json.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
+        tmp.replace(args.json)
+
+
+def compare(s: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The side-by-side fits (module docstring)."""
     params = {**json.loads(args.params), "epochs": args.epochs, "patience": args.epochs,
               "epoch_examples": args.epoch_examples}
-    s = split(load_dataset(args.store), "cold-items", seed=args.seed)
     runs: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
     states: dict[str, dict[str, np.ndarray]] = {}
     for r in range(args.repeats):
@@ -82,10 +132,7 @@ def main() -> None:
            "cpus": os.cpu_count(), "max_abs_diff": same, "median": summary, "runs": runs,
            "speedup_fit": summary["before"]["fit_s"] / summary["after"]["fit_s"]}
     print(json.dumps({k: doc[k] for k in ("max_abs_diff", "median", "speedup_fit")}, indent=1))
-    if args.json:
-        tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
-        tmp.replace(args.json)
+    return doc
 
 
 if __name__ == "__main__":
