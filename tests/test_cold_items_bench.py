@@ -33,7 +33,7 @@ def store(tmp_path_factory):
 def _args(store, out, seeds, models="pop,contentknn", **kw):
     return argparse.Namespace(store=store, name="shop", seeds=seeds, models=models, trials=0, params=None,
                               json=str(out), command=f"run {seeds}", resume=kw.get("resume", False),
-                              merge=kw.get("merge"))
+                              merge=kw.get("merge"), tuned=kw.get("tuned"))
 
 
 def test_resume_runs_only_missing_rows_and_merge_takes_other_files(store, tmp_path):
@@ -53,6 +53,16 @@ def test_resume_runs_only_missing_rows_and_merge_takes_other_files(store, tmp_pa
     assert merged["runs"]["pop"]["1"] == doc["runs"]["pop"]["1"] and set(merged["runs"]["contentknn"]) == {"0", "1"}
     text = cold_items.table(out, other)
     assert "| contentknn |" in text and "| 2 |" in text
+
+
+def test_tuned_settings_are_used_without_a_tuning_run(store, tmp_path):
+    out = tmp_path / "a.json"
+    cold_items.run(_args(store, out, "0", models="contentknn", tuned=json.dumps({"contentknn": {"text_dim": 8}})))
+    doc, _ = cold_items.load_results(out)
+    tuned = doc["tuned"]["contentknn"]
+    assert tuned["params"] == {"text_dim": 8} and tuned["source"] == "--tuned" and tuned["tune_s"] is None
+    assert set(doc["runs"]["contentknn"]) == {"0"}
+    assert "| contentknn |" in cold_items.table(out)
 
 
 def test_merge_refuses_another_dataset(store, tmp_path):
