@@ -6,7 +6,9 @@ mixed (hybrid) list the new products deserve a boost that the training examples 
 validation`` fits featgan on the inner training part of seed ``--seeds``' split and reports the
 three views on the validation part for every shift of ``--shifts`` (added to the cosine score of
 the products without training pairs); ``--part test`` fits on the training part of each seed and
-reports the views on the test part with the one ``--shifts`` value chosen on validation.
+reports the views on the test part with the one ``--shifts`` value chosen on validation. Without
+``epochs`` in ``--params``, ``--part validation`` also chooses the epoch count by early stopping
+on the validation part (as ``cold_items.py --trials 0`` does) and reports it.
 ``--save-dir`` / ``--load-dir`` keep the fitted models between runs (the same fit either way).
 
     python benchmarks/cold_calibration.py --store out/ml100k.duckdb --part validation --seeds 0 \\
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -68,8 +71,14 @@ def main() -> None:
         if args.load_dir is not None:
             model = load_model(args.load_dir / name)
         else:
-            model = FeatureGAN(**json.loads(args.params))
-            model.fit(s.train_inner if args.part == "validation" else s.train, TrainingOptions(seed=seed))
+            params = json.loads(args.params)
+            # Without "epochs", the validation part also picks the epoch count by early stopping
+            # (what cold_items.py's --trials 0 does), so one fit gives both epochs and shift.
+            stop = s.validation if args.part == "validation" and "epochs" not in params else None
+            model = FeatureGAN(**params)
+            model.fit(s.train_inner if args.part == "validation" else s.train,
+                      TrainingOptions(seed=seed, validation=stop, callback=lambda e, logged: print(
+                          f"epoch {e}", {k: round(v, 4) for k, v in logged.items()}, flush=True)))
             if args.save_dir is not None:
                 model.save(args.save_dir / name)
         fit_s = time.perf_counter() - t
@@ -80,8 +89,9 @@ def main() -> None:
             print(args.part, seed, shift, {v: round(r["ndcg@20"], 4) for v, r in rows[str(shift)].items()}, flush=True)
         if args.json:
             doc = json.loads(args.json.read_text(encoding="utf-8")) if args.json.exists() else {}
-            doc.setdefault(args.part, {})[str(seed)] = {"params": json.loads(args.params) or model.config.to_dict(),
-                                                        "fit_s": fit_s, "shifts": rows}
+            doc.setdefault(args.part, {})[str(seed)] = {
+                "params": json.loads(args.params) or model.config.to_dict(), "fit_s": fit_s,
+                "best_epoch": getattr(model, "best_epoch", None), "load_avg_1m": os.getloadavg()[0], "shifts": rows}
             tmp = args.json.with_suffix(".tmp")
             tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
             tmp.replace(args.json)

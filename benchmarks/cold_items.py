@@ -12,7 +12,9 @@ NDCG@20 arrays beside it, ``<json>.per-user.npz``) is rewritten atomically after
 (seed, model), so an interrupted run keeps the rows it finished; ``--resume`` continues it (the
 (seed, model) pairs already in the JSON are not run again). ``--merge`` takes the tuned settings
 and runs of other result files of the same dataset (the splits are checked to be the same), so
-more seeds can be added to a row with the settings it was tuned with.
+more seeds can be added to a row with the settings it was tuned with. ``--tuned`` gives a model
+settings chosen on the same validation part by another script (featgan's epochs and
+``cold_shift`` by ``benchmarks/cold_calibration.py``), run without a tuning run of its own.
 
     python benchmarks/cold_items.py --store out/ml100k.duckdb --name movielens-100k --seeds 0,1,2 \\
         --trials 0 --json docs/results/cold-movielens-100k.json
@@ -141,6 +143,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for path in args.merge or []:
         merge_into(doc, per_user, *load_results(path), str(path))
     doc["commands"] = [*doc.get("commands", []), args.command]  # after those of resumed / merged files
+    for name, params in (json.loads(args.tuned) if args.tuned else {}).items():
+        # Settings chosen on the first seed's validation part by another script (the epochs and
+        # featgan's cold_shift by benchmarks/cold_calibration.py): no tuning run here.
+        doc["tuned"].setdefault(name, {"params": params, "validation_ndcg@20": None, "tune_s": None,
+                                       "seed": seeds[0], "source": "--tuned"})
 
     def save() -> None:
         doc["seeds"] = sorted({int(x) for runs in doc["runs"].values() for x in runs})
@@ -234,6 +241,25 @@ def paired_tests(doc: dict[str, Any], per_user: dict[tuple[int, str, str], np.nd
     return out
 
 
+def versus_table(doc: dict[str, Any]) -> list[str]:
+    """featgan minus every other row, NDCG@20 per view: the mean difference over the seeds both
+    ran, the paired t-test over those seeds' means, and in how many of them featgan is ahead."""
+    if "featgan" not in doc["runs"]:
+        return []
+    others = [n for n in doc["summary"] if n != "featgan"]
+    lines = ["| view | " + " | ".join(others) + " |", "|:---|" + "---:|" * len(others)]
+    for v in VIEWS:
+        cells = []
+        for o in others:
+            seeds = sorted(set(doc["runs"]["featgan"]) & set(doc["runs"][o]), key=int)
+            d = np.array([doc["runs"]["featgan"][s]["views"][v]["ndcg@20"] - doc["runs"][o][s]["views"][v]["ndcg@20"]
+                          for s in seeds])
+            p = f"p {sps.ttest_1samp(d, 0.0).pvalue:.2g}, " if len(d) > 1 and np.any(d) else ""
+            cells.append(f"{d.mean():+.4f} ({p}{int((d > 0).sum())}/{len(d)})" if len(d) else "")
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def table(*files: str | Path) -> str:
     """The markdown table of docs/benchmarks-cold.md for one dataset from result files of it: the
     runs of all files together (a (seed, model) run already read is kept from the earlier file),
@@ -253,6 +279,7 @@ def table(*files: str | Path) -> str:
         tune_s = "" if row.get("tune_s") is None else f"{row['tune_s']:.0f}"
         times = f" | {row['seeds']} | {row['fit_s']:.1f} | {tune_s} | {row['recommend_ms']:.2f} |"
         lines.append(f"| {name} | " + " | ".join(cells) + times)
+    lines += ["", *versus_table(doc)]
     for v, t in doc.get("paired", {}).items():
         p = t["p_ttest_over_seeds"]
         ps = ", ".join(f"{d['p_ttest']:.2g}" for d in t["per_seed"].values()) or "n/a (arrays not stored)"
@@ -270,6 +297,8 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--trials", type=int, default=0)
     ap.add_argument("--params", default=None, help='fixed parameters per model, JSON: {"bpr": {"epochs": 20}}')
+    ap.add_argument("--tuned", default=None,
+                    help='settings per model chosen on validation elsewhere, used without tuning: {"featgan": {...}}')
     ap.add_argument("--json", default=None)
     ap.add_argument("--resume", action="store_true",
                     help="continue the --json file: keep its tuned settings and runs, run what it lacks")

@@ -33,7 +33,7 @@ def store(tmp_path_factory):
 def _args(store, out, seeds, models="pop,contentknn", **kw):
     return argparse.Namespace(store=store, name="shop", seeds=seeds, models=models, trials=0, params=None,
                               json=str(out), command=f"run {seeds}", resume=kw.get("resume", False),
-                              merge=kw.get("merge"))
+                              merge=kw.get("merge"), tuned=kw.get("tuned"))
 
 
 def test_resume_runs_only_missing_rows_and_merge_takes_other_files(store, tmp_path):
@@ -53,6 +53,16 @@ def test_resume_runs_only_missing_rows_and_merge_takes_other_files(store, tmp_pa
     assert merged["runs"]["pop"]["1"] == doc["runs"]["pop"]["1"] and set(merged["runs"]["contentknn"]) == {"0", "1"}
     text = cold_items.table(out, other)
     assert "| contentknn |" in text and "| 2 |" in text
+
+
+def test_tuned_settings_are_used_without_a_tuning_run(store, tmp_path):
+    out = tmp_path / "a.json"
+    cold_items.run(_args(store, out, "0", models="contentknn", tuned=json.dumps({"contentknn": {"text_dim": 8}})))
+    doc, _ = cold_items.load_results(out)
+    tuned = doc["tuned"]["contentknn"]
+    assert tuned["params"] == {"text_dim": 8} and tuned["source"] == "--tuned" and tuned["tune_s"] is None
+    assert set(doc["runs"]["contentknn"]) == {"0"}
+    assert "| contentknn |" in cold_items.table(out)
 
 
 def test_merge_refuses_another_dataset(store, tmp_path):
@@ -81,3 +91,20 @@ def test_content_catalogue_titles_reach_the_store(tmp_path):
     ds = load_dataset(tmp_path / "s.duckdb")
     titles = dict(zip(ds.items.ids, ds.item_info.titles, strict=True))
     assert titles["1"] == "attr7 attr3" and titles["3"] == "attr9"
+
+
+def test_versus_table_pairs_featgan_with_every_row_on_common_seeds():
+    def run(c, w, h):
+        return {"views": {"cold": {"ndcg@20": c}, "warm": {"ndcg@20": w}, "hybrid": {"ndcg@20": h}}}
+
+    doc = {"runs": {"pop": {"0": run(0.1, 0.1, 0.1), "1": run(0.2, 0.1, 0.1), "2": run(0.3, 0.1, 0.1)},
+                    "featgan": {"0": run(0.2, 0.1, 0.0), "1": run(0.4, 0.1, 0.2)}}}
+    doc["summary"] = {"pop": {}, "featgan": {}}
+    lines = cold_items.versus_table(doc)
+    assert lines[0] == "| view | pop |"
+    cold, warm, hybrid = lines[2:]
+    # Seeds 0 and 1 only (featgan has no seed 2): +0.1 and +0.2, both ahead.
+    assert cold.startswith("| cold | +0.1500 (p ") and cold.endswith(", 2/2) |")
+    assert warm == "| warm | +0.0000 (0/2) |"  # no difference: no test
+    assert hybrid.startswith("| hybrid | +0.0000 (p ") and hybrid.endswith("1/2) |")
+    assert cold_items.versus_table({"runs": {"pop": {}}, "summary": {"pop": {}}}) == []

@@ -159,3 +159,30 @@ def test_tune_uses_validation_only_and_sets_epochs():
     res_recent = tune("recent", s, n_trials=3, seed=0, fixed={"base": "ease", "base_params": {"l2": 1.0}})
     assert res_recent.params["base_params"] == {"l2": 1.0} and res_recent.params["trend_days"] in (3, 7, 14, 28)
     assert len({t["params"]["weight"] for t in res_recent.trials}) == 3
+
+
+class ThreadProbe(Scripted):
+    """Records the BLAS and torch thread counts its training sees."""
+
+    def init_training(self, dataset, options):
+        import torch
+        from threadpoolctl import threadpool_info
+
+        super().init_training(dataset, options)
+        self.blas_threads = {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+        self.torch_threads = torch.get_num_threads()
+
+
+@pytest.mark.parametrize("num_threads", [None, 2])
+def test_fit_limits_blas_threads_as_torch_threads_and_restores_them(num_threads):
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    ds, _ = oracle_dataset()
+    with threadpool_limits(3, user_api="blas"):  # the caller's setting, restored after the fit
+        model = ThreadProbe()
+        model.good = np.zeros((ds.n_users, ds.n_items), np.float32)
+        model.fit(ds, TrainingOptions(seed=0, num_threads=num_threads))
+        after = {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+    expected = num_threads or 1
+    assert model.blas_threads == {expected} and model.torch_threads == expected
+    assert after == {3}

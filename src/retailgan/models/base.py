@@ -220,8 +220,9 @@ class TrainingOptions:
     checkpoint_dir: Path | None = None
     """Where the best model so far is saved during training (optional)."""
     num_threads: int | None = None
-    """Intra-op threads for torch during training (default 1: the small dense ops of these models
-    gain little from more, and spinning OpenMP threads collapse throughput on a busy machine)."""
+    """Intra-op threads for torch and numpy's BLAS during training (default 1: the small dense ops
+    of these models gain little from more, and spinning OpenMP threads collapse throughput on a
+    busy machine)."""
 
 
 @dataclass(frozen=True)
@@ -583,7 +584,12 @@ class IterativeRecommender(Recommender):
     """
 
     def _fit(self, dataset: InteractionDataset, options: TrainingOptions) -> None:
-        with torch_threads(options.num_threads or 1):
+        from threadpoolctl import threadpool_limits
+
+        # numpy / scipy BLAS too (feature spaces' SVDs, validation scoring): an OpenBLAS pool of
+        # every core spins as OpenMP does, and on a busy 2-core machine ran a QR 30x slower.
+        n = options.num_threads or 1
+        with torch_threads(n), threadpool_limits(n, user_api="blas"):
             self._train_loop(dataset, options)
 
     def _train_loop(self, dataset: InteractionDataset, options: TrainingOptions) -> None:
