@@ -246,6 +246,7 @@ async def _client(url: str, rate: float, duration: float, reload_at: float | Non
     n = int(rate * duration)
     latencies = np.full(n, np.nan)
     service = np.full(n, np.nan)
+    kinds = np.full(n, "", dtype=object)  # customer, session or event: which part of the mix makes the tail
     statuses: dict[str, int] = {}
     errors: list[str] = []
     reload_info: dict = {}
@@ -253,11 +254,11 @@ async def _client(url: str, rate: float, duration: float, reload_at: float | Non
     async def one(i: int, due: float) -> None:
         r = rng.random()
         if r < 0.85:
-            path, body = "/v1/recommendations", {"customer_id": rng.choice(customers), "k": 10}
+            kinds[i], path, body = "customer", "/v1/recommendations", {"customer_id": rng.choice(customers), "k": 10}
         elif r < 0.95:
-            path, body = "/v1/recommendations", {"product_ids": rng.sample(products, 3), "k": 10}
+            kinds[i], path, body = "session", "/v1/recommendations", {"product_ids": rng.sample(products, 3), "k": 10}
         else:
-            path, body = "/v1/events", {"events": [{
+            kinds[i], path, body = "event", "/v1/events", {"events": [{
                 "customer_id": rng.choice(customers), "product_id": rng.choice(products), "event_type": "view"}]}
         sent = time.perf_counter()
         try:
@@ -315,6 +316,11 @@ async def _client(url: str, rate: float, duration: float, reload_at: float | Non
         "errors": len(errors),
         "statuses": statuses,
         "reload": reload_info or None,
+        "by_kind": {k: {"requests": int((kinds == k).sum()),
+                        "p50_ms": round(float(np.percentile(ms[kinds == k], 50)), 2),
+                        "p99_ms": round(float(np.percentile(ms[kinds == k], 99)), 2),
+                        "over_20ms": int((ms[kinds == k] > 20).sum())}
+                    for k in ("customer", "session", "event") if (kinds == k).any()},
     }
 
 
