@@ -324,6 +324,17 @@ async def _client(url: str, rate: float, duration: float, reload_at: float | Non
     }
 
 
+
+def _served_copy(args: argparse.Namespace, mode: str) -> Path:
+    """A copy of ``--store`` under ``--work`` for ``mode`` to write to (the original stays as it was)."""
+    if args.model_dir is None or args.store is None:
+        raise SystemExit(f"{mode} needs --model-dir and --store")
+    args.work.mkdir(parents=True, exist_ok=True)
+    served = args.work / f"{mode}.duckdb"
+    shutil.copy(args.store, served)
+    Path(f"{served}.wal").unlink(missing_ok=True)
+    return served
+
 def _run_client(coro: object) -> dict:
     """Run the client on uvloop where installed (uvicorn's `standard` extra brings it): less CPU per request."""
     try:
@@ -476,12 +487,7 @@ def handler_cost(args: argparse.Namespace, calls: int = 500) -> None:
     from retailgan.serving.app import _recommend, create_app
     from retailgan.serving.settings import Settings
 
-    if args.model_dir is None or args.store is None:
-        raise SystemExit("handler needs --model-dir and --store")
-    args.work.mkdir(parents=True, exist_ok=True)
-    served = args.work / "handler.duckdb"
-    shutil.copy(args.store, served)
-    Path(f"{served}.wal").unlink(missing_ok=True)
+    served = _served_copy(args, "handler")
     app = create_app(Settings(model_dir=args.model_dir, store=served, auth=False))
     t = time.perf_counter()
     with TestClient(app):
@@ -568,12 +574,7 @@ def reload_cost(args: argparse.Namespace) -> None:
     from retailgan.serving.settings import Settings
     from retailgan.serving.state import ServiceState
 
-    if args.model_dir is None or args.store is None:
-        raise SystemExit("reload needs --model-dir and --store")
-    args.work.mkdir(parents=True, exist_ok=True)
-    served = args.work / "reload.duckdb"
-    shutil.copy(args.store, served)
-    Path(f"{served}.wal").unlink(missing_ok=True)
+    served = _served_copy(args, "reload")
     state = ServiceState(Settings(model_dir=args.model_dir, store=served, auth=False))
     t, c = time.perf_counter(), time.process_time()
     state.start()  # the start-up load (store, catalogue, model), on this thread

@@ -42,6 +42,11 @@ SKIP_BELOW = 0.3
 LEARN_ROWS = 1000
 
 
+def empty_lists(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n, k) item indices -1 and scores -inf: lists with nothing in them yet."""
+    return np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float64)
+
+
 def _block_elements() -> int:
     from retailgan.models import base  # read at call time: tests shrink the block
 
@@ -117,8 +122,7 @@ def factor_top_k(
 
     q = np.ascontiguousarray(queries, dtype=np.float32)
     n, m = len(q), len(items.vectors)
-    top = np.full((n, k), -1, np.int64)
-    scores = np.full((n, k), -np.inf, np.float64)
+    top, scores = empty_lists(n, k)
     if n == 0:
         return top, scores
     banned = sp.csr_matrix(banned)
@@ -319,8 +323,7 @@ def ann_factor_top_k(
     from the factors; ties by item index."""
     q = np.ascontiguousarray(queries, dtype=np.float32)
     n, m = len(q), len(items.vectors)
-    top = np.full((n, k), -1, np.int64)
-    scores = np.full((n, k), -np.inf, np.float64)
+    top, scores = empty_lists(n, k)
     if n == 0:
         return top, scores
     banned = sp.csr_matrix(banned)
