@@ -298,3 +298,20 @@ def test_without_the_extra_the_error_names_it(shop, tmp_path, monkeypatch):
     res = runner.invoke(app, ["recommend", "--model-dir", str(model_dir), "--all", "--out",
                               str(tmp_path / "x.parquet"), "--engine", "ray"])
     assert res.exit_code == 2 and "needs the 'ray' extra" in res.stderr, res.output
+
+
+def test_chunks_run_on_one_torch_thread_and_the_caller_keeps_its_own():
+    import torch
+
+    from retailgan.engines import LocalEngine
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen: list[int] = []
+        LocalEngine(1).run([0, 1], [["a"], ["b"]], lambda: (lambda c, items: seen.append(torch.get_num_threads())),
+                           lambda c: None, work=Path("."))
+        assert seen == [1, 1]  # whatever the worker count, so outputs do not depend on it
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

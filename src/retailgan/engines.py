@@ -20,8 +20,10 @@ in the job, so the output does not depend on the engine.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import sys
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -79,7 +81,8 @@ class LocalEngine(Engine):
             # ``local`` only where the job kept its own connections open for it (one worker).
             worker = local if local is not None and self.in_process else factory()
             for c in todo:
-                worker(c, chunks[c])
+                with chunk_threads():
+                    worker(c, chunks[c])
                 record(c)
         else:
             _run_pool(min(self.workers, len(todo)), todo, chunks, record, factory)
@@ -128,8 +131,21 @@ def _init_worker(factory: WorkerFactory, workers: int) -> None:
     _WORKER["limits"] = limit_threads(workers)  # again, for what loading the model brought in (torch)
 
 
+def chunk_threads() -> contextlib.AbstractContextManager[None]:
+    """One torch intra-op thread while a chunk is scored, in every engine and at every worker count:
+    torch's float reductions round differently with another thread count, and a job's output must
+    not depend on how many workers wrote it (workers are the parallelism). Nothing where the model
+    did not bring torch in."""
+    if "torch" not in sys.modules:
+        return contextlib.nullcontext()
+    from retailgan.models.base import torch_threads
+
+    return torch_threads(1)
+
+
 def _worker_chunk(c: int, items: list[str]) -> int:
-    _WORKER["run"](c, items)
+    with chunk_threads():
+        _WORKER["run"](c, items)
     return c
 
 
@@ -184,7 +200,8 @@ class ChunkActor:
                 raise ConfigError(f"{self.work}: not found on Ray node {socket.gethostname()}; the output, "
                                   "the model and the store must be on a file system every node mounts")
             self.worker = self.factory()
-        self.worker(c, items)
+        with chunk_threads():
+            self.worker(c, items)
         return c
 
 
