@@ -29,8 +29,6 @@ Install with ``pip install 'retailgan[postgres]'`` (psycopg 3 and psycopg_pool).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -39,7 +37,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from retailgan.errors import ConfigError, StoreError, extra_needed
-from retailgan.serving.storage import API_SOURCE, NewEvent
+from retailgan.serving.storage import NewEvent, api_event_key
 
 log = logging.getLogger("retailgan.serving")
 
@@ -76,8 +74,9 @@ INSERT INTO retailgan_model (id, generation, version) VALUES (1, 0, NULL) ON CON
 
 
 def event_key(customer_id: str, event_id: str) -> str:
-    """The event's idempotency key: md5 hex of ``["api", customer, event_id]`` (as the embedded store's)."""
-    return hashlib.md5(json.dumps([API_SOURCE, customer_id, event_id]).encode("utf-8")).hexdigest()
+    """The event's idempotency key: the md5 of ``["api", customer, event_id]`` as hex (the embedded
+    store keeps the same digest as a number, :func:`~retailgan.serving.storage.api_event_key`)."""
+    return api_event_key(customer_id, event_id).to_bytes(16, "little").hex()
 
 
 def check_postgres_extra() -> None:

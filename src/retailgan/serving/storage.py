@@ -1,8 +1,9 @@
 """The service's use of the DuckDB store: catalogue, customer histories, durable event writes.
 
 Events posted to ``POST /v1/events`` go to the ``events`` table with ``ingest_id`` =
-:data:`API_INGEST_ID` (0; file ingests number from 1), in one transaction per request, committed
-before the response is sent: a crash after a 2xx loses nothing. Their ``event_key`` is the md5 of
+:data:`API_INGEST_ID` (0; file ingests number from 1), committed before the response is sent: a
+crash after a 2xx loses nothing. Requests that arrive while a commit runs share the next one
+(:mod:`retailgan.serving.groupcommit`). Their ``event_key`` is the md5 of
 the JSON list [``api``, customer, ``event_id``] (client-supplied, else generated), so a retried
 request with the same event ids writes nothing twice.
 
@@ -14,6 +15,7 @@ process opens the store read-only, which DuckDB allows to many processes at once
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections.abc import Sequence
@@ -26,12 +28,20 @@ from retailgan.data.images import ItemImage, get_image
 from retailgan.data.reftime import API_INGEST_ID, AsOf
 from retailgan.data.store import Store, fetch1
 from retailgan.serving.engine import ModelBundle, Product
+from retailgan.serving.groupcommit import GroupCommit
 
 if TYPE_CHECKING:
     from retailgan.campaign.customer import CustomerCampaign
     from retailgan.forget import ForgetReport
 
 API_SOURCE = "api"
+
+
+def api_event_key(customer_id: str, event_id: str) -> int:
+    """The stored ``event_key`` of an API event: DuckDB's ``md5_number`` of the JSON list
+    [``api``, customer, event id], i.e. the md5 digest read as a little-endian integer."""
+    payload = json.dumps([API_SOURCE, customer_id, event_id]).encode("utf-8")
+    return int.from_bytes(hashlib.md5(payload).digest(), "little")
 
 
 @dataclass(frozen=True)
@@ -60,8 +70,11 @@ class ServiceStore:
         self.read_only = read_only
         self.store = Store.open(self.path, create=False, read_only=read_only)
         self._lock = threading.Lock()
+        self._writer = None if read_only else GroupCommit(self._write_groups, name="event-writer")
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()  # what is queued is committed first
         with self._lock:
             self.store.close()
 
@@ -144,26 +157,41 @@ class ServiceStore:
                 self.store = Store.open(self.path, create=False)
 
     def write_events(self, events: Sequence[NewEvent]) -> int:
-        """Insert the events in one committed transaction; returns how many were new."""
-        written = 0
-        with self._lock, self.store.transaction() as con:
+        """Commit the events (with whatever other requests queued meanwhile); returns how many were new."""
+        if self._writer is None:
+            raise RuntimeError(f"{self.path} is open read-only: events cannot be written to it")
+        return self._writer.write(events)
+
+    def _write_groups(self, groups: list[Sequence[NewEvent]]) -> list[int]:
+        """Insert several requests' events in one committed transaction; per request, how many were new."""
+        owner: dict[int, int] = {}  # event key -> the request that writes it (the first one in the group)
+        rows: list[tuple[Any, ...]] = []
+        for g, events in enumerate(groups):
             for e in events:
+                key = api_event_key(e.customer_id, e.event_id)
+                if key in owner:
+                    continue  # the same event twice in one commit (a retry racing its original)
+                owner[key] = g
                 ts = e.ts.astimezone(timezone.utc).replace(tzinfo=None) if e.ts.tzinfo else e.ts
-                # The key depends on the event id only, so a retry (even with another timestamp) is a no-op.
-                # JSON keeps the parts apart whatever characters the ids hold.
-                payload = json.dumps([API_SOURCE, e.customer_id, e.event_id])
-                row = fetch1(con.execute(
-                    """
-                    INSERT INTO events
-                    SELECT md5_number(?), ?, ?, ?, ?, ?, ?, NULL, ?
-                    WHERE NOT EXISTS (
-                        SELECT 1 FROM events WHERE ingest_id = ? AND event_key = md5_number(?)
-                    )
-                    """,
-                    [payload, e.customer_id, e.product_id, ts, e.event_type, e.quantity, e.price,
-                     API_INGEST_ID, API_INGEST_ID, payload],
-                ))
-                written += int(row[0]) if row else 0
-            for customer in sorted({e.customer_id for e in events}):
-                con.execute("INSERT INTO users VALUES (?, NULL) ON CONFLICT DO NOTHING", [customer])
+                rows.append((str(key), e.customer_id, e.product_id, ts, e.event_type, e.quantity, e.price))
+        written = [0] * len(groups)
+        if not rows:
+            return written
+        customers = sorted({r[1] for r in rows})
+        values = ", ".join(["(?::UHUGEINT, ?, ?, ?::TIMESTAMP, ?, ?::DOUBLE, ?::DOUBLE)"] * len(rows))
+        with self._lock, self.store.transaction() as con:
+            # The key depends on the event id only, so a retry (even with another timestamp) writes nothing.
+            new = con.execute(
+                f"""
+                INSERT INTO events
+                SELECT k, u, i, ts, t, q, p, NULL, ? FROM (VALUES {values}) v(k, u, i, ts, t, q, p)
+                WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.ingest_id = ? AND e.event_key = v.k)
+                RETURNING event_key
+                """,
+                [API_INGEST_ID, *(x for r in rows for x in r), API_INGEST_ID],
+            ).fetchall()
+            con.execute(f"INSERT INTO users VALUES {', '.join(['(?, NULL)'] * len(customers))} ON CONFLICT DO NOTHING",
+                        customers)
+        for (key,) in new:
+            written[owner[int(key)]] += 1
         return written
