@@ -68,6 +68,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +182,30 @@ def start_server(store: Path, model: Path, port: int, *extra: str, ready_s: floa
     except RuntimeError as exc:
         raise SystemExit(str(exc)) from None
     return proc
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """SIGTERM the server's process group (workers included), SIGKILL after 30 s."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+@contextmanager
+def bench_database(admin_url: str, name: str) -> Iterator[str]:
+    """A fresh PostgreSQL database for one server's events (``--events-db``), dropped afterwards."""
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"{admin_url.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 # -- client (runs in its own process) -----------------------------------------------------------
@@ -369,7 +395,9 @@ def main() -> None:
     ap.add_argument("--rates", default="200,300,400,500,600", help="(capacity) offered rates, comma-separated")
     ap.add_argument("--p99-ms", type=float, default=20.0, help="(capacity) the latency target")
     ap.add_argument("--pg-admin", default="postgresql://root@127.0.0.1:5432/postgres",
-                    help="(capacity) PostgreSQL URL to create the run's databases from")
+                    help="(capacity, run --pg-events) PostgreSQL URL to create the run's databases from")
+    ap.add_argument("--pg-events", action="store_true",
+                    help="(run) events to a fresh PostgreSQL database (serve --events-db), not the store")
     args = ap.parse_args()
     if args.mode == "client":
         print(json.dumps(_run_client(_client(args.url, args.rate, args.duration, args.reload_at, args.seed, args.ids))))
@@ -398,9 +426,13 @@ def main() -> None:
     shutil.copy(store, served)
     Path(f"{served}.wal").unlink(missing_ok=True)
     port = free_port()
+    stack = ExitStack()
+    extra: tuple[str, ...] = ()
+    if args.pg_events:  # events to PostgreSQL; the store is then opened read-only
+        extra = ("--events-db", stack.enter_context(bench_database(args.pg_admin, f"retailgan_run_{os.getpid()}")))
     load_at_start = os.getloadavg()[0]
     t_start = time.perf_counter()
-    server = start_server(served, model, port, ready_s=args.ready_timeout)
+    server = start_server(served, model, port, *extra, ready_s=args.ready_timeout)
     startup = {"seconds": round(time.perf_counter() - t_start, 2), "loadavg_1min_before": load_at_start,
                "memory_after_start": proc_memory_mib(server.pid)}
     print("start-up", json.dumps(startup), flush=True)
@@ -430,17 +462,15 @@ def main() -> None:
             runs[name]["memory_after"] = proc_memory_mib(server.pid)
             print(name, json.dumps(runs[name]), flush=True)
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
+        stack.close()
     doc = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "loadavg_after": os.getloadavg()},
         "model": {"name": "ease", "l2": args.l2, "dir": str(model)} if args.model_dir is None else
                  _model_info(model) | {"store": str(store)},
         "command": " ".join(["python", *sys.argv]),
+        "events": "postgresql" if args.pg_events else "store",
         "startup": startup,
         "runs": runs,
     }
@@ -653,43 +683,31 @@ def run_client(port: int, ids: Path, args: argparse.Namespace, rate: float, pgid
 
 def capacity(args: argparse.Namespace) -> None:
     """The highest offered rate each worker count serves with p99 <= --p99-ms and no errors."""
-    import psycopg
-
     store, model = prepare(args.work, args.l2)
     ids = sample_ids(store, args.work / "ids.json", args.seed)
     workers = [int(w) for w in args.workers.split(",")]
     rates = [float(r) for r in args.rates.split(",")]
-    base = args.pg_admin.rsplit("/", 1)[0]
-    servers: dict[int, tuple[subprocess.Popen, int, str]] = {}
+    servers: dict[int, tuple[subprocess.Popen, int]] = {}
     runs: list[dict] = []
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers and drop the databases
-    try:
-        for w in workers:
-            db = f"retailgan_bench_{os.getpid()}_{w}"
-            with psycopg.connect(args.pg_admin, autocommit=True) as conn:
-                conn.execute(f"DROP DATABASE IF EXISTS {db}")
-                conn.execute(f"CREATE DATABASE {db}")
-            port = free_port()
-            proc = start_server(store, model, port, "--workers", str(w), "--events-db", f"{base}/{db}")
-            servers[w] = (proc, port, db)
-        for rate in rates:
-            for w in workers:  # interleaved: every worker count meets the machine's load of the moment
-                proc, port, _ = servers[w]
-                r = run_client(port, ids, args, rate, proc.pid)
-                r["workers"] = w
-                r["meets_target"] = bool(r["p99_ms"] <= args.p99_ms and r["errors"] == 0
-                                         and r["achieved_rate"] >= 0.98 * rate)
-                runs.append(r)
-                print(f"workers={w} rate={rate:.0f}", json.dumps(r), flush=True)
-    finally:
-        for proc, _, db in servers.values():
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-            with psycopg.connect(args.pg_admin, autocommit=True) as conn:
-                conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+    with ExitStack() as databases:
+        try:
+            for w in workers:
+                url = databases.enter_context(bench_database(args.pg_admin, f"retailgan_bench_{os.getpid()}_{w}"))
+                port = free_port()
+                servers[w] = (start_server(store, model, port, "--workers", str(w), "--events-db", url), port)
+            for rate in rates:
+                for w in workers:  # interleaved: every worker count meets the machine's load of the moment
+                    proc, port = servers[w]
+                    r = run_client(port, ids, args, rate, proc.pid)
+                    r["workers"] = w
+                    r["meets_target"] = bool(r["p99_ms"] <= args.p99_ms and r["errors"] == 0
+                                             and r["achieved_rate"] >= 0.98 * rate)
+                    runs.append(r)
+                    print(f"workers={w} rate={rate:.0f}", json.dumps(r), flush=True)
+        finally:
+            for proc, _ in servers.values():
+                stop_server(proc)
     best = {w: max([r["offered_rate"] for r in runs if r["workers"] == w and r["meets_target"]], default=0.0)
             for w in workers}
     summary = {"p99_target_ms": args.p99_ms, "max_rate_meeting_target": {str(w): b for w, b in best.items()}}
