@@ -1,5 +1,5 @@
-"""featgan's score shift for products without sales, chosen on the validation part of a
-``cold-items`` split (docs/benchmarks-cold.md, "featgan").
+"""A score shift for products without sales, chosen on the validation part of a ``cold-items``
+split (docs/benchmarks-cold.md, "featgan" and "A shift for every row").
 
 In this protocol a new product has all of its pairs held out and a known one a tenth, so in a
 mixed (hybrid) list the new products deserve a boost that the training examples do not teach. ``--part
@@ -10,6 +10,15 @@ reports the views on the test part with the one ``--shifts`` value chosen on val
 ``epochs`` in ``--params``, ``--part validation`` also chooses the epoch count by early stopping
 on the validation part (as ``cold_items.py --trials 0`` does) and reports it.
 ``--save-dir`` / ``--load-dir`` keep the fitted models between runs (the same fit either way).
+
+``--model`` gives the shift to another row (default featgan, whose ``cold_shift`` is this shift on
+its cosine scores), with the settings that row was tuned with in ``--tuned-from`` (a
+``cold_items.py`` result file); ``--units z`` adds the shift in units of each customer's score
+standard deviation (after centring on its mean), for models whose scores have no fixed scale:
+
+    python benchmarks/cold_calibration.py --store out/ml100k.duckdb --model clcrec \
+        --tuned-from docs/results/cold-movielens-100k.json --units z --part validation --seeds 0 \
+        --shifts 0,0.25,0.5,1,1.5,2,3 --json docs/results/cold-movielens-100k-shift-clcrec.json
 
     python benchmarks/cold_calibration.py --store out/ml100k.duckdb --part validation --seeds 0 \\
         --params '{"targets": "held-out", "collab_dim": 128, "epochs": 12}' --shifts 0,0.05,0.1,0.15,0.2,0.3 \\
@@ -31,19 +40,22 @@ from retailgan.data.dataset import load_dataset
 from retailgan.data.splits import split
 from retailgan.evaluation.cold import evaluate_views
 from retailgan.models.base import TrainingOptions
-from retailgan.models.gan.featgan import FeatureGAN
+from retailgan.models.registry import get_model_class
 from retailgan.persistence import load_model
 
 
 class Shifted:
-    """A fitted model whose products without training pairs score ``shift`` higher."""
+    """A fitted model whose products without training pairs score ``shift`` higher (``units``
+    "z": in standard deviations of each customer's scores, centred on their mean)."""
 
-    def __init__(self, model: Any, shift: float) -> None:
-        self.model, self.shift = model, shift
-        self.new = np.asarray(model.popularity) == 0
+    def __init__(self, model: Any, shift: float, new: np.ndarray, units: str = "abs") -> None:
+        self.model, self.shift, self.new, self.units = model, shift, new, units
 
     def score_users(self, users: np.ndarray) -> np.ndarray:
         s = np.array(self.model.score_users(users), dtype=np.float64)
+        if self.units == "z":
+            s -= s.mean(axis=1, keepdims=True)
+            s /= np.maximum(s.std(axis=1, keepdims=True), 1e-12)
         s[:, self.new] += self.shift
         return s
 
@@ -54,6 +66,10 @@ class Shifted:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", type=Path, required=True)
+    ap.add_argument("--model", default="featgan")
+    ap.add_argument("--tuned-from", type=Path, default=None,
+                    help="a cold_items.py result file: the model's tuned settings (--params overrides them)")
+    ap.add_argument("--units", choices=("abs", "z"), default="abs")
     ap.add_argument("--part", choices=("validation", "test"), default="validation")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--params", default="{}")
@@ -72,10 +88,13 @@ def main() -> None:
             model = load_model(args.load_dir / name)
         else:
             params = json.loads(args.params)
+            if args.tuned_from is not None:
+                tuned = json.loads(args.tuned_from.read_text(encoding="utf-8"))["tuned"][args.model]["params"]
+                params = {**tuned, **params}
             # Without "epochs", the validation part also picks the epoch count by early stopping
             # (what cold_items.py's --trials 0 does), so one fit gives both epochs and shift.
             stop = s.validation if args.part == "validation" and "epochs" not in params else None
-            model = FeatureGAN(**params)
+            model = get_model_class(args.model)(**params)
             model.fit(s.train_inner if args.part == "validation" else s.train,
                       TrainingOptions(seed=seed, validation=stop, callback=lambda e, logged: print(
                           f"epoch {e}", {k: round(v, 4) for k, v in logged.items()}, flush=True)))
@@ -83,14 +102,16 @@ def main() -> None:
                 model.save(args.save_dir / name)
         fit_s = time.perf_counter() - t
         rows = {}
+        fitted_on = s.train_inner if args.part == "validation" else s.train
+        new = np.diff(fitted_on.matrix().tocsc().indptr) == 0  # products without training pairs
         for shift in shifts:
-            views = evaluate_views(Shifted(model, shift), s, ks=(20,), part=args.part)
+            views = evaluate_views(Shifted(model, shift, new, args.units), s, ks=(20,), part=args.part)
             rows[str(shift)] = {v: {m: r.summary()[m] for m in ("recall@20", "ndcg@20")} for v, r in views.items()}
             print(args.part, seed, shift, {v: round(r["ndcg@20"], 4) for v, r in rows[str(shift)].items()}, flush=True)
         if args.json:
             doc = json.loads(args.json.read_text(encoding="utf-8")) if args.json.exists() else {}
             doc.setdefault(args.part, {})[str(seed)] = {
-                "params": json.loads(args.params) or model.config.to_dict(), "fit_s": fit_s,
+                "model": args.model, "units": args.units, "params": model.config.to_dict(), "fit_s": fit_s,
                 "best_epoch": getattr(model, "best_epoch", None), "load_avg_1m": os.getloadavg()[0], "shifts": rows}
             tmp = args.json.with_suffix(".tmp")
             tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")

@@ -1,5 +1,6 @@
 """benchmarks/cold_items.py keeps finished rows, resumes and merges result files of one dataset;
-benchmarks/content_catalogue.py writes a catalogue that ingest reads as titles."""
+benchmarks/content_catalogue.py writes a catalogue that ingest reads as titles;
+benchmarks/cold_calibration.py shifts only the new products, on a scale-free unit if asked."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import gzip
 import json
 import sys
 
+import numpy as np
 import pytest
 
 from retailgan.data.dataset import load_dataset
@@ -15,6 +17,7 @@ from retailgan.data.ingest import ingest
 from tests.conftest import REPO, write_shop_logs
 
 sys.path.insert(0, str(REPO / "benchmarks"))
+import cold_calibration
 import cold_items
 import content_catalogue
 
@@ -108,3 +111,17 @@ def test_versus_table_pairs_featgan_with_every_row_on_common_seeds():
     assert warm == "| warm | +0.0000 (0/2) |"  # no difference: no test
     assert hybrid.startswith("| hybrid | +0.0000 (p ") and hybrid.endswith("1/2) |")
     assert cold_items.versus_table({"runs": {"pop": {}}, "summary": {"pop": {}}}) == []
+
+
+def test_a_shift_moves_only_new_products_and_z_units_ignore_the_score_scale():
+    class Scores:
+        def score_users(self, users):
+            return np.array([[1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 30.0, 40.0]])[users]
+
+    new = np.array([True, False, False, False])
+    users = np.array([0, 1])
+    z = cold_calibration.Shifted(Scores(), 1.0, new, "z").score_users(users)
+    expected = (np.array([1.0, 2.0, 3.0, 4.0]) - 2.5) / np.std([1.0, 2.0, 3.0, 4.0]) + [1.0, 0, 0, 0]
+    assert np.allclose(z, [expected, expected])  # one shift means the same for both customers
+    absolute = cold_calibration.Shifted(Scores(), 1.0, new).score_users(users)
+    assert absolute.tolist() == [[2.0, 2.0, 3.0, 4.0], [11.0, 20.0, 30.0, 40.0]]
