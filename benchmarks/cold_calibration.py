@@ -63,9 +63,52 @@ class Shifted:
         return self.model.fallback_scores()
 
 
+def _hybrid(doc: dict[str, Any], part: str, shift: str) -> dict[str, float]:
+    """seed -> hybrid NDCG@20 of ``part`` at ``shift`` (the seeds that have it)."""
+    return {seed: r["shifts"][shift]["hybrid"]["ndcg@20"]
+            for seed, r in doc.get(part, {}).items() if shift in r["shifts"]}
+
+
+def table(files: list[Path]) -> str:
+    """Markdown: per row, the shift chosen on validation (the best hybrid NDCG@20 there), its test
+    hybrid NDCG@20 over seeds without and with it, and the first file's row minus each other row
+    with both shifted (paired t-test over the seeds both have)."""
+    from scipy import stats as sps
+
+    rows = []
+    for f in files:
+        doc = json.loads(f.read_text(encoding="utf-8"))
+        val = doc["validation"]["0"]
+        chosen = max(val["shifts"], key=lambda x: val["shifts"][x]["hybrid"]["ndcg@20"])
+        best = val["shifts"][chosen]["hybrid"]["ndcg@20"]
+        rows.append((val.get("model", "featgan"), val.get("units", "abs"), chosen, best,
+                     _hybrid(doc, "test", "0.0"), _hybrid(doc, "test", chosen)))
+    lead = rows[0]
+    out = ["| row | shift (units) | validation hybrid | test hybrid, no shift | test hybrid, shifted | seeds | "
+           f"{lead[0]} (shifted) minus row |", "|:---|---:|---:|---:|---:|---:|:---|"]
+    for model, units, chosen, v, plain, shifted in rows:
+        seeds = sorted(set(shifted) & set(lead[5]), key=int)
+        if model == lead[0] or not seeds:
+            versus = ""
+        else:
+            a, b = np.array([lead[5][x] for x in seeds]), np.array([shifted[x] for x in seeds])
+            p = sps.ttest_rel(a, b).pvalue if len(seeds) > 1 else float("nan")
+            versus = f"{(a - b).mean():+.4f} (p {p:.2g}, ahead in {(a > b).sum()}/{len(seeds)})"
+
+        def ms(d: dict[str, float]) -> str:
+            x = np.array(list(d.values()))
+            return f"{x.mean():.4f} ± {x.std(ddof=1):.4f}" if len(x) > 1 else (f"{x[0]:.4f}" if len(x) else "")
+
+        out.append(f"| {model} | {chosen} ({units}) | {v:.4f} | {ms(plain)} | {ms(shifted)} | {len(shifted)} | "
+                   f"{versus} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--store", type=Path, required=True)
+    ap.add_argument("--store", type=Path)
+    ap.add_argument("--table", type=Path, nargs="+", default=None,
+                    help="print the shifted rows of these result files (the first is compared with the others)")
     ap.add_argument("--model", default="featgan")
     ap.add_argument("--tuned-from", type=Path, default=None,
                     help="a cold_items.py result file: the model's tuned settings (--params overrides them)")
@@ -78,6 +121,11 @@ def main() -> None:
     ap.add_argument("--load-dir", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+    if args.table:
+        print(table(args.table))
+        return
+    if args.store is None:
+        ap.error("--store is required")
     ds = load_dataset(args.store)
     shifts = [float(x) for x in args.shifts.split(",")]
     for seed in (int(x) for x in args.seeds.split(",")):
