@@ -1,4 +1,4 @@
-"""BPR's sparse option: lazy Adam on sparse embedding gradients (``BPRConfig.sparse``)."""
+"""BPR's sparse option: lazy Adam on the rows of each batch (``BPRConfig.sparse``)."""
 
 from __future__ import annotations
 
@@ -9,21 +9,21 @@ from retailgan.models.base import TrainingOptions
 from retailgan.models.baselines import BPR
 from tests.conftest import oracle_dataset
 
+_STEP = BPR._step
+
 
 def _first_row_after_each_step(sparse: bool, monkeypatch) -> list[np.ndarray]:
     """Customer 0's factors after every step of one epoch whose batches are one customer each."""
     ds, _ = oracle_dataset()
     monkeypatch.setattr(torch, "randperm", lambda n, generator=None: torch.arange(n))  # pairs in customer order
-    optimiser = torch.optim.SparseAdam if sparse else torch.optim.Adam
     rows: list[np.ndarray] = []
-    step = optimiser.step
 
-    def recording_step(self, *args, **kwargs):
-        out = step(self, *args, **kwargs)
-        rows.append(self.param_groups[0]["params"][0][0].detach().numpy().copy())  # U's first row
+    def recording_step(self, *args):
+        out = _STEP(self, *args)
+        rows.append(self._U.weight[0].detach().numpy().copy())
         return out
 
-    monkeypatch.setattr(optimiser, "step", recording_step)
+    monkeypatch.setattr(BPR, "_step", recording_step)
     # 5 products per oracle customer: every batch is one customer's pairs.
     BPR(factors=4, lr=0.05, epochs=1, batch_size=5, sparse=sparse).fit(ds, TrainingOptions(seed=1, num_threads=1))
     return rows
@@ -45,3 +45,21 @@ def test_sparse_bpr_ranks_the_oracle_answers_first():
     users = list(answer)
     recs = model.recommend(users, k=1)
     assert np.mean([recs.item_ids[r, 0] == answer[u] for r, u in enumerate(users)]) >= 0.95
+
+
+def test_lazy_adam_is_sparse_adams_rule():
+    # The same rows and gradients through torch's SparseAdam and through _LazyAdam.
+    from retailgan.models.baselines import _LazyAdam
+
+    gen = torch.Generator().manual_seed(0)
+    start = torch.randn(6, 3, generator=gen)
+    ours, ref = start.clone(), torch.nn.Parameter(start.clone())
+    lazy, sparse_adam = _LazyAdam([ours], lr=0.1), torch.optim.SparseAdam([ref], lr=0.1)
+    for rows in ([0, 2], [2, 5], [1, 2, 3]):
+        r = torch.tensor(rows)
+        g = torch.randn(len(rows), 3, generator=gen)
+        lazy.step([r], [g])
+        ref.grad = torch.sparse_coo_tensor(r[None], g, (6, 3), check_invariants=True)
+        sparse_adam.step()
+    np.testing.assert_allclose(ours.numpy(), ref.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(ours[4].numpy(), start[4].numpy())  # never in a step
