@@ -21,7 +21,7 @@ A model that refuses to start (EASE's memory check) is recorded with its one-lin
 
 Usage: python benchmarks/bench_scale.py --size S --workdir DIR [--models pop,ials,ease,sansa,implicit]
        [--batch ials,implicit] [--batch-users 0] [--batch-job] [--eval-users 20000] [--skip-ingest]
-       [--repeats 3] [--save-models featgan] [--json docs/results/scale-S.json]
+       [--repeats 3] [--save-models featgan] [--params JSON] [--json docs/results/scale-S.json]
 """
 
 from __future__ import annotations
@@ -49,6 +49,9 @@ PARAMS: dict[str, dict[str, Any]] = {
     # next-purchase examples (S has 1.6M, M 16M), at most 4: a fit bounded at any size.
     "featgan": {"max_negatives": 2048, "epoch_examples": 100_000, "epochs": 4, "patience": 1},
     "cfgan": {},  # the defaults (the authors' ML-100K settings): refused or estimated before training
+    "itemknn": {"neighbors": 100, "shrink": 10.0},  # the defaults
+    "bpr": {"factors": 64, "lr": 0.01, "reg": 1e-4, "batch_size": 8192, "epochs": 40, "patience": 5},  # the defaults
+    "resgan": {},  # the defaults: refused before allocating where its estimate exceeds the memory
 }
 ONE_THREAD = {"featgan": 1, "cfgan": 1}
 """Models whose small per-step tensors train on one torch thread (their default): two OpenMP
@@ -57,7 +60,9 @@ SIZE_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
     # At M on the shared 2-core machine: a featgan fit that measures memory, start-up and one
     # epoch's cost per example (2 epochs of 25,000 examples), not a tuned model. Saved with its
     # faiss HNSW index for the service at M (the index is built at load; fit and NDCG score densely).
-    "M": {"featgan": {"epoch_examples": 25_000, "epochs": 2, "index": "hnsw"}},
+    "M": {"featgan": {"epoch_examples": 25_000, "epochs": 2, "index": "hnsw"},
+          # Dense Adam updates all (customers + products) x factors parameters at every step.
+          "bpr": {"sparse": True}},
 }
 """Per-size changes to PARAMS."""
 K = 20
@@ -289,6 +294,7 @@ def main() -> None:
     ap.add_argument("--batch-job", action="store_true",
                     help="run the real batch job on every customer even with --batch-users")
     ap.add_argument("--save-models", default="", help="models saved to WORKDIR/model-NAME-STORE after fitting")
+    ap.add_argument("--params", default="", help='JSON changes to PARAMS, e.g. \'{"bpr": {"sparse": true}}\'')
     ap.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--step", help=argparse.SUPPRESS)
     ap.add_argument("--sweeps", type=int, default=15, help=argparse.SUPPRESS)
@@ -296,6 +302,8 @@ def main() -> None:
     global EVAL_USERS, BATCH_USERS, SAVE_MODELS, SIZE
     EVAL_USERS, BATCH_USERS, SIZE = args.eval_users, args.batch_users, args.size
     SAVE_MODELS = {m for m in args.save_models.split(",") if m}
+    for name, changes in (json.loads(args.params) if args.params else {}).items():
+        PARAMS[name] = {**PARAMS.get(name, {}), **changes}
     log_dir, store = args.workdir / f"log-{args.size}", args.workdir / f"store-{args.size}.duckdb"
     batch = {m for m in args.batch.split(",") if m}
     if args._child:
@@ -331,7 +339,8 @@ def main() -> None:
         for name in [m for m in args.models.split(",") if m]:
             r = _run_child("--size", args.size, "--workdir", str(args.workdir), "--step", name,
                            "--batch", ",".join(batch), "--sweeps", str(sweeps), "--eval-users", str(args.eval_users),
-                           "--batch-users", str(args.batch_users), "--save-models", args.save_models)
+                           "--batch-users", str(args.batch_users), "--save-models", args.save_models,
+                           "--params", args.params)
             if name in batch and name != "implicit" and (args.batch_job or not args.batch_users) and "fit_s" in r:
                 r |= _run_child("--size", args.size, "--workdir", str(args.workdir), "--step", f"job:{name}")
             if name == "ials" and "epochs_run" in r and rep == 0:
