@@ -357,7 +357,7 @@ def test_buyer_weighted_sales_prefer_what_similar_customers_bought():
     assert model.recommend(u0[5:8], k=1, candidates=new).item_ids[:, 0].tolist() == ["new0"] * 3
     assert model.recommend(u1[5:8], k=1, candidates=new).item_ids[:, 0].tolist() == ["new1"] * 3
     # The slate path agrees, and set_item_prior / clear_item_prior replace the sales prior.
-    assert model.recommend(u0[5:6], k=1, samples=3, diversity=0.1).item_ids[0, 0] == "new0"
+    assert model.recommend(u0[5:6], k=1, candidates=new, samples=3, diversity=0.1).item_ids[0, 0] == "new0"
     model.set_item_prior(["new1"], [6.0], weight=20.0)
     assert model.recommend(u0[5:6], k=1, candidates=new).item_ids[0, 0] == "new1"
     model.clear_item_prior()
