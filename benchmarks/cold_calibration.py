@@ -137,8 +137,11 @@ def main() -> None:
         else:
             params = json.loads(args.params)
             if args.tuned_from is not None:
-                tuned = json.loads(args.tuned_from.read_text(encoding="utf-8"))["tuned"][args.model]["params"]
-                params = {**tuned, **params}
+                tuned = json.loads(args.tuned_from.read_text(encoding="utf-8")).get("tuned", {})
+                if args.model not in tuned:
+                    raise SystemExit(f"{args.tuned_from}: no tuned settings for {args.model!r} "
+                                     f"(it has: {', '.join(sorted(tuned)) or 'none'})")
+                params = {**tuned[args.model]["params"], **params}
             # Without "epochs", the validation part also picks the epoch count by early stopping
             # (what cold_items.py's --trials 0 does), so one fit gives both epochs and shift.
             stop = s.validation if args.part == "validation" and "epochs" not in params else None

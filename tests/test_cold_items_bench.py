@@ -125,3 +125,12 @@ def test_a_shift_moves_only_new_products_and_z_units_ignore_the_score_scale():
     assert np.allclose(z, [expected, expected])  # one shift means the same for both customers
     absolute = cold_calibration.Shifted(Scores(), 1.0, new).score_users(users)
     assert absolute.tolist() == [[2.0, 2.0, 3.0, 4.0], [11.0, 20.0, 30.0, 40.0]]
+
+
+def test_calibration_names_a_row_missing_from_the_tuned_file(store, tmp_path, monkeypatch):
+    tuned = tmp_path / "tuned.json"
+    tuned.write_text(json.dumps({"tuned": {"bpr": {"params": {}}}}))
+    monkeypatch.setattr(sys, "argv", ["cold_calibration.py", "--store", str(store), "--model", "clcrec",
+                                      "--tuned-from", str(tuned)])
+    with pytest.raises(SystemExit, match="no tuned settings for 'clcrec' \\(it has: bpr\\)"):
+        cold_calibration.main()
