@@ -15,6 +15,8 @@ and runs of other result files of the same dataset (the splits are checked to be
 more seeds can be added to a row with the settings it was tuned with. ``--tuned`` gives a model
 settings chosen on the same validation part by another script (featgan's epochs and
 ``cold_shift`` by ``benchmarks/cold_calibration.py``), run without a tuning run of its own.
+``--save-dir DIR`` keeps every fitted row as ``DIR/<model>/test-seed<seed>``, so that
+``cold_calibration.py --part test --load-dir DIR/<model>`` scores it with shifts without a refit.
 
     python benchmarks/cold_items.py --store out/ml100k.duckdb --name movielens-100k --seeds 0,1,2 \\
         --trials 0 --json docs/results/cold-movielens-100k.json
@@ -175,6 +177,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"{args.name} {name}: tuned {res.params} val {res.value:.4f} ({res.seconds:.0f} s)", flush=True)
             model = get_model_class(name)(**doc["tuned"][name]["params"])
             model.fit(s.train, TrainingOptions(seed=seed))
+            if args.save_dir is not None:  # cold_calibration.py --load-dir DIR/<model> scores it again
+                model.save(Path(args.save_dir) / name / f"test-seed{seed}")
             t = time.perf_counter()
             views = evaluate_views(model, s, ks=(20,))
             entry = {
@@ -304,6 +308,8 @@ def main() -> None:
                     help="continue the --json file: keep its tuned settings and runs, run what it lacks")
     ap.add_argument("--merge", type=Path, nargs="+", default=None,
                     help="result files of the same dataset whose tuned settings and runs are taken over")
+    ap.add_argument("--save-dir", type=Path, default=None,
+                    help="keep each fitted row as DIR/<model>/test-seed<seed> (for cold_calibration.py --load-dir)")
     ap.add_argument("--table", type=Path, nargs="+", default=None,
                     help="print the markdown table of result files (one dataset) and exit")
     args = ap.parse_args()

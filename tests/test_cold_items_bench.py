@@ -36,7 +36,8 @@ def store(tmp_path_factory):
 def _args(store, out, seeds, models="pop,contentknn", **kw):
     return argparse.Namespace(store=store, name="shop", seeds=seeds, models=models, trials=0, params=None,
                               json=str(out), command=f"run {seeds}", resume=kw.get("resume", False),
-                              merge=kw.get("merge"), tuned=kw.get("tuned"))
+                              merge=kw.get("merge"), tuned=kw.get("tuned"),
+                              save_dir=kw.get("save_dir"))
 
 
 def test_resume_runs_only_missing_rows_and_merge_takes_other_files(store, tmp_path):
@@ -134,3 +135,20 @@ def test_calibration_names_a_row_missing_from_the_tuned_file(store, tmp_path, mo
                                       "--tuned-from", str(tuned)])
     with pytest.raises(SystemExit, match="no tuned settings for 'clcrec' \\(it has: bpr\\)"):
         cold_calibration.main()
+
+
+def test_saved_rows_score_again_with_shifts_without_a_refit(store, tmp_path, monkeypatch):
+    out, models = tmp_path / "a.json", tmp_path / "models"
+    cold_items.run(_args(store, out, "0", models="contentknn", save_dir=models))
+    doc, _ = cold_items.load_results(out)
+    shifted = tmp_path / "shift.json"
+    monkeypatch.setattr(sys, "argv", ["cold_calibration.py", "--store", str(store), "--model", "contentknn",
+                                      "--part", "test", "--seeds", "0", "--shifts", "0,1", "--units", "z",
+                                      "--load-dir", str(models / "contentknn"), "--json", str(shifted)])
+    cold_calibration.main()
+    rows = json.loads(shifted.read_text())["test"]["0"]["shifts"]
+    run = doc["runs"]["contentknn"]["0"]["views"]
+    # Shift 0 in z units keeps every customer's order: the saved model gives the run's figures.
+    for view in ("cold", "warm", "hybrid"):
+        assert rows["0.0"][view]["ndcg@20"] == pytest.approx(run[view]["ndcg@20"], abs=1e-12)
+    assert rows["1.0"]["cold"]["ndcg@20"] == pytest.approx(run["cold"]["ndcg@20"], abs=1e-12)
