@@ -9,7 +9,9 @@ the products without training pairs); ``--part test`` fits on the training part 
 reports the views on the test part with the one ``--shifts`` value chosen on validation. Without
 ``epochs`` in ``--params``, ``--part validation`` also chooses the epoch count by early stopping
 on the validation part (as ``cold_items.py --trials 0`` does) and reports it.
-``--save-dir`` / ``--load-dir`` keep the fitted models between runs (the same fit either way).
+``--gather VALIDATION ROWS`` makes such a file for featgan from its validation run and the
+``cold_items.py`` rows fitted with the chosen ``cold_shift``. ``--save-dir`` / ``--load-dir`` keep
+the fitted models between runs (the same fit either way).
 
 ``--model`` gives the shift to another row (default featgan, whose ``cold_shift`` is this shift on
 its cosine scores), with the settings that row was tuned with in ``--tuned-from`` (a
@@ -61,6 +63,22 @@ class Shifted:
 
     def fallback_scores(self) -> np.ndarray:
         return self.model.fallback_scores()
+
+
+def gather(validation: Path, rows: Path, model: str) -> dict[str, Any]:
+    """A shift file for ``--table`` from a validation run of this script and a ``cold_items.py``
+    result file whose ``model`` row was fitted with the shift chosen there (featgan's
+    ``cold_shift``): its test rows, per seed, under that shift."""
+    val = json.loads(validation.read_text(encoding="utf-8"))["validation"]
+    doc = json.loads(rows.read_text(encoding="utf-8"))
+    if model not in doc.get("runs", {}):
+        raise SystemExit(f"{rows}: no {model!r} rows (it has: {', '.join(sorted(doc.get('runs', {}))) or 'none'})")
+    shift = str(float(doc["tuned"][model]["params"]["cold_shift"]))
+    return {"note": f"validation from {validation.name}; test from the {model} rows of {rows.name} "
+                    f"(fitted with cold_shift {shift})",
+            "validation": val,
+            "test": {seed: {"model": model, "shifts": {shift: {v: dict(r) for v, r in run["views"].items()}}}
+                     for seed, run in doc["runs"][model].items()}}
 
 
 def _hybrid(doc: dict[str, Any], part: str, shift: str) -> dict[str, float]:
@@ -120,9 +138,17 @@ def main() -> None:
     ap.add_argument("--save-dir", type=Path, default=None)
     ap.add_argument("--load-dir", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--gather", type=Path, nargs=2, default=None, metavar=("VALIDATION", "ROWS"),
+                    help="write --json from a validation file of this script and a cold_items.py result "
+                         "file whose --model row has the chosen shift as its cold_shift")
     args = ap.parse_args()
     if args.table:
         print(table(args.table))
+        return
+    if args.gather:
+        if args.json is None:
+            ap.error("--gather needs --json")
+        _write(args.json, gather(*args.gather, args.model))
         return
     if args.store is None:
         ap.error("--store is required")
@@ -164,9 +190,13 @@ def main() -> None:
             doc.setdefault(args.part, {})[str(seed)] = {
                 "model": args.model, "units": args.units, "params": model.config.to_dict(), "fit_s": fit_s,
                 "best_epoch": getattr(model, "best_epoch", None), "load_avg_1m": os.getloadavg()[0], "shifts": rows}
-            tmp = args.json.with_suffix(".tmp")
-            tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
-            tmp.replace(args.json)
+            _write(args.json, doc)
+
+
+def _write(path: Path, doc: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

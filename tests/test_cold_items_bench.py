@@ -152,3 +152,21 @@ def test_saved_rows_score_again_with_shifts_without_a_refit(store, tmp_path, mon
     for view in ("cold", "warm", "hybrid"):
         assert rows["0.0"][view]["ndcg@20"] == pytest.approx(run[view]["ndcg@20"], abs=1e-12)
     assert rows["1.0"]["cold"]["ndcg@20"] == pytest.approx(run["cold"]["ndcg@20"], abs=1e-12)
+
+
+def test_gather_makes_a_shift_file_from_validation_and_shifted_rows(tmp_path):
+    views = {v: {"recall@20": 0.1, "ndcg@20": x, "n_users": 5}
+             for v, x in (("cold", 0.3), ("warm", 0.2), ("hybrid", 0.25))}
+    val = {"validation": {"0": {"shifts": {"0.0": {"hybrid": {"ndcg@20": 0.1}}, "0.3": {"hybrid": {"ndcg@20": 0.2}}}}}}
+    rows = {"tuned": {"featgan": {"params": {"cold_shift": 0.3}}},
+            "runs": {"featgan": {"0": {"views": views}, "1": {"views": views}}}}
+    (tmp_path / "v.json").write_text(json.dumps(val))
+    (tmp_path / "r.json").write_text(json.dumps(rows))
+    doc = cold_calibration.gather(tmp_path / "v.json", tmp_path / "r.json", "featgan")
+    assert doc["validation"] == val["validation"] and set(doc["test"]) == {"0", "1"}
+    assert doc["test"]["1"]["shifts"]["0.3"]["hybrid"]["ndcg@20"] == 0.25
+    (tmp_path / "g.json").write_text(json.dumps(doc))
+    line = cold_calibration.table([tmp_path / "g.json"]).splitlines()[2]
+    assert line.startswith("| featgan | 0.3 (abs) | 0.2000 |  | 0.2500 ± 0.0000 | 2 |")
+    with pytest.raises(SystemExit, match="no 'gar' rows"):
+        cold_calibration.gather(tmp_path / "v.json", tmp_path / "r.json", "gar")
