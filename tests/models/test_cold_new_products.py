@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -82,3 +83,27 @@ def test_model_file_without_its_content_space_is_refused(added, tmp_path):
     (path / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ModelFileError, match="content_space"):
         load_model(path)
+
+
+def test_cold_shift_lifts_products_without_sales_on_each_customers_scale(added, tmp_path):
+    name, model, n, _ = added
+    if name == "contentknn":  # no backbone, no shift
+        return
+    users = np.arange(4)
+    plain = model.score_users(users)
+    plain_config = model.config
+    try:
+        model.config = dataclasses.replace(plain_config, cold_shift=1.5)
+        shifted = model.score_users(users)
+        model.save(tmp_path / "m")
+    finally:
+        model.config = plain_config
+    new = model.popularity == 0
+    assert new[-2:].all() and not new.all()
+    z = (plain - plain.mean(axis=1, keepdims=True)) / plain.std(axis=1, keepdims=True)
+    np.testing.assert_allclose(shifted, z + 1.5 * new[None, :], rtol=1e-5, atol=1e-5)
+    assert shifted.dtype == np.float32
+    np.testing.assert_array_equal(load_model(tmp_path / "m").score_users(users), shifted)
+    with pytest.raises(ConfigError, match="cold_shift"):
+        get_model_class(name)(**{**FAST_CONFIGS[name], "cold_shift": float("nan")}).fit(
+            oracle_dataset()[0], TrainingOptions(seed=0))

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -53,12 +54,19 @@ class ColdConfig(ModelConfig):
     epochs: int = 20
     patience: int = 3
     eval_every: int = 1
+    cold_shift: float = 0.0
+    """Added to the products without training interactions (new ones included) after each
+    customer's scores are centred and divided by their standard deviation: in a list where new and
+    established products compete, the new ones get a boost the training pairs do not teach. 0 (the
+    default) leaves the scores as they are; choose it on validation
+    (``benchmarks/cold_calibration.py --units z``, docs/benchmarks-cold.md)."""
 
     def check(self, model: str) -> None:
         self.require(model, [
             (self.factors >= 1 and self.bpr_epochs >= 1 and self.text_dim >= 1, "factors, bpr_epochs, text_dim >= 1"),
             (self.bpr_lr > 0 and self.lr > 0 and self.bpr_reg >= 0, "bpr_lr, lr > 0 and bpr_reg >= 0"),
             (self.hidden >= 1 and self.batch_size >= 1, "hidden and batch_size >= 1"),
+            (math.isfinite(self.cold_shift), "cold_shift must be a finite number"),
         ])
 
 
@@ -265,7 +273,14 @@ class ColdStartRecommender(NewProductsMixin, IterativeRecommender):
         self._pos_u = self._pos_i = None  # type: ignore[assignment]
 
     def score_users(self, user_idx: np.ndarray) -> np.ndarray:
-        return self.user_emb[np.asarray(user_idx, dtype=np.int64)] @ self.item_emb.T
+        scores = self.user_emb[np.asarray(user_idx, dtype=np.int64)] @ self.item_emb.T
+        shift = self.config.cold_shift  # type: ignore[attr-defined]
+        if not shift:
+            return scores
+        assert self.popularity is not None
+        scores = scores - scores.mean(axis=1, keepdims=True)
+        scores /= np.maximum(scores.std(axis=1, keepdims=True), 1e-12)
+        return scores + np.float32(shift) * (self.popularity == 0)[None, :]
 
     def _forget_rows(self, user_idx: np.ndarray) -> None:
         self.user_emb = np.array(self.user_emb)
