@@ -41,7 +41,9 @@ import numpy as np
 from retailgan.data.dataset import load_dataset
 from retailgan.data.splits import split
 from retailgan.evaluation.cold import evaluate_views
+from retailgan.fileio import write_text_atomic
 from retailgan.models.base import TrainingOptions
+from retailgan.models.cold.common import standardise_rows
 from retailgan.models.registry import get_model_class
 from retailgan.persistence import load_model
 
@@ -56,8 +58,7 @@ class Shifted:
     def score_users(self, users: np.ndarray) -> np.ndarray:
         s = np.array(self.model.score_users(users), dtype=np.float64)
         if self.units == "z":
-            s -= s.mean(axis=1, keepdims=True)
-            s /= np.maximum(s.std(axis=1, keepdims=True), 1e-12)
+            s = standardise_rows(s)
         s[:, self.new] += self.shift
         return s
 
@@ -194,9 +195,7 @@ def main() -> None:
 
 
 def _write(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(doc, indent=1))
 
 
 if __name__ == "__main__":

@@ -278,9 +278,7 @@ class ColdStartRecommender(NewProductsMixin, IterativeRecommender):
         if not shift:
             return scores
         assert self.popularity is not None
-        scores = scores - scores.mean(axis=1, keepdims=True)
-        scores /= np.maximum(scores.std(axis=1, keepdims=True), 1e-12)
-        return scores + np.float32(shift) * (self.popularity == 0)[None, :]
+        return standardise_rows(scores) + np.float32(shift) * (self.popularity == 0)[None, :]
 
     def _forget_rows(self, user_idx: np.ndarray) -> None:
         self.user_emb = np.array(self.user_emb)
@@ -310,6 +308,13 @@ class ColdStartRecommender(NewProductsMixin, IterativeRecommender):
         for k, m in enumerate(self.networks()):
             load_module_arrays(m, arrays, f"net{k}", self.name)
             m.eval()
+
+
+def standardise_rows(scores: np.ndarray) -> np.ndarray:
+    """Each customer's scores centred on their mean, in units of their standard deviation (the
+    scale ``cold_shift`` is given in)."""
+    scores = scores - scores.mean(axis=1, keepdims=True)
+    return scores / np.maximum(scores.std(axis=1, keepdims=True), 1e-12)
 
 
 def mean_losses(totals: dict[str, float], n: int) -> dict[str, float]:
